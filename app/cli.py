@@ -1,0 +1,180 @@
+"""Operator commands: `python -m app serve | keys ... | models ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Awaitable, Callable
+
+from limits import parse as parse_limit
+
+from app.inference.weights import WeightsError, fetch, verify
+from app.settings import Settings, get_settings
+from app.store import Account, Store, UnknownAccount, open_store
+
+
+def _run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        store = open_store(settings)
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _account_json(account: Account) -> dict[str, Any]:
+    return {
+        "account_id": account.id,
+        "plan": account.plan,
+        "credits": account.credits,
+        "rate_limit": account.rate_limit,
+        "revoked": account.revoked,
+    }
+
+
+def _check_plan_and_rate(settings: Settings, plan: str | None, rate: str | None) -> None:
+    if plan is not None and plan not in settings.plans:
+        sys.exit(f"unknown plan {plan!r}; plans: {', '.join(settings.plans)}")
+    if rate is not None:
+        try:
+            parse_limit(rate)
+        except ValueError:
+            sys.exit(f"invalid rate {rate!r}; write it like 1000/minute")
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # app.middleware logs each request with its id
+    )
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
+    if args.credits < 0:
+        sys.exit("--credits must be 0 or more")
+    plan = args.plan or settings.default_plan
+    _check_plan_and_rate(settings, plan, args.rate)
+    account, key = _run_with_store(
+        settings, lambda s: s.create_account(credits=args.credits, plan=plan, rate_limit=args.rate)
+    )
+    print(f"account {account.id}, plan {plan}, {account.credits} credits. The key is shown once:", file=sys.stderr)
+    print(key)
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> None:
+    for account in _run_with_store(settings, lambda s: s.list_accounts()):
+        print(json.dumps(_account_json(account)))
+
+
+def _account_command(fn: Callable[[Store, argparse.Namespace], Awaitable[Any]]) -> Callable[..., None]:
+    def command(args: argparse.Namespace, settings: Settings) -> None:
+        try:
+            result = _run_with_store(settings, lambda s: fn(s, args))
+        except UnknownAccount:
+            sys.exit(f"no account {args.account_id!r}")
+        if result is not None:
+            print(result)
+
+    return command
+
+
+async def _revoke(store: Store, args: argparse.Namespace) -> str:
+    await store.revoke(args.account_id)
+    return f"revoked {args.account_id}"
+
+
+async def _grant(store: Store, args: argparse.Namespace) -> int:
+    return await store.adjust_credits(args.account_id, args.amount, "grant")
+
+
+async def _deduct(store: Store, args: argparse.Namespace) -> int:
+    return await store.adjust_credits(args.account_id, -args.amount, "deduct")
+
+
+def cmd_keys_set_plan(args: argparse.Namespace, settings: Settings) -> None:
+    _check_plan_and_rate(settings, args.plan, args.rate)
+
+    async def op(store: Store, a: argparse.Namespace) -> str:
+        await store.set_plan(a.account_id, a.plan, a.rate)
+        return f"{a.account_id}: plan {a.plan}, rate {a.rate or 'from plan'}"
+
+    _account_command(op)(args, settings)
+
+
+def cmd_models_fetch(args: argparse.Namespace, settings: Settings) -> None:
+    names = args.names or sorted({m.weights for m in settings.models.values()})
+    failed = False
+    for name in names:
+        spec = settings.weights.get(name)
+        if spec is None:
+            sys.exit(f"unknown weights {name!r}; known: {', '.join(settings.weights)}")
+        try:
+            fetch(name, spec, settings.models_dir)
+        except WeightsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+def cmd_models_list(args: argparse.Namespace, settings: Settings) -> None:
+    for name, model in settings.models.items():
+        path = settings.weights_path(model.weights)
+        try:
+            verify(path, settings.weights[model.weights])
+            state = "ok"
+        except WeightsError as err:
+            state = str(err)
+        print(f"{name:8} weights={model.weights:24} cost={model.cost} mask_cost={model.mask_cost}  {state}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="Cutout background-removal API")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys and credits").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an account; prints its API key as the last line")
+    create.add_argument("--credits", type=int, required=True)
+    create.add_argument("--plan")
+    create.add_argument("--rate", help="rate limit overriding the plan's, e.g. 1000/minute")
+    create.set_defaults(func=cmd_keys_create)
+    keys.add_parser("list", help="list accounts (never keys) as JSON lines").set_defaults(func=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an account's key")
+    revoke.add_argument("account_id")
+    revoke.set_defaults(func=_account_command(_revoke))
+    for name, fn, text in (("grant", _grant, "add credits"), ("deduct", _deduct, "remove credits (not below 0)")):
+        p = keys.add_parser(name, help=f"{text}; prints the new balance")
+        p.add_argument("account_id")
+        p.add_argument("amount", type=int)
+        p.set_defaults(func=_account_command(fn))
+    set_plan = keys.add_parser("set-plan", help="change an account's plan (and optional rate override)")
+    set_plan.add_argument("account_id")
+    set_plan.add_argument("plan")
+    set_plan.add_argument("--rate")
+    set_plan.set_defaults(func=cmd_keys_set_plan)
+
+    models = sub.add_parser("models", help="model weights").add_subparsers(dest="models_command", required=True)
+    fetch_p = models.add_parser("fetch", help="fetch and verify weights (default: those the models use)")
+    fetch_p.add_argument("names", nargs="*")
+    fetch_p.set_defaults(func=cmd_models_fetch)
+    models.add_parser("list", help="show each model and the state of its weights").set_defaults(func=cmd_models_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args, get_settings())

@@ -1,0 +1,1 @@
+"""Model registry, ONNX sessions, pre/post-processing and the worker gate."""

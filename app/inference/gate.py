@@ -1,0 +1,63 @@
+"""The worker gate: bounded concurrency plus a bounded queue, as imgproxy's workers.
+
+Inference never runs on the event loop. At most `workers` jobs run at once in
+a thread pool; up to `queue_size` more wait. Past that, `run` raises Busy at
+once so the client gets a 503 instead of an ever-growing wait. A job still
+queued when its deadline passes is dropped without running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    pass
+
+
+class Expired(Exception):
+    """The job's deadline passed (while queued or running)."""
+
+
+class WorkerGate:
+    def __init__(self, workers: int, queue_size: int) -> None:
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+        # Counts jobs until their thread really finishes, not until the caller stops
+        # waiting: a timed-out job still occupies a worker.
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _release(self, _future: object) -> None:
+        self._in_flight -= 1
+
+    async def run(self, fn: Callable[..., T], *args: object, timeout: float) -> T:
+        if self._in_flight >= self.capacity:
+            raise Busy()
+        deadline = time.monotonic() + timeout
+
+        def job() -> T:
+            if time.monotonic() > deadline:
+                raise Expired()
+            return fn(*args)
+
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, job)
+        self._in_flight += 1
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise Expired() from None
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

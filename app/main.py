@@ -1,0 +1,103 @@
+"""create_app: routes, middleware, lifespan. The only place where the parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from app.errors import EXCEPTION_HANDLERS
+from app.inference.gate import WorkerGate
+from app.inference.registry import ModelRegistry
+from app.limits import RateLimits
+from app.middleware import BodyLimit, RequestContext
+from app.routes import account, health, rembg
+from app.services import Services
+from app.settings import Settings, get_settings
+from app.store import open_store
+
+log = logging.getLogger("cutout")
+
+SWEEP_INTERVAL_S = 60.0
+
+
+async def _sweep_forever(svc: Services) -> None:
+    while True:
+        try:
+            refunded = await svc.store.sweep_stale(svc.settings.reservation_ttl_s)
+            if refunded:
+                log.warning("refunded %d stale reservations", refunded)
+        except Exception:
+            log.exception("reservation sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Loading refuses to start on missing or corrupt weights (WeightsError says what to do).
+        registry = await asyncio.to_thread(ModelRegistry.load, settings)
+        svc = Services(
+            settings=settings,
+            store=open_store(settings),
+            registry=registry,
+            gate=WorkerGate(settings.workers, settings.queue_size),
+            limits=RateLimits(settings),
+        )
+        app.state.services = svc
+        sweeper = asyncio.create_task(_sweep_forever(svc))
+        log.info("ready: models %s, %d workers", ", ".join(registry.names), settings.workers)
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            svc.gate.shutdown()
+            await svc.store.close()
+
+    routes = [
+        # Both spellings answer directly: a redirected POST loses its body in many clients.
+        Route("/v2/rembg/", rembg.remove_background, methods=["POST"]),
+        Route("/v2/rembg", rembg.remove_background, methods=["POST"]),
+        Route("/v2/rembg/mask/", rembg.remove_background_mask, methods=["POST"]),
+        Route("/v2/rembg/mask", rembg.remove_background_mask, methods=["POST"]),
+        Route("/v2/account", account.account, methods=["GET"]),
+        Route("/health", health.health, methods=["GET"]),
+        Route("/ready", health.ready, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(RequestContext),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["ApiKey", "Content-Type", "Idempotency-Key"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Credits-Charged",
+                "X-Credits-Remaining",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+            max_age=600,
+        ),
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_timeout_s),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+app = create_app()

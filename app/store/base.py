@@ -1,0 +1,108 @@
+"""The store interface: accounts, hashed API keys and the credit ledger.
+
+Credits move in three steps so that nothing is charged for work not done:
+reserve (atomic check-and-decrement before inference), then commit on success
+or refund on any failure. A reservation that is neither committed nor refunded
+(the process died) is refunded by `sweep_stale`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+KEY_PREFIX = "co_"
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, balance: int, needed: int) -> None:
+        super().__init__(f"balance {balance} < {needed}")
+        self.balance = balance
+        self.needed = needed
+
+
+class StoreUnavailable(Exception):
+    """The backing store cannot be reached; callers fail closed (503)."""
+
+
+class UnknownAccount(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    plan: str
+    credits: int
+    rate_limit: str | None  # overrides the plan's limit when set
+    revoked: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    account_id: str
+    amount: int
+    remaining: int  # balance right after the reservation
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_account_id() -> str:
+    return "acct_" + secrets.token_hex(8)
+
+
+def hash_api_key(key: str) -> str:
+    # Keys carry 256 bits of randomness, so a plain digest cannot be brute-forced;
+    # only this digest is ever stored.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def now() -> float:
+    return time.time()
+
+
+class Store(Protocol):
+    async def create_account(
+        self, *, credits: int, plan: str, rate_limit: str | None = None
+    ) -> tuple[Account, str]:
+        """Create an account and return it with its API key (shown once, stored hashed)."""
+        ...
+
+    async def account_by_key(self, api_key: str) -> Account | None: ...
+
+    async def get_account(self, account_id: str) -> Account | None: ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def revoke(self, account_id: str) -> None: ...
+
+    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
+        """Grant (delta > 0) or deduct (delta < 0); never below zero. Returns the balance."""
+        ...
+
+    async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None: ...
+
+    async def reserve(self, account_id: str, amount: int, reservation_id: str) -> Reservation:
+        """Atomically take `amount` credits or raise InsufficientCredits."""
+        ...
+
+    async def commit(self, reservation: Reservation) -> None: ...
+
+    async def refund(self, reservation: Reservation) -> int:
+        """Give the credits back (idempotent). Returns the balance."""
+        ...
+
+    async def sweep_stale(self, older_than_s: float) -> int:
+        """Refund reservations older than the given age; returns how many."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,222 @@
+"""Embedded store: one SQLite file in the data directory.
+
+Every balance change is a single UPDATE guarded by `credits >= amount`, so two
+processes sharing the file cannot overdraw an account. Writes are fsynced
+(synchronous=FULL): a restart never loses a credit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import anyio.to_thread
+
+from app.store.base import (
+    Account,
+    InsufficientCredits,
+    Reservation,
+    UnknownAccount,
+    hash_api_key,
+    new_account_id,
+    new_api_key,
+    now,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    plan TEXT NOT NULL,
+    credits INTEGER NOT NULL CHECK (credits >= 0),
+    rate_limit TEXT,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    amount INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id TEXT NOT NULL,
+    delta INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    ref TEXT,
+    at REAL NOT NULL
+);
+"""
+
+_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at"
+
+
+def _account(row: tuple[Any, ...]) -> Account:
+    return Account(
+        id=row[0], plan=row[1], credits=row[2], rate_limit=row[3], revoked=bool(row[4]), created_at=row[5]
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn(self._db)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    @staticmethod
+    def _tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # IMMEDIATE takes the write lock up front, so concurrent processes serialise here.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    async def create_account(
+        self, *, credits: int, plan: str, rate_limit: str | None = None
+    ) -> tuple[Account, str]:
+        key = new_api_key()
+        account = Account(
+            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+        )
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at),
+            )
+            db.execute(
+                "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, 'create', ?)",
+                (account.id, credits, account.created_at),
+            )
+
+        await self._run(lambda db: self._tx(db, op))
+        return account, key
+
+    async def account_by_key(self, api_key: str) -> Account | None:
+        digest = hash_api_key(api_key)
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_ACCOUNT_COLUMNS}, key_hash FROM accounts WHERE key_hash = ?", (digest,)
+            ).fetchone()
+        )
+        if row is None or not hmac.compare_digest(row[6], digest):
+            return None
+        return _account(row)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._run(
+            lambda db: db.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)).fetchone()
+        )
+        return _account(row) if row else None
+
+    async def list_accounts(self) -> list[Account]:
+        rows = await self._run(
+            lambda db: db.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at").fetchall()
+        )
+        return [_account(r) for r in rows]
+
+    async def _update_account(self, account_id: str, sql: str, params: tuple[Any, ...]) -> None:
+        cur = await self._run(lambda db: db.execute(sql, (*params, account_id)))
+        if cur.rowcount == 0:
+            raise UnknownAccount(account_id)
+
+    async def revoke(self, account_id: str) -> None:
+        await self._update_account(account_id, "UPDATE accounts SET revoked = 1 WHERE id = ?", ())
+
+    async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
+        await self._update_account(account_id, "UPDATE accounts SET plan = ?, rate_limit = ? WHERE id = ?", (plan, rate_limit))
+
+    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "UPDATE accounts SET credits = MAX(credits + ?, 0) WHERE id = ? RETURNING credits",
+                (delta, account_id),
+            ).fetchone()
+            if row is None:
+                raise UnknownAccount(account_id)
+            db.execute(
+                "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, ?, ?)",
+                (account_id, delta, reason, now()),
+            )
+            return int(row[0])
+
+        return await self._run(lambda db: self._tx(db, op))
+
+    async def reserve(self, account_id: str, amount: int, reservation_id: str) -> Reservation:
+        def op(db: sqlite3.Connection) -> Reservation:
+            row = db.execute(
+                "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
+                (amount, account_id, amount),
+            ).fetchone()
+            if row is None:
+                balance = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
+                raise InsufficientCredits(balance[0] if balance else 0, amount)
+            db.execute(
+                "INSERT INTO reservations (id, account_id, amount, created_at) VALUES (?, ?, ?, ?)",
+                (reservation_id, account_id, amount, now()),
+            )
+            return Reservation(reservation_id, account_id, amount, int(row[0]))
+
+        return await self._run(lambda db: self._tx(db, op))
+
+    async def commit(self, reservation: Reservation) -> None:
+        def op(db: sqlite3.Connection) -> None:
+            deleted = db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount
+            if deleted:
+                db.execute(
+                    "INSERT INTO ledger (account_id, delta, reason, ref, at) VALUES (?, ?, 'charge', ?, ?)",
+                    (reservation.account_id, -reservation.amount, reservation.id, now()),
+                )
+
+        await self._run(lambda db: self._tx(db, op))
+
+    @staticmethod
+    def _refund_row(db: sqlite3.Connection, reservation_id: str, account_id: str, amount: int) -> None:
+        # The DELETE decides: only the first refund (or sweep) of a reservation pays back.
+        if db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount:
+            db.execute("UPDATE accounts SET credits = credits + ? WHERE id = ?", (amount, account_id))
+
+    async def refund(self, reservation: Reservation) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            self._refund_row(db, reservation.id, reservation.account_id, reservation.amount)
+            return int(db.execute("SELECT credits FROM accounts WHERE id = ?", (reservation.account_id,)).fetchone()[0])
+
+        return await self._run(lambda db: self._tx(db, op))
+
+    async def sweep_stale(self, older_than_s: float) -> int:
+        def op(db: sqlite3.Connection) -> int:
+            stale = db.execute(
+                "SELECT id, account_id, amount FROM reservations WHERE created_at < ?", (now() - older_than_s,)
+            ).fetchall()
+            for reservation_id, account_id, amount in stale:
+                self._refund_row(db, reservation_id, account_id, amount)
+            return len(stale)
+
+        return await self._run(lambda db: self._tx(db, op))
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._run(lambda db: db.close())
