@@ -35,12 +35,12 @@ async def _read_form(request: Request) -> tuple[bytes, str | None]:
 
 
 async def _extract(form: FormData) -> tuple[bytes, str | None]:
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
-    if unknown:
-        raise invalid_parameter(f"Unknown form field(s): {', '.join(unknown)}. {SEND_HINT}")
     upload = form.get("image")
     if upload is None:
         raise invalid_image(f"No image received. {SEND_HINT}")
+    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    if unknown:
+        raise invalid_parameter(f"Unknown form field(s): {', '.join(unknown)}. {SEND_HINT}")
     if not isinstance(upload, UploadFile):
         raise invalid_image(f'"image" must be a file, not a text field. {SEND_HINT}')
     model = form.get("model")

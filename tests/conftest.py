@@ -1,0 +1,176 @@
+"""Shared test harness: real uvicorn servers on free ports, real weights, real HTTP.
+
+`live_server` is one shared server for the common paths; `start_server(**env)`
+starts a dedicated one with its own settings (CUTOUT_* environment) and data dir.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = ROOT / "models"
+SHARED_TESTDATA = ROOT.parent / "shared" / "testdata" / "rembg"
+STARTUP_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subject_image(width: int = 160, height: int = 120, fmt: str = "JPEG", mode: str = "RGB", **save: Any) -> bytes:
+    """A dark disc on a light, slightly textured background: something the model sees as a subject."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    inside = ((xx - width / 2) / (width * 0.28)) ** 2 + ((yy - height / 2) / (height * 0.35)) ** 2 <= 1
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[...] = (235, 235, 228)
+    rgb[inside] = (150, 30, 40)
+    rgb = (rgb.astype(np.int16) + np.random.default_rng(0).integers(-6, 7, rgb.shape)).clip(0, 255).astype(np.uint8)
+    img = Image.fromarray(rgb).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def png_of(content: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(content))
+    img.load()
+    return img
+
+
+def assert_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    """The fapihub error contract: status, JSON shape, request id in body and header."""
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    error = body["error"]
+    assert set(error) == {"code", "message", "request_id"}
+    assert error["code"] == code, body
+    assert error["message"] and "Traceback" not in error["message"]
+    assert error["request_id"].startswith("req_")
+    assert response.headers["X-Request-ID"] == error["request_id"]
+    return body
+
+
+class LiveServer:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.env = {
+            **os.environ,
+            "CUTOUT_DATA_DIR": str(data_dir),
+            "CUTOUT_MODELS_DIR": str(MODELS_DIR),
+            "CUTOUT_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "LiveServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60
+        )
+
+    def create_key(self, credits: int = 100, *extra: str) -> str:
+        result = self.cli("keys", "create", "--credits", str(credits), *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def balance(self, key: str) -> int:
+        response = requests.get(self.url + "/v2/account", headers={"ApiKey": key}, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["credits"]
+
+    def remove(
+        self,
+        key: str | None,
+        image: bytes | None = None,
+        model: str | None = None,
+        path: str = "/v2/rembg/",
+        **kwargs: Any,
+    ) -> requests.Response:
+        headers = {"ApiKey": key} if key is not None else {}
+        files = {"image": ("photo.jpg", image if image is not None else subject_image(), "image/jpeg")}
+        data = {"model": model} if model is not None else {}
+        return requests.post(self.url + path, headers=headers, files=files, data=data, timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _weights_present() -> None:
+    if not (MODELS_DIR / "u2netp.onnx").exists():
+        pytest.exit("models/u2netp.onnx is missing: run `python -m app models fetch` (scripts/test does)", 2)
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+    servers: list[LiveServer] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> LiveServer:
+        server = LiveServer(data_dir or tmp_path_factory.mktemp("data"), env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    return start_server()
+
+
+@pytest.fixture
+def api_key(live_server: LiveServer) -> str:
+    return live_server.create_key(100)
