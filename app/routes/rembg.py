@@ -7,13 +7,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import images
+from app import idempotency, images
 from app.auth import authenticate
 from app.billing import charge
 from app.errors import ApiError, invalid_image, invalid_parameter, request_id_of, service_unavailable
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output
 from app.services import services
+from app.store import Account
 
 FORM_FIELDS = {"image", "model"}
 MAX_FIELD_BYTES = 1024
@@ -51,10 +52,16 @@ async def _extract(form: FormData) -> tuple[bytes, str | None]:
 
 async def _remove(request: Request, output: Output) -> Response:
     svc = services(request)
-    request_id = request_id_of(request)
-    account = await authenticate(request, svc.store)
+    account = await authenticate(request, svc.store, svc.limits)
     rate = await svc.limits.hit(account)
+    with rate.on_errors():
+        response = await _process(request, account, output)
+    response.headers.update(rate.headers())
+    return response
 
+
+async def _process(request: Request, account: Account, output: Output) -> Response:
+    svc = services(request)
     data, model_name = await _read_form(request)
     model_name = (model_name or svc.settings.default_model).strip().lower()
     pipeline = svc.registry.get(model_name)
@@ -64,7 +71,10 @@ async def _remove(request: Request, output: Output) -> Response:
     images.probe(data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
 
     cost = pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost
-    async with charge(svc.store, account, cost, request_id) as reservation:
+    claim = idempotency.claim_for(
+        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data
+    )
+    async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
             png = await svc.gate.run(pipeline.render, data, output, timeout=svc.settings.processing_timeout_s)
         except Busy:
@@ -73,13 +83,17 @@ async def _remove(request: Request, output: Output) -> Response:
             raise service_unavailable(
                 "Processing took too long and was abandoned; nothing was charged.", code="processing_timeout"
             ) from None
+        if await request.is_disconnected():
+            # Nobody will receive the result: raising refunds it instead of charging for it.
+            raise ApiError(499, "client_closed_request", "The client closed the connection; nothing was charged.")
 
     headers = {
-        "X-Credits-Charged": str(cost),
+        "X-Credits-Charged": str(reservation.amount),
         "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": model_name,
-        **rate.headers(),
     }
+    if reservation.replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
     return Response(png, media_type="image/png", headers=headers)
 
 
