@@ -140,9 +140,10 @@ class LiveServer:
         image: bytes | None = None,
         model: str | None = None,
         path: str = "/v2/rembg/",
+        headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        headers = {"ApiKey": key} if key is not None else {}
+        headers = {**({"ApiKey": key} if key is not None else {}), **(headers or {})}
         files = {"image": ("photo.jpg", image if image is not None else subject_image(), "image/jpeg")}
         data = {"model": model} if model is not None else {}
         return requests.post(self.url + path, headers=headers, files=files, data=data, timeout=120, **kwargs)
