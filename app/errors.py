@@ -54,6 +54,11 @@ def payload_too_large(limit_bytes: int) -> ApiError:
     )
 
 
+def client_closed_request() -> ApiError:
+    # 499 as nginx logs it: nobody reads this response, but the log shows why the work stopped.
+    return ApiError(499, "client_closed_request", "The client closed the connection; nothing was charged.")
+
+
 def rate_limited(retry_after_s: float, limit: str) -> ApiError:
     retry_after = max(1, math.ceil(retry_after_s))
     return ApiError(

@@ -201,8 +201,8 @@ def test_every_failure_path_refunds(start_server: Callable[..., LiveServer], red
 
     # While a big aurora job holds the only worker, the next request is turned away.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(server.remove, key, subject_image(4000, 3000), "aurora")
-        time.sleep(0.8)
+        slow = pool.submit(server.remove, key, subject_image(3000, 2250), "aurora")
+        time.sleep(0.5)
         assert_error(server.remove(key, TINY, model="ghost"), 503, "server_busy")
         assert slow.result().status_code == 200
     spent += 2

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app import idempotency, images
 from app.auth import authenticate
 from app.billing import charge
-from app.errors import ApiError, invalid_image, invalid_parameter, request_id_of, service_unavailable
+from app.errors import client_closed_request, invalid_image, invalid_parameter, request_id_of, service_unavailable
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output
 from app.services import services
@@ -33,6 +33,8 @@ async def _read_form(request: Request) -> tuple[bytes, str | None]:
             return await _extract(form)
     except HTTPException as exc:
         raise invalid_parameter(f"Malformed multipart body ({exc.detail}). {SEND_HINT}") from None
+    except ClientDisconnect:
+        raise client_closed_request() from None
 
 
 async def _extract(form: FormData) -> tuple[bytes, str | None]:
@@ -85,7 +87,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
             ) from None
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
-            raise ApiError(499, "client_closed_request", "The client closed the connection; nothing was charged.")
+            raise client_closed_request()
 
     headers = {
         "X-Credits-Charged": str(reservation.amount),
