@@ -2,31 +2,77 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 
-from app.errors import ApiError
-from app.store import Account, InsufficientCredits, Reservation, Store
+from app.errors import ApiError, service_unavailable
+from app.store import (
+    Account,
+    IdempotencyClaim,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
+    InsufficientCredits,
+    Reservation,
+    Store,
+    StoreUnavailable,
+)
+
+log = logging.getLogger("cutout.billing")
 
 
-@asynccontextmanager
-async def charge(store: Store, account: Account, amount: int, request_id: str) -> AsyncIterator[Reservation]:
+async def _reserve(
+    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None
+) -> Reservation:
     try:
-        reservation = await store.reserve(account.id, amount, request_id)
+        return await store.reserve(account.id, amount, request_id, idempotency)
     except InsufficientCredits as err:
         raise ApiError(
             402,
             "insufficient_credits",
             f"This request costs {err.needed} credits and the account has {err.balance}. Top up to continue.",
         ) from None
+    except IdempotencyInFlight:
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+    except IdempotencyMismatch:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used for a different request (other image, model or endpoint). "
+            "Use a new key for a new request.",
+        ) from None
+
+
+@asynccontextmanager
+async def charge(
+    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
+) -> AsyncIterator[Reservation]:
+    reservation = await _reserve(store, account, amount, request_id, idempotency)
+    if reservation.replayed:  # already paid for under this Idempotency-Key
+        yield reservation
+        return
     try:
         yield reservation
     except BaseException:
         # Shielded: a client that hung up cancels the request, and the refund must still land.
         with anyio.CancelScope(shield=True):
-            await store.refund(reservation)
+            try:
+                await store.refund(reservation)
+            except StoreUnavailable:
+                # The client gets the error that happened; the sweeper refunds the held credits later.
+                log.warning("refund of %s deferred to the sweeper: store unavailable", reservation.id)
         raise
     with anyio.CancelScope(shield=True):
-        await store.commit(reservation)
+        charged = await store.commit(reservation)
+    if not charged:
+        # Held past reservation_ttl_s and refunded by the sweeper: the work goes undelivered, unpaid.
+        raise service_unavailable(
+            "Processing took too long and was abandoned; nothing was charged.", code="processing_timeout"
+        )

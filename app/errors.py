@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.store.base import StoreUnavailable
+
 log = logging.getLogger("cutout.errors")
 
 
@@ -50,6 +52,11 @@ def payload_too_large(limit_bytes: int) -> ApiError:
     return ApiError(
         413, "payload_too_large", f"The request body is larger than the limit of {limit_bytes} bytes."
     )
+
+
+def client_closed_request() -> ApiError:
+    # 499 as nginx logs it: nobody reads this response, but the log shows why the work stopped.
+    return ApiError(499, "client_closed_request", "The client closed the connection; nothing was charged.")
 
 
 def rate_limited(retry_after_s: float, limit: str) -> ApiError:
@@ -107,6 +114,13 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(request_id_of(request), err)
 
 
+async def handle_store_unavailable(request: Request, exc: Exception) -> Response:
+    # Fail closed: without the ledger nothing is processed (for free) and nothing is charged.
+    log.warning("store unavailable: %s", exc, extra={"request_id": request_id_of(request)})
+    err = service_unavailable("Accounts are temporarily unavailable; nothing was charged. Retry shortly.", 2)
+    return error_response(request_id_of(request), err)
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # Logged with the traceback for us; the client sees only the request id.
     log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id_of(request))
@@ -117,5 +131,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
+    StoreUnavailable: handle_store_unavailable,
     Exception: handle_unexpected,
 }

@@ -1,17 +1,31 @@
-"""Per-key rate limits by plan, on the `limits` library (the engine under slowapi), moving window."""
+"""Rate limits on the `limits` library (the engine under slowapi), moving window.
+
+Per API key: the key's own `--rate` or its plan's limit. Per client IP: failed
+authentications (a brute-force guard). In process by default; on the service's
+Redis when CUTOUT_REDIS_URL is set, so every replica counts against one window.
+
+We call the library's asyncio API directly rather than through slowapi's
+decorators: the limit is chosen after authentication, and slowapi's storage
+calls are synchronous, which would block the event loop on every Redis round trip.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from app.errors import rate_limited
+from app.errors import ApiError, rate_limited
 from app.settings import Settings
 from app.store import Account
+from app.store.redis import client_options, unavailable_on_redis_errors
+
+KEY_PREFIX = "cutout:limits"
 
 
 @dataclass(frozen=True)
@@ -27,25 +41,68 @@ class RateState:
             "X-RateLimit-Reset": str(int(self.reset_at)),
         }
 
+    @contextlib.contextmanager
+    def on_errors(self) -> Iterator[None]:
+        """Every authenticated response carries the limit headers, errors included."""
+        try:
+            yield
+        except ApiError as err:
+            for name, value in self.headers().items():
+                err.headers.setdefault(name, value)
+            raise
+
+
+def _storage(settings: Settings) -> Storage:
+    if not settings.redis_url:
+        return MemoryStorage()
+    return RedisStorage(
+        "async+" + settings.redis_url, implementation="redispy", key_prefix=KEY_PREFIX, **client_options()
+    )
+
 
 class RateLimits:
     def __init__(self, settings: Settings) -> None:
         self._plans = {name: plan.rate_limit for name, plan in settings.plans.items()}
         self._default = self._plans.get(settings.default_plan, "60/minute")
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._auth_failures = parse(settings.auth_failure_limit)
+        self._limiter = MovingWindowRateLimiter(_storage(settings))
 
     def limit_for(self, account: Account) -> str:
         return account.rate_limit or self._plans.get(account.plan, self._default)
+
+    async def _state(self, item: RateLimitItem, *identifiers: str) -> RateState:
+        stats = await self._limiter.get_window_stats(item, *identifiers)
+        return RateState(item, stats.remaining, stats.reset_time)
 
     async def hit(self, account: Account) -> RateState:
         """Count one request against the account's limit; raise 429 when it is spent."""
         limit_text = self.limit_for(account)
         item = parse(limit_text)
-        allowed = await self._limiter.hit(item, "key", account.id)
-        stats = await self._limiter.get_window_stats(item, "key", account.id)
-        state = RateState(item, stats.remaining, stats.reset_time)
+        with unavailable_on_redis_errors():
+            allowed = await self._limiter.hit(item, "key", account.id)
+            state = await self._state(item, "key", account.id)
         if not allowed:
-            err = rate_limited(stats.reset_time - time.time(), limit_text)
+            err = rate_limited(state.reset_at - time.time(), limit_text)
             err.headers.update(state.headers())
             raise err
         return state
+
+    async def peek(self, account: Account) -> RateState:
+        """The account's window without counting a request (for GET /v2/account)."""
+        with unavailable_on_redis_errors():
+            return await self._state(parse(self.limit_for(account)), "key", account.id)
+
+    async def check_auth_failures(self, client_ip: str) -> None:
+        """429 before looking at the key when this address has failed too often:
+        a blocked guesser learns nothing, not even from a right guess."""
+        with unavailable_on_redis_errors():
+            if await self._limiter.test(self._auth_failures, "authfail", client_ip):
+                return
+            state = await self._state(self._auth_failures, "authfail", client_ip)
+        err = rate_limited(state.reset_at - time.time(), str(self._auth_failures))
+        err.message = f"Too many requests with a wrong API key from this address. {err.message}"
+        raise err
+
+    async def record_auth_failure(self, client_ip: str) -> None:
+        with unavailable_on_redis_errors():
+            await self._limiter.hit(self._auth_failures, "authfail", client_ip)

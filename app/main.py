@@ -28,6 +28,8 @@ SWEEP_INTERVAL_S = 60.0
 
 
 async def _sweep_forever(svc: Services) -> None:
+    # Often enough that a held reservation is refunded soon after it goes stale.
+    interval = min(SWEEP_INTERVAL_S, svc.settings.reservation_ttl_s / 2)
     while True:
         try:
             refunded = await svc.store.sweep_stale(svc.settings.reservation_ttl_s)
@@ -35,7 +37,7 @@ async def _sweep_forever(svc: Services) -> None:
                 log.warning("refunded %d stale reservations", refunded)
         except Exception:
             log.exception("reservation sweep failed")
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        await asyncio.sleep(interval)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "X-RateLimit-Remaining",
                 "X-RateLimit-Reset",
                 "Retry-After",
+                "Idempotent-Replayed",
             ],
             max_age=600,
         ),

@@ -86,12 +86,14 @@ class Settings(BaseSettings):
     default_model: str = "falcon"
     png_compress_level: int = Field(default=1, ge=0, le=9)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
-    reservation_ttl_s: float = 600.0
+    reservation_ttl_s: float = Field(default=600.0, gt=0)
+    idempotency_window_s: float = Field(default=86400.0, gt=0)
     log_level: str = "info"
 
     weights: dict[str, WeightsSpec] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     default_plan: str = "free"
+    auth_failure_limit: str = "30/minute"
     plans: dict[str, PlanSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")

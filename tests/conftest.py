@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+import redis
 import requests
 from PIL import Image
 
@@ -138,12 +140,72 @@ class LiveServer:
         image: bytes | None = None,
         model: str | None = None,
         path: str = "/v2/rembg/",
+        headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        headers = {"ApiKey": key} if key is not None else {}
+        headers = {**({"ApiKey": key} if key is not None else {}), **(headers or {})}
         files = {"image": ("photo.jpg", image if image is not None else subject_image(), "image/jpeg")}
         data = {"model": model} if model is not None else {}
         return requests.post(self.url + path, headers=headers, files=files, data=data, timeout=120, **kwargs)
+
+
+class RedisServer:
+    """A real redis-server on a free port, persisting to its own folder (AOF, fsync on every write),
+    so it can be stopped and started again mid-test without losing a credit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: scripts/setup installs it"
+        self.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        # SIGTERM: redis finishes the command at hand, flushes its replies and the AOF, then exits.
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def start_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], RedisServer]]:
+    servers: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(start_redis: Callable[[], RedisServer]) -> RedisServer:
+    return start_redis()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,17 +11,21 @@ from app.services import services
 
 async def account(request: Request) -> JSONResponse:
     svc = services(request)
-    acct = await authenticate(request, svc.store)
+    acct = await authenticate(request, svc.store, svc.limits)
+    rate = await svc.limits.peek(acct)  # reading the balance does not spend the rate limit
     return JSONResponse(
         {
             "account_id": acct.id,
             "credits": acct.credits,
             "plan": acct.plan,
             "rate_limit": svc.limits.limit_for(acct),
+            "rate_limit_remaining": rate.remaining,
+            "rate_limit_reset": int(rate.reset_at),
             "models": {
                 name: {"cost": p.spec.cost, "mask_cost": p.spec.mask_cost}
                 for name in svc.registry.names
                 if (p := svc.registry.get(name)) is not None
             },
-        }
+        },
+        headers=rate.headers(),
     )

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app import images
+from app import idempotency, images
 from app.auth import authenticate
 from app.billing import charge
-from app.errors import ApiError, invalid_image, invalid_parameter, request_id_of, service_unavailable
+from app.errors import client_closed_request, invalid_image, invalid_parameter, request_id_of, service_unavailable
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output
 from app.services import services
+from app.store import Account
 
 FORM_FIELDS = {"image", "model"}
 MAX_FIELD_BYTES = 1024
@@ -32,6 +33,8 @@ async def _read_form(request: Request) -> tuple[bytes, str | None]:
             return await _extract(form)
     except HTTPException as exc:
         raise invalid_parameter(f"Malformed multipart body ({exc.detail}). {SEND_HINT}") from None
+    except ClientDisconnect:
+        raise client_closed_request() from None
 
 
 async def _extract(form: FormData) -> tuple[bytes, str | None]:
@@ -51,10 +54,16 @@ async def _extract(form: FormData) -> tuple[bytes, str | None]:
 
 async def _remove(request: Request, output: Output) -> Response:
     svc = services(request)
-    request_id = request_id_of(request)
-    account = await authenticate(request, svc.store)
+    account = await authenticate(request, svc.store, svc.limits)
     rate = await svc.limits.hit(account)
+    with rate.on_errors():
+        response = await _process(request, account, output)
+    response.headers.update(rate.headers())
+    return response
 
+
+async def _process(request: Request, account: Account, output: Output) -> Response:
+    svc = services(request)
     data, model_name = await _read_form(request)
     model_name = (model_name or svc.settings.default_model).strip().lower()
     pipeline = svc.registry.get(model_name)
@@ -64,7 +73,10 @@ async def _remove(request: Request, output: Output) -> Response:
     images.probe(data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
 
     cost = pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost
-    async with charge(svc.store, account, cost, request_id) as reservation:
+    claim = idempotency.claim_for(
+        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data
+    )
+    async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
             png = await svc.gate.run(pipeline.render, data, output, timeout=svc.settings.processing_timeout_s)
         except Busy:
@@ -73,13 +85,17 @@ async def _remove(request: Request, output: Output) -> Response:
             raise service_unavailable(
                 "Processing took too long and was abandoned; nothing was charged.", code="processing_timeout"
             ) from None
+        if await request.is_disconnected():
+            # Nobody will receive the result: raising refunds it instead of charging for it.
+            raise client_closed_request()
 
     headers = {
-        "X-Credits-Charged": str(cost),
+        "X-Credits-Charged": str(reservation.amount),
         "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": model_name,
-        **rate.headers(),
     }
+    if reservation.replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
     return Response(png, media_type="image/png", headers=headers)
 
 

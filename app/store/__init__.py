@@ -5,6 +5,9 @@ from __future__ import annotations
 from app.settings import Settings
 from app.store.base import (
     Account,
+    IdempotencyClaim,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
     Store,
@@ -14,6 +17,11 @@ from app.store.base import (
 
 
 def open_store(settings: Settings) -> Store:
+    """Redis when CUTOUT_REDIS_URL is set (shared by replicas), else the embedded SQLite file."""
+    if settings.redis_url:
+        from app.store.redis import RedisStore
+
+        return RedisStore(settings.redis_url)
     from app.store.sqlite import SqliteStore
 
     return SqliteStore(settings.store_path)
@@ -21,6 +29,9 @@ def open_store(settings: Settings) -> Store:
 
 __all__ = [
     "Account",
+    "IdempotencyClaim",
+    "IdempotencyInFlight",
+    "IdempotencyMismatch",
     "InsufficientCredits",
     "Reservation",
     "Store",

@@ -4,6 +4,10 @@ Credits move in three steps so that nothing is charged for work not done:
 reserve (atomic check-and-decrement before inference), then commit on success
 or refund on any failure. A reservation that is neither committed nor refunded
 (the process died) is refunded by `sweep_stale`.
+
+An `Idempotency-Key` rides on the reservation: the record is created in the
+same atomic step as the reservation, marked done by the commit and dropped by
+the refund, so a retry is charged at most once whatever fails in between.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ class UnknownAccount(Exception):
     pass
 
 
+class IdempotencyInFlight(Exception):
+    """A request with the same Idempotency-Key is still being processed."""
+
+
+class IdempotencyMismatch(Exception):
+    """The Idempotency-Key was already used for a different request."""
+
+
 @dataclass(frozen=True)
 class Account:
     id: str
@@ -43,11 +55,21 @@ class Account:
 
 
 @dataclass(frozen=True)
+class IdempotencyClaim:
+    key: str  # digest of (account, client's Idempotency-Key): bounded size, no client text stored
+    fingerprint: str  # digest of what the request asks for: same key + other request -> mismatch
+    window_s: float  # how long a completed request is remembered
+
+
+@dataclass(frozen=True)
 class Reservation:
     id: str
     account_id: str
     amount: int
     remaining: int  # balance right after the reservation
+    idempotency: IdempotencyClaim | None = None
+    # A retry of a request already charged: nothing was reserved, nothing is committed.
+    replayed: bool = False
 
 
 def new_api_key() -> str:
@@ -62,6 +84,10 @@ def hash_api_key(key: str) -> str:
     # Keys carry 256 bits of randomness, so a plain digest cannot be brute-forced;
     # only this digest is ever stored.
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def idempotency_digest(account_id: str, client_key: str) -> str:
+    return hashlib.sha256(f"{account_id}\n{client_key}".encode("utf-8")).hexdigest()
 
 
 def now() -> float:
@@ -89,18 +115,31 @@ class Store(Protocol):
 
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None: ...
 
-    async def reserve(self, account_id: str, amount: int, reservation_id: str) -> Reservation:
-        """Atomically take `amount` credits or raise InsufficientCredits."""
+    async def reserve(
+        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+    ) -> Reservation:
+        """Atomically take `amount` credits or raise InsufficientCredits.
+
+        With a claim: a completed request under the same key (and fingerprint)
+        returns a `replayed` reservation of 0 credits; one still in flight raises
+        IdempotencyInFlight; a different request under the key raises
+        IdempotencyMismatch. Repeating a call with the same reservation_id
+        reserves once (safe to retry after a lost reply).
+        """
         ...
 
-    async def commit(self, reservation: Reservation) -> None: ...
+    async def commit(self, reservation: Reservation) -> bool:
+        """Make the charge final (idempotent). False when the reservation is gone
+        (refunded or swept as stale): then nothing was charged."""
+        ...
 
     async def refund(self, reservation: Reservation) -> int:
-        """Give the credits back (idempotent). Returns the balance."""
+        """Give the credits back (idempotent; a committed reservation stays charged). Returns the balance."""
         ...
 
     async def sweep_stale(self, older_than_s: float) -> int:
-        """Refund reservations older than the given age; returns how many."""
+        """Refund reservations older than the given age and drop expired
+        idempotency records; returns how many reservations were refunded."""
         ...
 
     async def ping(self) -> None: ...

@@ -17,6 +17,9 @@ import anyio.to_thread
 
 from app.store.base import (
     Account,
+    IdempotencyClaim,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
     UnknownAccount,
@@ -51,6 +54,14 @@ CREATE TABLE IF NOT EXISTS ledger (
     reason TEXT NOT NULL,
     ref TEXT,
     at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_ref ON ledger(ref);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    reservation_id TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL NOT NULL
 );
 """
 
@@ -163,39 +174,75 @@ class SqliteStore:
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def reserve(self, account_id: str, amount: int, reservation_id: str) -> Reservation:
+    async def reserve(
+        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+    ) -> Reservation:
+        def balance(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
+            return int(row[0]) if row else 0
+
         def op(db: sqlite3.Connection) -> Reservation:
+            if db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone():
+                return Reservation(reservation_id, account_id, amount, balance(db), idempotency)
+            if idempotency is not None:
+                seen = db.execute(
+                    "SELECT fingerprint, done FROM idempotency WHERE key = ? AND expires_at > ?",
+                    (idempotency.key, now()),
+                ).fetchone()
+                if seen is not None:
+                    if seen[0] != idempotency.fingerprint:
+                        raise IdempotencyMismatch()
+                    if not seen[1]:
+                        raise IdempotencyInFlight()
+                    return Reservation(reservation_id, account_id, 0, balance(db), idempotency, replayed=True)
             row = db.execute(
                 "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
                 (amount, account_id, amount),
             ).fetchone()
             if row is None:
-                balance = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
-                raise InsufficientCredits(balance[0] if balance else 0, amount)
+                raise InsufficientCredits(balance(db), amount)
             db.execute(
                 "INSERT INTO reservations (id, account_id, amount, created_at) VALUES (?, ?, ?, ?)",
                 (reservation_id, account_id, amount, now()),
             )
-            return Reservation(reservation_id, account_id, amount, int(row[0]))
+            if idempotency is not None:
+                # An expired record under the key may still be there: the new request replaces it.
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency (key, fingerprint, reservation_id, done, expires_at)"
+                    " VALUES (?, ?, ?, 0, ?)",
+                    (idempotency.key, idempotency.fingerprint, reservation_id, now() + idempotency.window_s),
+                )
+            return Reservation(reservation_id, account_id, amount, int(row[0]), idempotency)
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def commit(self, reservation: Reservation) -> None:
-        def op(db: sqlite3.Connection) -> None:
-            deleted = db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount
-            if deleted:
+    async def commit(self, reservation: Reservation) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            if not db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount:
+                already = db.execute(
+                    "SELECT 1 FROM ledger WHERE ref = ? AND reason = 'charge'", (reservation.id,)
+                ).fetchone()
+                return already is not None
+            db.execute(
+                "INSERT INTO ledger (account_id, delta, reason, ref, at) VALUES (?, ?, 'charge', ?, ?)",
+                (reservation.account_id, -reservation.amount, reservation.id, now()),
+            )
+            if reservation.idempotency is not None:
                 db.execute(
-                    "INSERT INTO ledger (account_id, delta, reason, ref, at) VALUES (?, ?, 'charge', ?, ?)",
-                    (reservation.account_id, -reservation.amount, reservation.id, now()),
+                    "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
+                    (now() + reservation.idempotency.window_s, reservation.id),
                 )
+            return True
 
-        await self._run(lambda db: self._tx(db, op))
+        return await self._run(lambda db: self._tx(db, op))
 
     @staticmethod
     def _refund_row(db: sqlite3.Connection, reservation_id: str, account_id: str, amount: int) -> None:
         # The DELETE decides: only the first refund (or sweep) of a reservation pays back.
         if db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount:
             db.execute("UPDATE accounts SET credits = credits + ? WHERE id = ?", (amount, account_id))
+            # The key is free again: nothing was charged under it, so a retry must run.
+            db.execute("DELETE FROM idempotency WHERE reservation_id = ?", (reservation_id,))
 
     async def refund(self, reservation: Reservation) -> int:
         def op(db: sqlite3.Connection) -> int:
@@ -211,6 +258,7 @@ class SqliteStore:
             ).fetchall()
             for reservation_id, account_id, amount in stale:
                 self._refund_row(db, reservation_id, account_id, amount)
+            db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now(),))
             return len(stale)
 
         return await self._run(lambda db: self._tx(db, op))
