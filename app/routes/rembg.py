@@ -74,7 +74,7 @@ async def _remove(request: Request, output: Output) -> Response:
     rate = await svc.limits.hit(account)
 
     data, model_name = await _read_form(request)
-    model_name = (model_name or svc.settings.default_model).strip().lower()
+    model_name = svc.settings.default_model if model_name is None else model_name
     pipeline = svc.registry.get(model_name)
     if pipeline is None:
         names = ", ".join(svc.registry.names)
