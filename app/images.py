@@ -1,4 +1,4 @@
-"""Image I/O: probe (header only), decode (oriented, RGB + alpha), encode PNG.
+"""Image I/O: probe (header only), decode (oriented, 8-bit sRGB + alpha), encode PNG.
 
 Probing happens on the event loop and must stay cheap: it reads the header,
 never the pixels, so a decompression bomb is refused before it costs memory.
@@ -17,19 +17,26 @@ from app.errors import ApiError, invalid_image
 
 pillow_heif.register_heif_opener()
 
-# Our own limits (probe) are the real gate; this stays as Pillow's backstop.
+# What clients send. Everything else Pillow could open (EPS runs Ghostscript,
+# PSD, ICO, ...) is refused: less parser surface for hostile files. (Multi-picture
+# JPEGs from cameras, "MPO", are opened by the JPEG entry.)
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF or AVIF"
+
+# Our own limits (probe) are the real gate; Pillow's bomb check would only
+# warn or raise a different error after the fact.
 Image.MAX_IMAGE_PIXELS = None
 
-# EXIF orientations 5-8 swap width and height when applied.
-_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
-
 SRGB_PROFILE = ImageCms.createProfile("sRGB")
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_WIDE_GRAY_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
 
 
 @dataclass(frozen=True)
 class ImageInfo:
     format: str
-    width: int  # displayed size, after EXIF orientation
+    width: int  # as stored; EXIF orientation may swap them, which no limit cares about
     height: int
 
 
@@ -45,76 +52,71 @@ def image_too_large(message: str) -> ApiError:
 
 def _open(data: bytes) -> Image.Image:
     if not data:
-        raise invalid_image("The image file is empty.")
+        raise invalid_image(f"The image file is empty. Send a {ACCEPTED_NAMES} file.")
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Exception:
-        raise invalid_image(
-            "The file is not an image we can read. Send JPEG, PNG, WebP, GIF, BMP, TIFF or HEIC."
-        ) from None
-
-
-def _orientation(img: Image.Image) -> int:
-    try:
-        return int(img.getexif().get(0x0112, 1))
-    except Exception:
-        return 1
+        raise invalid_image(f"The file is not an image we can read. Send {ACCEPTED_NAMES}.") from None
 
 
 def probe(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
+    """Format and size from the header alone; 400/413 before any pixel is decoded."""
     img = _open(data)
     width, height = img.size
     if width <= 0 or height <= 0:
         raise invalid_image("The image has no pixels.")
     if width > max_side or height > max_side:
-        raise image_too_large(f"The image is {width}x{height}; the longest side may be at most {max_side} px.")
+        raise image_too_large(f"The image is {width}x{height} px; each side may be at most {max_side} px.")
     if width * height > max_pixels:
         raise image_too_large(
-            f"The image has {width * height} pixels; at most {max_pixels} are accepted."
+            f"The image is {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted."
         )
-    if _orientation(img) in _TRANSPOSING_ORIENTATIONS:
-        width, height = height, width
     return ImageInfo(format=img.format or "unknown", width=width, height=height)
 
 
-def _to_srgb(img: Image.Image) -> Image.Image:
-    """Colour-manage into sRGB when the file carries an ICC profile (CMYK, Display P3...)."""
-    icc = img.info.get("icc_profile")
-    if not icc:
-        return img
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit grayscale (PNG, TIFF) to 8 bits by scaling: converting directly clips to white."""
+    arr = np.asarray(img, dtype=np.float32)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        scale = 255.0 / 65535.0
+    else:  # "I" / "F" have no fixed range: keep 8-bit-range data, scale anything wider by its peak
+        peak = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / peak if peak > 255.0 else 1.0
+    return Image.fromarray((arr * scale + 0.5).clip(0, 255).astype(np.uint8))
+
+
+def _to_srgb(img: Image.Image, icc: bytes, mode: str) -> Image.Image:
+    """Colour-manage into sRGB (CMYK, Display P3, Adobe RGB ...) so the subject keeps its colour."""
     try:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        out_mode = "RGBA" if img.mode in ("RGBA", "LA", "PA") else "RGB"
         if img.mode not in ("RGB", "RGBA", "CMYK", "L"):
-            img = img.convert(out_mode)
-        return ImageCms.profileToProfile(img, src, SRGB_PROFILE, outputMode=out_mode)
+            img = img.convert(mode)
+        return ImageCms.profileToProfile(img, src, SRGB_PROFILE, outputMode=mode)
     except Exception:
-        # A broken profile is no reason to refuse the photo: fall back to plain conversion.
-        return img
+        # A broken or mismatched profile is no reason to refuse the photo: plain conversion.
+        return img.convert(mode)
 
 
 def decode(data: bytes) -> Decoded:
-    """Full decode, in a worker thread: apply EXIF orientation, bring to 8-bit sRGB."""
+    """Full decode, in a worker thread: first frame, EXIF orientation applied, 8-bit sRGB."""
     img = _open(data)
     try:
-        img.seek(0)  # GIF / multi-page TIFF / HEIC sequences: first frame
+        img.seek(0)  # GIF, multi-page TIFF, HEIC sequences: the first frame
         img.load()
+        icc = img.info.get("icc_profile")
         img = ImageOps.exif_transpose(img)
-        img = _to_srgb(img)
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale: scale to 8 bits rather than clip.
-            arr = np.asarray(img, dtype=np.float32)
-            peak = max(float(arr.max()), 1.0)
-            img = Image.fromarray((arr * (255.0 / (65535.0 if peak > 255 else 255.0))).clip(0, 255).astype(np.uint8))
-        rgba = img.convert("RGBA") if has_alpha else None
-        rgb = np.asarray(rgba.convert("RGB") if rgba is not None else img.convert("RGB"))
-        alpha = np.asarray(rgba.getchannel("A")) if rgba is not None else None
-    except ApiError:
-        raise
+        if img.mode in _WIDE_GRAY_MODES:
+            img = _to_8bit(img)
+        mode = "RGBA" if img.has_transparency_data else "RGB"
+        img = _to_srgb(img, icc, mode) if icc else img.convert(mode)
+        if img.mode != mode:  # lcms may answer in another mode for odd profiles
+            img = img.convert(mode)
+        pixels = np.asarray(img)
     except Exception:
         raise invalid_image("The image is truncated or corrupt and cannot be decoded.") from None
-    return Decoded(rgb=rgb, alpha=alpha)
+    if mode == "RGBA":
+        return Decoded(rgb=np.ascontiguousarray(pixels[..., :3]), alpha=np.ascontiguousarray(pixels[..., 3]))
+    return Decoded(rgb=pixels, alpha=None)
 
 
 def encode_png(pixels: np.ndarray, compress_level: int) -> bytes:

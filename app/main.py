@@ -12,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
+from app import openapi
 from app.errors import EXCEPTION_HANDLERS
 from app.inference.gate import WorkerGate
 from app.inference.registry import ModelRegistry
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v2/account", account.account, methods=["GET"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint(settings), methods=["GET"]),
     ]
     middleware = [
         Middleware(RequestContext),
@@ -93,7 +95,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ],
             max_age=600,
         ),
-        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_timeout_s),
+        Middleware(
+            BodyLimit,
+            max_bytes=settings.max_body_bytes,
+            read_timeout_s=settings.body_timeout_s,
+            deadline_s=settings.body_deadline_s,
+        ),
     ]
     return Starlette(
         routes=routes,

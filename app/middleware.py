@@ -65,47 +65,55 @@ class BodyLimit:
 
     A declared Content-Length over the limit is refused before reading a byte;
     an undeclared (chunked) body is counted as it arrives. A client that stops
-    sending for `read_timeout_s` gets 408 instead of holding the request open.
+    sending for `read_timeout_s`, or trickles for longer than `deadline_s` in
+    all, gets 408 instead of holding the request open.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, deadline_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
+        self.deadline_s = deadline_s
+
+    def _too_large(self) -> ApiError:
+        # Connection: close, so the server does not read the rest of the body to reuse the connection.
+        err = payload_too_large(self.max_bytes)
+        err.headers["Connection"] = "close"
+        return err
+
+    def _timed_out(self, stalled: bool) -> ApiError:
+        if stalled:
+            message = f"The upload stalled: no data for {self.read_timeout_s:g} s. Send the body without pausing."
+        else:
+            message = f"The upload took longer than {self.deadline_s:g} s. Send a smaller image or a faster connection."
+        return ApiError(408, "request_timeout", message, headers={"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    request_id = scope.get("state", {}).get("request_id", "")
-                    response = error_response(request_id, payload_too_large(self.max_bytes))
-                    response.headers["Connection"] = "close"
-                    await response(scope, receive, send)
-                    return
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                request_id = scope.get("state", {}).get("request_id", "")
+                await error_response(request_id, self._too_large())(scope, receive, send)
+                return
         received = 0
         body_done = False
+        deadline = time.monotonic() + self.deadline_s
 
         async def limited_receive() -> Message:
             nonlocal received, body_done
             if body_done:  # later receives wait for a disconnect: no deadline there
                 return await receive()
+            left = deadline - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.read_timeout_s, left)))
             except TimeoutError:
-                raise ApiError(
-                    408, "request_timeout", f"The upload stalled for {self.read_timeout_s:g} s; send the body faster."
-                ) from None
+                raise self._timed_out(stalled=left > self.read_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise payload_too_large(self.max_bytes)
+                    raise self._too_large()
                 body_done = not message.get("more_body", False)
             return message
 

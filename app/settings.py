@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 25 * 1024 * 1024
     max_pixels: int = 50_000_000
     max_side: int = 12_000
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_deadline_s: float = Field(default=300.0, gt=0)
     processing_timeout_s: float = 60.0
 
     default_model: str = "falcon"

@@ -7,13 +7,14 @@ starts a dedicated one with its own settings (CUTOUT_* environment) and data dir
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +68,32 @@ def assert_error(response: requests.Response, status: int, code: str) -> dict[st
     assert error["request_id"].startswith("req_")
     assert response.headers["X-Request-ID"] == error["request_id"]
     return body
+
+
+def raw_request(url: str, head: str, body_chunks: Iterable[bytes] = (), pause_s: float = 0.0, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    """Send a hand-written HTTP request over a socket, possibly never finishing the body.
+
+    Returns the status and the JSON body of whatever the server answers, as soon
+    as it answers (clients like requests cannot show an answer to an unfinished upload).
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n")
+        try:
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+                time.sleep(pause_s)
+        except OSError:
+            pass  # the server answered and closed while we were still sending: read its answer
+        received = b""
+        while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+    status_line, _, rest = received.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(body)
 
 
 class LiveServer:

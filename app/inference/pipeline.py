@@ -74,6 +74,8 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Recover the subject's own colour on soft edges (no halo of the old background)."""
     from pymatting import estimate_foreground_ml  # imported lazily: numba start-up cost
 
+    if alpha.size < 2:  # pymatting divides by zero on a 1x1 image, which has no edge to clean anyway
+        return rgb
     fg = estimate_foreground_ml(rgb / 255.0, alpha / 255.0)
     return (np.clip(fg, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

@@ -17,39 +17,57 @@ from app.services import services
 from app.store import Account
 
 FORM_FIELDS = {"image", "model"}
+# Text fields are held in memory: "model" needs a few bytes. Extra parts are
+# parsed (bounded) only so the error can name them.
 MAX_FIELD_BYTES = 1024
-SEND_HINT = 'Send multipart/form-data with the photo in a file field named "image" (and optionally "model").'
+MAX_FORM_PARTS = 8
+SEND_HINT = (
+    'Send multipart/form-data with the photo as a file part named "image" '
+    '(curl: -F image=@photo.jpg) and optionally a text field "model".'
+)
+
+
+def _names(names: list[str]) -> str:
+    # Client-chosen names are echoed only cut short and quoted.
+    return ", ".join(repr(name[:40]) for name in names)
 
 
 async def _read_form(request: Request) -> tuple[bytes, str | None]:
     """The upload's bytes and the requested model name, or a 400 that says what to send."""
     content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise invalid_image(f"No image received. {SEND_HINT}")
+    if not content_type.lower().startswith("multipart/form-data"):
+        received = content_type.split(";")[0].strip()[:60] or "no Content-Type"
+        raise invalid_image(f"Expected a multipart/form-data body, got {received}. {SEND_HINT}")
     try:
         async with request.form(
-            max_files=1, max_fields=len(FORM_FIELDS), max_part_size=MAX_FIELD_BYTES
+            max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=MAX_FIELD_BYTES
         ) as form:
             return await _extract(form)
     except HTTPException as exc:
-        raise invalid_parameter(f"Malformed multipart body ({exc.detail}). {SEND_HINT}") from None
+        reason = str(exc.detail).rstrip(".")
+        raise invalid_parameter(f"The multipart body could not be read ({reason}). {SEND_HINT}") from None
     except ClientDisconnect:
         raise client_closed_request() from None
 
 
 async def _extract(form: FormData) -> tuple[bytes, str | None]:
-    upload = form.get("image")
-    if upload is None:
-        raise invalid_image(f"No image received. {SEND_HINT}")
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    items = form.multi_items()
+    files = [name for name, value in items if isinstance(value, UploadFile)]
+    unknown = sorted({name for name, _ in items} - FORM_FIELDS)
+    if len(files) > 1:
+        raise invalid_parameter(f"Send exactly one file; got {len(files)} ({_names(files)}). {SEND_HINT}")
+    if "image" not in form:
+        got = f" Got a file in {_names(files)}." if files else ""
+        raise invalid_image(f'No file part named "image".{got} {SEND_HINT}')
     if unknown:
-        raise invalid_parameter(f"Unknown form field(s): {', '.join(unknown)}. {SEND_HINT}")
+        raise invalid_parameter(f"Unknown form field(s): {_names(unknown)}. {SEND_HINT}")
+    if len(form.getlist("image")) > 1 or len(form.getlist("model")) > 1:
+        raise invalid_parameter(f'Send "image" and "model" once each. {SEND_HINT}')
+    upload = form["image"]
     if not isinstance(upload, UploadFile):
-        raise invalid_image(f'"image" must be a file, not a text field. {SEND_HINT}')
-    model = form.get("model")
-    if model is not None and not isinstance(model, str):
-        raise invalid_parameter('"model" must be a text field, not a file.')
-    return await upload.read(), model
+        raise invalid_image(f'"image" was sent as a text field; send the photo as a file part. {SEND_HINT}')
+    model = form.get("model")  # a str: the one file part allowed is "image"
+    return await upload.read(), model if isinstance(model, str) else None
 
 
 async def _remove(request: Request, output: Output) -> Response:
@@ -65,11 +83,11 @@ async def _remove(request: Request, output: Output) -> Response:
 async def _process(request: Request, account: Account, output: Output) -> Response:
     svc = services(request)
     data, model_name = await _read_form(request)
-    model_name = (model_name or svc.settings.default_model).strip().lower()
+    model_name = svc.settings.default_model if model_name is None else model_name
     pipeline = svc.registry.get(model_name)
     if pipeline is None:
         names = ", ".join(svc.registry.names)
-        raise invalid_parameter(f"Unknown model {model_name!r}. Choose one of: {names}.")
+        raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
     images.probe(data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
 
     cost = pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost

@@ -1,0 +1,252 @@
+"""The OpenAPI 3.1 description served at GET /openapi.json.
+
+Written by hand, next to the code it describes, because the handlers are plain
+Starlette functions with nothing to introspect. `operations()` is the one
+list of documented operations: a new route adds its entry there. The contract
+tests run schemathesis against this document, so a response the service gives
+but the document does not list fails the suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.settings import Settings
+
+JSON = dict[str, Any]
+
+API_KEY_SCHEME = "ApiKey"
+_REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
+_RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
+_INT_HEADER = {"schema": {"type": "integer", "minimum": 0}}
+
+# Every error status the service answers with, and the codes it uses for it.
+ERRORS: dict[int, tuple[str, list[str]]] = {
+    400: ("The request is wrong; the message says what to send.", ["invalid_image", "invalid_parameter"]),
+    401: ("Missing, unknown or revoked API key.", ["invalid_api_key"]),
+    402: ("The balance does not cover this request.", ["insufficient_credits"]),
+    408: ("The upload stalled or took too long.", ["request_timeout"]),
+    409: ("A request with this Idempotency-Key is still running; retry shortly.", ["idempotency_key_in_use"]),
+    413: ("The body or the image is over the limits.", ["payload_too_large", "image_too_large"]),
+    422: ("This Idempotency-Key was used for a different request.", ["idempotency_key_reused"]),
+    429: ("Rate limit spent; retry after `Retry-After` seconds.", ["rate_limit_exceeded"]),
+    500: ("A bug on our side; the body never holds a traceback.", ["internal_error"]),
+    503: (
+        "Overloaded, too slow, or a dependency is down; nothing was charged.",
+        ["server_busy", "processing_timeout", "service_unavailable"],
+    ),
+}
+_RETRY_STATUSES = {409, 429, 503}
+
+ERROR_SCHEMA: JSON = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "request_id"],
+            "additionalProperties": False,
+            "properties": {
+                "code": {"type": "string", "description": "Stable, machine-readable."},
+                "message": {"type": "string", "description": "For humans: what went wrong and what to send."},
+                "request_id": {"type": "string", "pattern": "^req_"},
+            },
+        },
+        "retry_after": {"type": "integer", "minimum": 1, "description": "Only on 429: seconds to wait."},
+    },
+}
+
+
+def error_response(status: int) -> JSON:
+    description, codes = ERRORS[status]
+    headers: JSON = {"X-Request-ID": _REQUEST_ID}
+    if status in _RETRY_STATUSES:
+        headers["Retry-After"] = _RETRY_AFTER
+    schema = {
+        "allOf": [
+            {"$ref": "#/components/schemas/Error"},
+            {"properties": {"error": {"properties": {"code": {"enum": codes}}}}},
+        ]
+    }
+    return {
+        "description": f"{description} Codes: {', '.join(codes)}.",
+        "headers": headers,
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def json_response(description: str, schema: JSON, headers: JSON | None = None) -> JSON:
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": _REQUEST_ID, **(headers or {})},
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
+    models = sorted(settings.models)
+    success_headers = {
+        "X-Request-ID": _REQUEST_ID,
+        "X-Credits-Charged": _INT_HEADER,
+        "X-Credits-Remaining": _INT_HEADER,
+        "X-Model": {"schema": {"type": "string", "enum": models}},
+        "X-RateLimit-Limit": _INT_HEADER,
+        "X-RateLimit-Remaining": _INT_HEADER,
+        "X-RateLimit-Reset": {"description": "Unix time when the window frees up.", **_INT_HEADER},
+        "Idempotent-Replayed": {
+            "description": "`true` when this is a retry of a request already paid for (then X-Credits-Charged is 0).",
+            "schema": {"type": "string", "enum": ["true"]},
+        },
+    }
+    return {
+        "summary": summary,
+        "security": [{API_KEY_SCHEME: []}],
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Retries with the same key (same account, image, model, endpoint) are charged once.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "image": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": (
+                                    "The photo: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF or AVIF. "
+                                    f"At most {settings.max_body_bytes} bytes in the body, "
+                                    f"{settings.max_pixels} pixels and {settings.max_side} px a side. "
+                                    "EXIF orientation is applied."
+                                ),
+                            },
+                            "model": {"type": "string", "enum": models, "default": settings.default_model},
+                        },
+                    },
+                    "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": png,
+                "headers": success_headers,
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **{
+                str(status): error_response(status)
+                for status in (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)
+            },
+        },
+    }
+
+
+def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
+    """Path -> method -> operation: everything the service answers."""
+    cutout = _upload_operation(
+        settings, "Remove the background", "The cut-out: RGBA PNG at the input's displayed size."
+    )
+    mask = _upload_operation(
+        settings, "Foreground mask", "The mask: grayscale PNG at the input's displayed size, white = subject."
+    )
+    account = {
+        "summary": "Balance, plan, rate limit and model costs",
+        "security": [{API_KEY_SCHEME: []}],
+        "responses": {
+            "200": json_response("The caller's account.", {"$ref": "#/components/schemas/Account"}),
+            **{str(status): error_response(status) for status in (401, 429, 500, 503)},
+        },
+    }
+    status_schema = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+    health = {"summary": "The process is alive", "responses": {"200": json_response("Alive.", status_schema)}}
+    ready = {
+        "summary": "Models loaded and the store reachable",
+        "responses": {
+            "200": json_response("Ready to serve.", status_schema),
+            "503": json_response("Starting or a dependency is down.", status_schema, {"Retry-After": _RETRY_AFTER}),
+        },
+    }
+    document = {
+        "summary": "This document",
+        "responses": {"200": json_response("OpenAPI 3.1 description of the API.", {"type": "object"})},
+    }
+    return {
+        # Both spellings answer directly (no redirect), so both are listed.
+        "/v2/rembg/": {"post": cutout},
+        "/v2/rembg": {"post": cutout},
+        "/v2/rembg/mask/": {"post": mask},
+        "/v2/rembg/mask": {"post": mask},
+        "/v2/account": {"get": account},
+        "/health": {"get": health},
+        "/ready": {"get": ready},
+        "/openapi.json": {"get": document},
+    }
+
+
+def _account_schema() -> JSON:
+    cost = {"type": "object", "properties": {"cost": {"type": "integer"}, "mask_cost": {"type": "integer"}}}
+    return {
+        "type": "object",
+        "required": ["account_id", "credits", "plan", "rate_limit", "rate_limit_remaining", "rate_limit_reset", "models"],
+        "properties": {
+            "account_id": {"type": "string"},
+            "credits": {"type": "integer"},
+            "plan": {"type": "string"},
+            "rate_limit": {"type": "string", "examples": ["60/minute"]},
+            "rate_limit_remaining": {"type": "integer", "minimum": 0},
+            "rate_limit_reset": {"type": "integer", "description": "Unix time when the window frees up."},
+            "models": {"type": "object", "additionalProperties": cost},
+        },
+    }
+
+
+def _operation_id(method: str, path: str) -> str:
+    slug = path.strip("/").replace("/", "_").replace(".", "_")
+    return f"{method}_{slug}{'_slash' if path.endswith('/') and path != '/' else ''}"
+
+
+def build(settings: Settings) -> JSON:
+    paths = {
+        # Operation ids must be unique, and the two spellings of a path share one operation.
+        path: {method: {**op, "operationId": _operation_id(method, path)} for method, op in methods.items()}
+        for path, methods in operations(settings).items()
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Cutout",
+            "version": "2",
+            "description": (
+                "Background removal: POST a photo as multipart form data with your `ApiKey` header; "
+                "get PNG bytes, or a JSON error of one shape. Credits are charged only for work delivered."
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "ApiKey"}},
+            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema()},
+        },
+    }
+
+
+def endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
+    """GET /openapi.json: the document is built once, from the settings the app runs with."""
+    body = JSONResponse(build(settings)).body
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return openapi_json
