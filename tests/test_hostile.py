@@ -40,7 +40,8 @@ def base_photo() -> Image.Image:
     img = Image.open(photos[0]) if photos else Image.open(io.BytesIO(subject_image(128, 96)))
     img = img.convert("RGB")
     img.thumbnail((128, 128))
-    return img
+    # Even sides: for odd ones the HEIF encoder adds a clean-aperture box that the forger leaves alone.
+    return img.crop((0, 0, img.width // 2 * 2, img.height // 2 * 2))
 
 
 def encode(img: Image.Image, fmt: str) -> bytes:
@@ -78,8 +79,13 @@ def forge_bmp(data: bytes) -> bytes:
 
 
 def forge_heif(data: bytes) -> bytes:
-    at = data.find(b"ispe")
-    return data[: at + 8] + struct.pack(">II", HUGE, HUGE) + data[at + 16 :]
+    # Every `ispe` (image spatial extent) box: an encoder may write one per item (image, grid, alpha).
+    forged = bytearray(data)
+    at = forged.find(b"ispe")
+    while at != -1:
+        forged[at + 8 : at + 16] = struct.pack(">II", HUGE, HUGE)
+        at = forged.find(b"ispe", at + 16)
+    return bytes(forged)
 
 
 FORGERS: dict[str, Callable[[bytes], bytes]] = {
