@@ -23,11 +23,23 @@ import pytest
 import redis
 import requests
 from PIL import Image
+from playwright.sync_api import Browser, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 SHARED_TESTDATA = ROOT.parent / "shared" / "testdata" / "rembg"
 STARTUP_TIMEOUT_S = 90
+# Debian's chromium (scripts/setup installs it) runs as root here, hence --no-sandbox;
+# the rest keeps it off the network except for the pages a test opens.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -263,3 +275,15 @@ def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
 @pytest.fixture
 def api_key(live_server: LiveServer) -> str:
     return live_server.create_key(100)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium driven by Playwright; every launch gets a fresh temporary profile."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is missing: run scripts/setup (it apt-installs it)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
