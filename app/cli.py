@@ -50,6 +50,7 @@ def _check_plan_and_rate(settings: Settings, plan: str | None, rate: str | None)
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from app.logs import logging_config
     from app.main import create_app
@@ -66,7 +67,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         # After the drain deadline: a last second for responses being written, then cancel.
         timeout_graceful_shutdown=1,
     )
-    DrainingServer(config, app.state.drain, settings.shutdown_timeout_s).run()
+    server = DrainingServer(config, app.state.drain, settings.shutdown_timeout_s)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as `uvicorn.run` does: a supervisor must see that it failed
 
 
 def cmd_probe(args: argparse.Namespace, settings: Settings) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Callable
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3 import encode_multipart_formdata
@@ -243,3 +244,11 @@ def test_sigterm_cancels_and_refunds_what_outlives_the_drain(start_server: Calla
     assert server.process.wait(timeout=60) == 0, server.log()
     server.start()
     assert server.balance(key) == 10, "the cancelled request was refunded"
+
+
+def test_a_failed_start_exits_with_a_failure_status(tmp_path) -> None:
+    # Docker restart policies and supervisors read the exit status, not the log.
+    server = LiveServer(tmp_path / "data", {"CUTOUT_MODELS_DIR": str(tmp_path / "no-weights")})
+    with pytest.raises(RuntimeError):
+        server.start()
+    assert server.process is not None and server.process.returncode == 3
