@@ -301,9 +301,13 @@ def api_key(live_server: LiveServer) -> str:
     return live_server.create_key(100)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium driven by Playwright; every launch gets a fresh temporary profile."""
+    """Headless Chromium driven by Playwright; every launch gets a fresh temporary profile.
+
+    Module-scoped: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and the asyncio tests of later modules need the thread free.
+    """
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail("chromium is missing: run scripts/setup (it apt-installs it)")

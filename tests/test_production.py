@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3 import encode_multipart_formdata
 
-from conftest import LiveServer, assert_error, png_of, subject_image
+from conftest import LiveServer, RedisServer, assert_error, png_of, subject_image
 
 
 def scrape(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -52,6 +52,23 @@ def test_health_and_ready(live_server: LiveServer) -> None:
     ready = requests.get(live_server.url + "/ready", timeout=10)
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "models": ["ghost", "falcon", "aurora"]}
+
+
+def test_ready_says_503_while_the_store_is_down(
+    start_server: Callable[..., LiveServer], start_redis: Callable[[], RedisServer]
+) -> None:
+    redis_server = start_redis()
+    server = start_server(CUTOUT_REDIS_URL=redis_server.url)
+    key = server.create_key(5)
+    redis_server.stop()
+    ready = requests.get(server.url + "/ready", timeout=10)
+    assert ready.status_code == 503 and ready.json() == {"status": "store_unreachable"}
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200, "alive, just not ready"
+    assert_error(server.remove(key, model="ghost"), 503, "service_unavailable")
+    assert metric(scrape(server), "cutout_rejects_total", code="service_unavailable") == 1
+
+    redis_server.start()
+    wait_until(lambda: requests.get(server.url + "/ready", timeout=10).status_code == 200, 30, "/ready to recover")
 
 
 def test_probe_command_is_the_container_healthcheck(live_server: LiveServer) -> None:
