@@ -27,4 +27,5 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
     if account is None or account.revoked:
         await limits.record_auth_failure(client_ip)
         raise invalid_api_key("The API key is unknown or revoked.")
+    request.state.account_id = account.id  # for the access log
     return account

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import sys
+import urllib.error
+import urllib.request
 from typing import Any, Awaitable, Callable
 
 from limits import parse as parse_limit
@@ -48,14 +50,41 @@ def _check_plan_and_rate(settings: Settings, plan: str | None, rate: str | None)
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
-    uvicorn.run(
-        "app.main:app",
+    from app.logs import logging_config
+    from app.main import create_app
+    from app.shutdown import DrainingServer
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
+        log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
-        access_log=False,  # app.middleware logs each request with its id
+        access_log=False,  # app.middleware writes the JSON access log, with request ids
+        # After the drain deadline: a last second for responses being written, then cancel.
+        timeout_graceful_shutdown=1,
     )
+    server = DrainingServer(config, app.state.drain, settings.shutdown_timeout_s)
+    server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as `uvicorn.run` does: a supervisor must see that it failed
+
+
+def cmd_probe(args: argparse.Namespace, settings: Settings) -> None:
+    """Exit 0 when the local server answers 200 on the path: the container HEALTHCHECK."""
+    url = f"http://127.0.0.1:{args.port or settings.port}{args.path}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except OSError as err:
+        sys.exit(f"{url}: {err}")
+    if status != 200:
+        sys.exit(f"{url}: HTTP {status}")
 
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
@@ -145,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    probe = sub.add_parser("probe", help="check the local server (exit 0 when the path answers 200)")
+    probe.add_argument("--path", default="/ready")
+    probe.add_argument("--port", type=int)
+    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.set_defaults(func=cmd_probe)
 
     keys = sub.add_parser("keys", help="manage API keys and credits").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create an account; prints its API key as the last line")

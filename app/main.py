@@ -10,22 +10,25 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from app import openapi
+from app import metrics, openapi
 from app.errors import EXCEPTION_HANDLERS
 from app.inference.gate import WorkerGate
 from app.inference.registry import ModelRegistry
 from app.limits import RateLimits
 from app.middleware import BodyLimit, RequestContext
-from app.routes import account, health, rembg
+from app.routes import account, health, pages, rembg
 from app.services import Services
 from app.settings import Settings, get_settings
+from app.shutdown import Drain, DrainGate
 from app.store import open_store
 
 log = logging.getLogger("cutout")
 
 SWEEP_INTERVAL_S = 60.0
+# At shutdown, how long requests cancelled by uvicorn get to land their refunds before the store closes.
+SETTLE_TIMEOUT_S = 5.0
 
 
 async def _sweep_forever(svc: Services) -> None:
@@ -43,6 +46,7 @@ async def _sweep_forever(svc: Services) -> None:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
+    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.shutdown)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -56,12 +60,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             limits=RateLimits(settings),
         )
         app.state.services = svc
+        metrics.watch(svc.gate, drain)
         sweeper = asyncio.create_task(_sweep_forever(svc))
         log.info("ready: models %s, %d workers", ", ".join(registry.names), settings.workers)
         try:
             yield
         finally:
             sweeper.cancel()
+            await drain.settled(SETTLE_TIMEOUT_S)
             svc.gate.shutdown()
             await svc.store.close()
 
@@ -75,6 +81,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
         Route("/openapi.json", openapi.endpoint(settings), methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/docs", pages.docs, methods=["GET"]),
+        Route("/demo", pages.demo, methods=["GET"]),
+        Mount("/static/swagger-ui", pages.swagger_ui_files()),
+        Mount("/static", pages.static_files()),
     ]
     middleware = [
         Middleware(RequestContext),
@@ -95,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ],
             max_age=600,
         ),
+        Middleware(DrainGate, drain=drain),
         Middleware(
             BodyLimit,
             max_bytes=settings.max_body_bytes,
@@ -102,12 +114,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             deadline_s=settings.body_deadline_s,
         ),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.drain = drain
+    return app
 
 
 app = create_app()

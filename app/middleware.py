@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids and the streaming body limit.
+"""Pure ASGI middleware: request ids with access logs and metrics, and the streaming body limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so the body streams through untouched and
 nothing is buffered twice.
@@ -7,6 +7,7 @@ nothing is buffered twice.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -14,9 +15,13 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import metrics
 from app.errors import ApiError, error_response, payload_too_large
 
 log = logging.getLogger("cutout.access")
+
+# Our error bodies are a few hundred bytes; anything longer is not one of them.
+MAX_ERROR_BODY = 4096
 
 
 def new_request_id() -> str:
@@ -24,7 +29,12 @@ def new_request_id() -> str:
 
 
 class RequestContext:
-    """Gives every request an id (scope state `request_id`, header X-Request-ID) and logs it."""
+    """Gives every request an id (scope state `request_id`, header X-Request-ID), then writes
+    its JSON access log line and counts it in the metrics.
+
+    Handlers add what only they know to the request state: `account_id` (auth; never
+    the key), `model`, `inference_ms` and `credits_charged` (the rembg routes).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,30 +44,81 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         started = time.perf_counter()
         status = 0
+        bytes_in = 0
+        bytes_out = 0
+        error_body: bytearray | None = None  # collected only for JSON errors, to read their code
+
+        async def counting_receive() -> Message:
+            nonlocal bytes_in
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, bytes_out, error_body
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers["X-Request-ID"] = request_id
+                if status >= 400 and headers.get("content-type", "").startswith("application/json"):
+                    error_body = bytearray()
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                bytes_out += len(body)
+                if error_body is not None and len(error_body) < MAX_ERROR_BODY:
+                    error_body += body
             await send(message)
 
+        failed = False
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, counting_receive, send_with_id)
+        except BaseException:
+            failed = True  # rendered as a 500 by Starlette's outermost handler
+            raise
         finally:
+            seconds = time.perf_counter() - started
+            if failed and not status:
+                status, code = 500, "internal_error"
+            else:
+                code = _error_code(error_body)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            model = state.get("model", "")
+            metrics.observe_request(route, status, model, seconds, code)
             log.info(
-                "%s %s %s %.1fms %s",
-                scope["method"],
-                scope["path"],
-                status or 500,
-                (time.perf_counter() - started) * 1000,
-                request_id,
+                "access",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "error_code": code,
+                    "account_id": state.get("account_id"),
+                    "model": model or None,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "duration_ms": round(seconds * 1000, 1),
+                    "inference_ms": state.get("inference_ms"),
+                    "credits_charged": state.get("credits_charged", 0),
+                },
             )
+
+
+def _error_code(body: bytearray | None) -> str | None:
+    """The `error.code` of an error response in our JSON shape, if it is one."""
+    if not body:
+        return None
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 class BodyLimit:

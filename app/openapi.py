@@ -37,7 +37,7 @@ ERRORS: dict[int, tuple[str, list[str]]] = {
     500: ("A bug on our side; the body never holds a traceback.", ["internal_error"]),
     503: (
         "Overloaded, too slow, or a dependency is down; nothing was charged.",
-        ["server_busy", "processing_timeout", "service_unavailable"],
+        ["server_busy", "processing_timeout", "service_unavailable", "shutting_down"],
     ),
 }
 _RETRY_STATUSES = {409, 429, 503}
@@ -85,6 +85,12 @@ def json_response(description: str, schema: JSON, headers: JSON | None = None) -
         "headers": {"X-Request-ID": _REQUEST_ID, **(headers or {})},
         "content": {"application/json": {"schema": schema}},
     }
+
+
+def _not_json(summary: str, media_type: str, description: str) -> JSON:
+    """A page or the Prometheus scrape: no key, one 200 that is not JSON."""
+    content = {media_type: {"schema": {"type": "string"}}}
+    return {"summary": summary, "responses": {"200": {"description": description, "content": content}}}
 
 
 def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
@@ -176,9 +182,14 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
         "summary": "Models loaded and the store reachable",
         "responses": {
             "200": json_response("Ready to serve.", status_schema),
-            "503": json_response("Starting or a dependency is down.", status_schema, {"Retry-After": _RETRY_AFTER}),
+            "503": json_response(
+                "Starting, a dependency is down, or shutting down.", status_schema, {"Retry-After": _RETRY_AFTER}
+            ),
         },
     }
+    metrics = _not_json("Prometheus metrics", "text/plain", "Prometheus text exposition format.")
+    docs = _not_json("This reference, rendered by Swagger UI", "text/html", "HTML page.")
+    demo = _not_json("Try the API in a browser", "text/html", "HTML page.")
     document = {
         "summary": "This document",
         "responses": {"200": json_response("OpenAPI 3.1 description of the API.", {"type": "object"})},
@@ -193,6 +204,9 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
         "/health": {"get": health},
         "/ready": {"get": ready},
         "/openapi.json": {"get": document},
+        "/metrics": {"get": metrics},
+        "/docs": {"get": docs},
+        "/demo": {"get": demo},
     }
 
 

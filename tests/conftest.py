@@ -23,11 +23,23 @@ import pytest
 import redis
 import requests
 from PIL import Image
+from playwright.sync_api import Browser, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 SHARED_TESTDATA = ROOT.parent / "shared" / "testdata" / "rembg"
 STARTUP_TIMEOUT_S = 90
+# Debian's chromium (scripts/setup installs it) runs as root here, hence --no-sandbox;
+# the rest keeps it off the network except for the pages a test opens.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -97,7 +109,20 @@ def raw_request(url: str, head: str, body_chunks: Iterable[bytes] = (), pause_s:
 
 
 class LiveServer:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    """`python -m app serve` on a free port. `python`, `cwd` and `user` default to this checkout
+    run by us; the Dockerfile test points them at a built image tree and its non-root user."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        python: str = sys.executable,
+        cwd: Path = ROOT,
+        user: int | None = None,
+    ) -> None:
+        self.python = python
+        self.cwd = cwd
+        self.user = user
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -111,17 +136,20 @@ class LiveServer:
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "LiveServer":
+    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "LiveServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT,
+            [self.python, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            user=self.user,
+            group=self.user,
+            extra_groups=[] if self.user is not None else None,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
@@ -148,7 +176,15 @@ class LiveServer:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "app", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60
+            [self.python, "-m", "app", *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            user=self.user,
+            group=self.user,
+            extra_groups=[] if self.user is not None else None,
         )
 
     def create_key(self, credits: int = 100, *extra: str) -> str:
@@ -263,3 +299,19 @@ def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
 @pytest.fixture
 def api_key(live_server: LiveServer) -> str:
     return live_server.create_key(100)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium driven by Playwright; every launch gets a fresh temporary profile.
+
+    Module-scoped: Playwright's sync API keeps an event loop running in this thread
+    while it is open, and the asyncio tests of later modules need the thread free.
+    """
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is missing: run scripts/setup (it apt-installs it)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

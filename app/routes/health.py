@@ -1,4 +1,4 @@
-"""GET /health (process alive) and GET /ready (models loaded, store reachable)."""
+"""GET /health (process alive) and GET /ready (models loaded, store reachable, not draining)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.services import services
+from app.shutdown import Drain
+
+
+def _not_ready(status: str) -> JSONResponse:
+    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def health(request: Request) -> JSONResponse:
@@ -13,11 +18,14 @@ async def health(request: Request) -> JSONResponse:
 
 
 async def ready(request: Request) -> JSONResponse:
+    drain: Drain = request.app.state.drain
+    if drain.draining:
+        return _not_ready("shutting_down")
     svc = getattr(request.app.state, "services", None)
-    if svc is None:
-        return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
+    if svc is None or not svc.registry.names:
+        return _not_ready("starting")
     try:
         await services(request).store.ping()
     except Exception:
-        return JSONResponse({"status": "store_unreachable"}, status_code=503, headers={"Retry-After": "1"})
+        return _not_ready("store_unreachable")
     return JSONResponse({"status": "ready", "models": svc.registry.names})

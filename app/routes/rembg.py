@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app import idempotency, images
+from app import idempotency, images, metrics
 from app.auth import authenticate
 from app.billing import charge
 from app.errors import client_closed_request, invalid_image, invalid_parameter, request_id_of, service_unavailable
@@ -88,7 +90,15 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     if pipeline is None:
         names = ", ".join(svc.registry.names)
         raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
+    request.state.model = model_name
     images.probe(data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
+
+    render_png = pipeline.render
+
+    def render() -> tuple[bytes, float]:
+        # Timed in the worker, so the inference metric leaves out the queue wait.
+        started = time.perf_counter()
+        return render_png(data, output), time.perf_counter() - started
 
     cost = pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost
     claim = idempotency.claim_for(
@@ -96,7 +106,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
-            png = await svc.gate.run(pipeline.render, data, output, timeout=svc.settings.processing_timeout_s)
+            png, inference_s = await svc.gate.run(render, timeout=svc.settings.processing_timeout_s)
         except Busy:
             raise service_unavailable("The service is at capacity; retry shortly.", code="server_busy") from None
         except Expired:
@@ -106,6 +116,10 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
             raise client_closed_request()
+    charged = 0 if reservation.replayed else reservation.amount
+    metrics.observe_delivery(model_name, output, inference_s, charged)
+    request.state.inference_ms = round(inference_s * 1000, 1)
+    request.state.credits_charged = charged
 
     headers = {
         "X-Credits-Charged": str(reservation.amount),

@@ -1,0 +1,32 @@
+"""The pages a person opens: /docs (Swagger UI over /openapi.json) and /demo (try it in a browser).
+
+Both are static files with no build step: ours in app/static/, Swagger UI's
+from the swagger-ui-py package (its files are served, its Python code unused).
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse
+from starlette.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def static_files() -> StaticFiles:
+    return StaticFiles(directory=STATIC_DIR)
+
+
+def swagger_ui_files() -> StaticFiles:
+    return StaticFiles(directory=str(files("swagger_ui") / "static"))
+
+
+async def docs(request: Request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "docs.html")
+
+
+async def demo(request: Request) -> FileResponse:
+    return FileResponse(STATIC_DIR / "demo.html")
