@@ -90,8 +90,7 @@ def test_cutout_keeps_straight_colour_and_zeroes_only_invisible_pixels(live_serv
 
 
 def test_engine_runs_at_most_the_configured_inferences_at_once() -> None:
-    settings = Settings(models_dir=MODELS_DIR)
-    engine = Engine(create_session(settings, "u2netp"), concurrent_inferences=1)
+    engine = Engine.create(Settings(models_dir=MODELS_DIR, concurrent_inferences=1), "u2netp")
     batch = np.zeros((1, 3, 320, 320), np.float32)
     results: list[np.ndarray] = []
     engine._slots.acquire()  # an inference in progress holds the only slot
@@ -102,6 +101,15 @@ def test_engine_runs_at_most_the_configured_inferences_at_once() -> None:
     engine._slots.release()
     waiting.join(60)
     assert results and results[0].shape == (1, 1, 320, 320)
+
+
+def test_lone_and_concurrent_runs_give_the_same_mask() -> None:
+    # A lone run uses every core, a concurrent one a single thread: the mask must not depend on which.
+    settings = Settings(models_dir=MODELS_DIR)
+    batch = np.random.default_rng(3).normal(size=(1, 3, 320, 320)).astype(np.float32)
+    wide, narrow = (create_session(settings, "u2netp", threads) for threads in (2, 1))
+    feed = {wide.get_inputs()[0].name: batch}
+    np.testing.assert_allclose(wide.run(None, feed)[0], narrow.run(None, feed)[0], atol=1e-5)
 
 
 def test_unavailable_providers_fall_back_to_cpu() -> None:
