@@ -28,7 +28,6 @@ import argparse
 import importlib.metadata
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import LiveServer, free_port  # noqa: E402  (the tests' server harness)
+
 REMBG_VENV = ROOT / "bench" / ".venv-rembg"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_THROUGHPUT_RATIO = 1.3  # ours / rembg at the highest concurrency
@@ -58,12 +60,6 @@ RSS_SLACK_MB = 40
 # ---------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _proc_status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -74,10 +70,10 @@ def _proc_status_kb(pid: int, key: str) -> int:
 @dataclass
 class Server:
     name: str
-    url: str
     process: subprocess.Popen[bytes]
     # (session, image, mask_only, model) -> response; model None: the ghost / u2netp pipeline.
     post: Callable[[requests.Session, bytes, bool, str | None], requests.Response]
+    stop: Callable[[], None]
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -91,15 +87,6 @@ class Server:
 
     def reset_peak_rss(self) -> None:
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 180) -> None:
@@ -135,34 +122,19 @@ def ensure_rembg_venv() -> Path:
 
 
 def start_ours(workdir: Path, models_dir: Path, env_overrides: dict[str, str]) -> Server:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CUTOUT_DATA_DIR": str(workdir / "data"),
-        "CUTOUT_MODELS_DIR": str(models_dir),
-        "CUTOUT_LOG_LEVEL": "warning",
-        **env_overrides,
-    }
-    cli = [sys.executable, "-m", "app"]
-    created = subprocess.run(
-        [*cli, "keys", "create", "--credits", "10000000", "--rate", "1000000/minute"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-    )
-    key = created.stdout.strip().splitlines()[-1]
-    log = workdir / "ours.log"
-    proc = subprocess.Popen(
-        [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    _wait_ready(proc, url + "/ready", log)
+    env = {"CUTOUT_MODELS_DIR": str(models_dir), **env_overrides}
+    server = LiveServer(workdir / "data", env).start()
+    key = server.create_key(10_000_000, "--rate", "1000000/minute")
+    assert server.process is not None
 
     def post(session: requests.Session, image: bytes, mask: bool, model: str | None) -> requests.Response:
         path = "/v2/rembg/mask/" if mask else "/v2/rembg/"
         data = {"model": model or "ghost"}
-        return session.post(url + path, headers={"ApiKey": key}, files={"image": ("photo.jpg", image)}, data=data, timeout=300)
+        return session.post(
+            server.url + path, headers={"ApiKey": key}, files={"image": ("photo.jpg", image)}, data=data, timeout=300
+        )
 
-    return Server("cutout", url, proc, post)
+    return Server("cutout", server.process, post, server.stop)
 
 
 def start_rembg(workdir: Path, models_dir: Path) -> Server:
@@ -183,7 +155,12 @@ def start_rembg(workdir: Path, models_dir: Path) -> Server:
         data = {"model": "u2netp", "om": "true" if mask else "false"}
         return session.post(url + "/api/remove", files={"file": ("photo.jpg", image)}, data=data, timeout=300)
 
-    return Server("rembg s", url, proc, post)
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()  # uvicorn exits on SIGTERM
+            proc.wait(timeout=30)
+
+    return Server("rembg s", proc, post, stop)
 
 
 # ---------------------------------------------------------------- images
