@@ -15,6 +15,7 @@ from starlette.routing import Mount, Route
 from app import metrics, openapi
 from app.errors import EXCEPTION_HANDLERS
 from app.inference.gate import WorkerGate
+from app.inference.memory import release_large_frees_to_os
 from app.inference.registry import ModelRegistry
 from app.limits import RateLimits
 from app.middleware import BodyLimit, RequestContext
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        release_large_frees_to_os()
         # Loading refuses to start on missing or corrupt weights (WeightsError says what to do).
         registry = await asyncio.to_thread(ModelRegistry.load, settings)
         svc = Services(

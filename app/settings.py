@@ -74,7 +74,8 @@ class Settings(BaseSettings):
 
     workers: int = Field(default=2, ge=1)
     queue_size: int = Field(default=16, ge=0)
-    intra_op_threads: int = Field(default=1, ge=0)
+    intra_op_threads: int = Field(default=0, ge=0)
+    concurrent_inferences: int = Field(default=2, ge=1)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
     max_body_bytes: int = 25 * 1024 * 1024

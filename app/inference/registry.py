@@ -2,36 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
-import onnxruntime as ort
-
+from app.inference.engine import Engine
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
 from app.settings import Settings
-
-log = logging.getLogger("cutout.inference")
-
-
-def _providers(wanted: list[str]) -> list[str]:
-    """Configured providers that this onnxruntime build has, CPU always last as the fallback."""
-    available = set(ort.get_available_providers())
-    chosen = [p for p in wanted if p in available and p != "CPUExecutionProvider"]
-    skipped = [p for p in wanted if p not in available]
-    if skipped:
-        log.warning("execution providers not available, skipped: %s", ", ".join(skipped))
-    return [*chosen, "CPUExecutionProvider"]
-
-
-def create_session(settings: Settings, weights_name: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = settings.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(
-        str(settings.weights_path(weights_name)), options, providers=_providers(settings.providers)
-    )
 
 
 class ModelRegistry:
@@ -40,17 +14,17 @@ class ModelRegistry:
 
     @classmethod
     def load(cls, settings: Settings, warm: bool = True) -> "ModelRegistry":
-        """Verify every weights file the models use, create one session per file, warm each pipeline.
+        """Verify every weights file the models use, create one engine per file, warm each pipeline.
 
         Raises WeightsError (missing file, checksum mismatch) so the service refuses to start.
         """
-        sessions: dict[str, ort.InferenceSession] = {}
+        engines: dict[str, Engine] = {}
         for spec in settings.models.values():
-            if spec.weights not in sessions:
+            if spec.weights not in engines:
                 verify(settings.weights_path(spec.weights), settings.weights[spec.weights])
-                sessions[spec.weights] = create_session(settings, spec.weights)
+                engines[spec.weights] = Engine.create(settings, spec.weights)
         pipelines = {
-            name: Pipeline(name, spec, sessions[spec.weights], settings.png_compress_level)
+            name: Pipeline(name, spec, engines[spec.weights], settings.png_compress_level)
             for name, spec in settings.models.items()
         }
         if warm:

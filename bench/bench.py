@@ -1,0 +1,482 @@
+"""Side-by-side benchmark: this service against rembg's own server (`rembg s`), same weights, same box.
+
+    .venv/bin/python bench/bench.py --quick              # ~2-3 minutes
+    .venv/bin/python bench/bench.py                      # full, ~5-8 minutes
+    .venv/bin/python bench/bench.py --images DIR         # photos to send (default ../shared/testdata/rembg)
+
+One run:
+1. makes (once) a separate virtualenv `bench/.venv-rembg` with `rembg[cpu,cli]` at the version our
+   venv has: its server's pins (fastapi, gradio, older uvicorn and python-multipart) conflict
+   with ours, so it cannot live in .venv;
+2. starts both servers on 127.0.0.1 with the same u2netp weights (U2NET_HOME points rembg at
+   our models/ folder, so it downloads nothing) and warms both up;
+3. measures the floor: bare onnxruntime inference of the ghost model on this machine;
+4. drives both servers alternately (A B, then B A, ...) with the same images, closed loop, a fixed
+   request count per round, at each concurrency; prints requests/s, p50/p95 latency, server CPU
+   seconds per image, peak RSS and response bytes, plus our/rembg ratios;
+5. checks: ghost's mask has IoU >= 0.99 with rembg's u2netp mask on every image; peak RSS with
+   all three models loaded under load <= 500 MB; a 12-megapixel JPEG completes on every model
+   and the server's memory returns to its baseline.
+
+The machine may be shared: absolute times are noisy, which is why the servers alternate and the
+ratios are the numbers to quote. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import LiveServer, free_port  # noqa: E402  (the tests' server harness)
+
+REMBG_VENV = ROOT / "bench" / ".venv-rembg"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET_THROUGHPUT_RATIO = 1.3  # ours / rembg at the highest concurrency
+TARGET_P50_RATIO = 0.8  # ours / rembg at concurrency 1
+MIN_IOU = 0.99
+MAX_RSS_MB = 500
+# Memory "returns to baseline" when RSS after the big uploads is within this of before.
+RSS_SLACK_MB = 40
+
+
+# ---------------------------------------------------------------- servers
+
+
+def _proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    # (session, image, mask_only, model) -> response; model None: the ghost / u2netp pipeline.
+    post: Callable[[requests.Session, bytes, bool, str | None], requests.Response]
+    stop: Callable[[], None]
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+    def rss_mb(self) -> float:
+        return _proc_status_kb(self.process.pid, "VmRSS") / 1024
+
+    def peak_rss_mb(self) -> float:
+        return _proc_status_kb(self.process.pid, "VmHWM") / 1024
+
+    def reset_peak_rss(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    sys.exit(f"server at {url} not ready after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def ensure_rembg_venv() -> Path:
+    """rembg's CLI server lives in its own venv; built once, reused after."""
+    exe = REMBG_VENV / "bin" / "rembg"
+    version = importlib.metadata.version("rembg")
+    marker = REMBG_VENV / f".installed-{version}"
+    if exe.exists() and marker.exists():
+        return exe
+    print(f"making {REMBG_VENV.relative_to(ROOT)} with rembg[cpu,cli]=={version} (once)...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(REMBG_VENV)], check=True)
+    pip = [str(REMBG_VENV / "bin" / "python"), "-m", "pip", "install", "-q", f"rembg[cpu,cli]=={version}"]
+    installed = subprocess.run(pip, capture_output=True, text=True)
+    if installed.returncode != 0:
+        sys.exit(f"installing rembg's server failed:\n{installed.stderr[-3000:]}")
+    marker.touch()
+    return exe
+
+
+def start_ours(workdir: Path, models_dir: Path, env_overrides: dict[str, str]) -> Server:
+    env = {"CUTOUT_MODELS_DIR": str(models_dir), **env_overrides}
+    server = LiveServer(workdir / "data", env).start()
+    key = server.create_key(10_000_000, "--rate", "1000000/minute")
+    assert server.process is not None
+
+    def post(session: requests.Session, image: bytes, mask: bool, model: str | None) -> requests.Response:
+        path = "/v2/rembg/mask/" if mask else "/v2/rembg/"
+        data = {"model": model or "ghost"}
+        return session.post(
+            server.url + path, headers={"ApiKey": key}, files={"image": ("photo.jpg", image)}, data=data, timeout=300
+        )
+
+    return Server("cutout", server.process, post, server.stop)
+
+
+def start_rembg(workdir: Path, models_dir: Path) -> Server:
+    exe = ensure_rembg_venv()
+    port = free_port()
+    # BROWSER=true: its start-up hook "opens a browser"; make that a no-op.
+    env = {**os.environ, "U2NET_HOME": str(models_dir), "BROWSER": "true"}
+    log = workdir / "rembg.log"
+    proc = subprocess.Popen(
+        [str(exe), "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(proc, url + "/api", log)
+
+    def post(session: requests.Session, image: bytes, mask: bool, model: str | None) -> requests.Response:
+        assert model is None, "rembg s runs u2netp only here"
+        data = {"model": "u2netp", "om": "true" if mask else "false"}
+        return session.post(url + "/api/remove", files={"file": ("photo.jpg", image)}, data=data, timeout=300)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()  # uvicorn exits on SIGTERM
+            proc.wait(timeout=30)
+
+    return Server("rembg s", proc, post, stop)
+
+
+# ---------------------------------------------------------------- images
+
+
+def load_images(folder: Path) -> tuple[list[tuple[str, bytes]], str]:
+    photos = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
+    if photos:
+        return [(p.name, p.read_bytes()) for p in photos], f"{len(photos)} photos from {folder}"
+    return generated_images(), f"no photos in {folder}: 8 generated images"
+
+
+def synthetic_photo(width: int, height: int, seed: int) -> np.ndarray:
+    """A coloured blob subject on a smooth gradient with sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cx, cy = width * rng.uniform(0.35, 0.65), height * rng.uniform(0.4, 0.6)
+    rx, ry = width * rng.uniform(0.15, 0.3), height * rng.uniform(0.2, 0.35)
+    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+    background = 200 + 40 * (yy / height)[..., None] * np.array([1.0, 0.9, 0.7], np.float32)
+    rgb = np.where(inside[..., None], rng.uniform(20, 160, 3).astype(np.float32), background)
+    rgb += rng.normal(0, 6, rgb.shape).astype(np.float32)
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def generated_images() -> list[tuple[str, bytes]]:
+    sizes = [(1000, 667), (640, 480), (1440, 1080), (800, 1200)]
+    return [(f"generated-{i}.jpg", jpeg(synthetic_photo(*sizes[i % 4], seed=i))) for i in range(8)]
+
+
+# ---------------------------------------------------------------- load
+
+
+@dataclass
+class Run:
+    wall_s: float
+    latencies_s: list[float]
+    cpu_s: float
+    peak_rss_mb: float
+    response_bytes: list[int]
+
+
+def drive(server: Server, images: list[bytes], count: int, concurrency: int) -> Run:
+    """Closed loop: `concurrency` clients, each sends its next request as soon as the last one returns."""
+    server.reset_peak_rss()
+    lock = threading.Lock()
+    next_index = 0
+    latencies: list[float] = []
+    sizes: list[int] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        nonlocal next_index
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    if next_index >= count or failures:
+                        return
+                    i = next_index
+                    next_index += 1
+                t0 = time.perf_counter()
+                response = server.post(session, images[i % len(images)], False, None)
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    if response.status_code != 200 or not response.content.startswith(b"\x89PNG"):
+                        failures.append(f"{response.status_code} {response.text[:200]}")
+                    latencies.append(elapsed)
+                    sizes.append(len(response.content))
+
+    cpu0 = server.cpu_seconds()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if failures:
+        sys.exit(f"{server.name}: request failed: {failures[0]}")
+    return Run(wall, latencies, server.cpu_seconds() - cpu0, server.peak_rss_mb(), sizes)
+
+
+@dataclass
+class Summary:
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return statistics.median(len(r.latencies_s) / r.wall_s for r in self.runs)
+
+    def latency_ms(self, q: float) -> float:
+        pooled = [x for r in self.runs for x in r.latencies_s]
+        return float(np.percentile(pooled, q)) * 1000
+
+    @property
+    def cpu_per_image(self) -> float:
+        return sum(r.cpu_s for r in self.runs) / sum(len(r.latencies_s) for r in self.runs)
+
+    @property
+    def peak_rss(self) -> float:
+        return max(r.peak_rss_mb for r in self.runs)
+
+    @property
+    def median_bytes(self) -> float:
+        return statistics.median(b for r in self.runs for b in r.response_bytes)
+
+
+# ---------------------------------------------------------------- floor
+
+
+def preprocessed(image: bytes, side: int = 320) -> np.ndarray:
+    small = np.asarray(Image.open(io.BytesIO(image)).convert("RGB").resize((side, side), Image.Resampling.LANCZOS))
+    x = small.astype(np.float32) / max(float(small.max()), 1.0)
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])
+
+
+def ort_floor(weights: Path, image: bytes, runs: int) -> tuple[float, float]:
+    """Bare onnxruntime: (median latency ms with every core on one image, images/s with one 1-thread session per core)."""
+    x = preprocessed(image)
+    cores = os.cpu_count() or 1
+
+    def session(threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
+
+    whole = session(cores)
+    feed = {whole.get_inputs()[0].name: x}
+    whole.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        whole.run(None, feed)
+        times.append(time.perf_counter() - t0)
+
+    singles = [session(1) for _ in range(cores)]
+    for s in singles:
+        s.run(None, feed)
+
+    def loop(s: ort.InferenceSession) -> None:
+        for _ in range(runs):
+            s.run(None, feed)
+
+    threads = [threading.Thread(target=loop, args=(s,)) for s in singles]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statistics.median(times) * 1000, cores * runs / (time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def mask_of(response: requests.Response) -> np.ndarray:
+    img = Image.open(io.BytesIO(response.content))
+    return np.asarray(img.getchannel("A") if img.mode in ("RGBA", "LA") else img.convert("L")) >= 128
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def check_parity(ours: Server, rembg: Server, images: list[tuple[str, bytes]]) -> bool:
+    print(f"\nSame cut-outs: ghost mask vs rembg u2netp mask, IoU >= {MIN_IOU} on every image")
+    ok = True
+    with requests.Session() as session:
+        for name, data in images:
+            score = iou(mask_of(ours.post(session, data, True, None)), mask_of(rembg.post(session, data, True, None)))
+            ok &= score >= MIN_IOU
+            print(f"  {name:24} IoU {score:.4f}{'' if score >= MIN_IOU else '  FAIL'}")
+    return ok
+
+
+def check_memory(ours: Server, images: list[bytes], count: int) -> bool:
+    """All three models under load stay under MAX_RSS_MB; a 12 MP JPEG completes and memory comes back."""
+    models = ["ghost", "falcon", "aurora"]
+    lock = threading.Lock()
+    jobs = iter(range(count))
+    failures: list[str] = []
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    i = next(jobs, None)
+                if i is None:
+                    return
+                r = ours.post(session, images[i % len(images)], False, models[i % 3])
+                if r.status_code != 200:
+                    failures.append(r.text[:200])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    peak = ours.peak_rss_mb()
+    ok = not failures and peak <= MAX_RSS_MB
+    print(f"\nMemory: peak RSS since start, all three models under load (concurrency 4): {peak:.0f} MB "
+          f"(limit {MAX_RSS_MB}){'' if ok else '  FAIL ' + '; '.join(failures[:1])}")
+
+    big = jpeg(synthetic_photo(4000, 3000, seed=12), quality=92)
+    baseline = ours.rss_mb()
+    with requests.Session() as session:
+        for model in models:
+            ours.reset_peak_rss()
+            t0 = time.perf_counter()
+            r = ours.post(session, big, False, model)
+            elapsed = time.perf_counter() - t0
+            done = r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (4000, 3000)
+            ok &= done
+            print(f"  12 MP JPEG ({len(big) >> 10} KiB), {model:6}: {'200' if done else r.status_code} in {elapsed:.1f} s, "
+                  f"peak RSS {ours.peak_rss_mb():.0f} MB")
+    time.sleep(1.0)
+    after = ours.rss_mb()
+    back = after <= baseline + RSS_SLACK_MB
+    ok &= back
+    print(f"  RSS before {baseline:.0f} MB, after {after:.0f} MB: "
+          f"{'back to baseline' if back else 'NOT back to baseline  FAIL'} (slack {RSS_SLACK_MB} MB)")
+    return ok
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
+    parser.add_argument("--quick", action="store_true", help="4 rounds of 8 requests instead of 10 of 12")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--env", action="append", default=[], metavar="CUTOUT_KEY=VALUE",
+                        help="setting for our server (compare configurations), repeatable")
+    args = parser.parse_args()
+
+    # Many short rounds, servers alternating (A B, B A, ...): load from others on a shared box
+    # then falls on both alike. Each round starts one image further on.
+    rounds, count = (4, 8) if args.quick else (10, 12)
+    named_images, described = load_images(args.images)
+    images = [data for _, data in named_images]
+    models_dir = args.models_dir.resolve()
+    weights = models_dir / "u2netp.onnx"
+    overrides = dict(item.split("=", 1) for item in args.env)
+
+    print(f"machine: {os.cpu_count()} cores, {platform_cpu()}; onnxruntime {ort.__version__}, "
+          f"rembg {importlib.metadata.version('rembg')}")
+    print(f"images: {described}; {rounds} rounds x {count} requests per server and concurrency"
+          + (f"; ours with {overrides}" if overrides else ""))
+
+    with tempfile.TemporaryDirectory(prefix="cutout-bench-") as tmp:
+        workdir = Path(tmp)
+        servers = [start_ours(workdir, models_dir, overrides), start_rembg(workdir, models_dir)]
+        try:
+            for server in servers:  # warm-up: rembg builds its session on the first request
+                drive(server, images, len(images), 2)
+            floor_ms, floor_rps = ort_floor(weights, images[0], runs=10 if args.quick else 30)
+            print(f"floor (bare onnxruntime, u2netp fp32 at 320x320): {floor_ms:.0f} ms per image on all cores, "
+                  f"{floor_rps:.2f} images/s with one single-thread session per core")
+
+            results: dict[tuple[str, int], Summary] = {}
+            for c in args.concurrency:
+                for r in range(rounds):
+                    batch = [images[(r * count + i) % len(images)] for i in range(count)]
+                    for server in servers if r % 2 == 0 else servers[::-1]:
+                        results.setdefault((server.name, c), Summary()).runs.append(drive(server, batch, count, c))
+            report(results, servers, args.concurrency, floor_rps)
+            ok = check_parity(servers[0], servers[1], named_images)
+            servers[1].stop()  # the memory check runs alone
+            ok &= check_memory(servers[0], images, 3 * len(images) if not args.quick else 12)
+        finally:
+            for server in servers:
+                server.stop()
+    print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
+    sys.exit(0 if ok else 1)
+
+
+def platform_cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def report(results: dict[tuple[str, int], Summary], servers: list[Server], concurrencies: list[int], floor_rps: float) -> None:
+    """The table and the ratios; the speed targets are reported, not enforced (a shared box is noisy)."""
+    print(f"\n{'server':8} {'conc':>4} {'req/s':>7} {'of floor':>8} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'CPU s/img':>9} {'peak RSS MB':>11} {'resp KiB':>8}")
+    for c in concurrencies:
+        for server in servers:
+            s = results[(server.name, c)]
+            print(f"{server.name:8} {c:>4} {s.throughput:7.2f} {s.throughput / floor_rps:8.0%} {s.latency_ms(50):7.0f} "
+                  f"{s.latency_ms(95):7.0f} {s.cpu_per_image:9.3f} {s.peak_rss:11.0f} {s.median_bytes / 1024:8.0f}")
+    ours, theirs = servers[0].name, servers[1].name
+    print("\nratios (ours / rembg):")
+    for c in concurrencies:
+        a, b = results[(ours, c)], results[(theirs, c)]
+        print(f"  concurrency {c}: throughput {a.throughput / b.throughput:.2f}x, p50 {a.latency_ms(50) / b.latency_ms(50):.2f}x, "
+              f"p95 {a.latency_ms(95) / b.latency_ms(95):.2f}x, CPU/img {a.cpu_per_image / b.cpu_per_image:.2f}x, "
+              f"bytes {a.median_bytes / b.median_bytes:.2f}x")
+    top, one = max(concurrencies), min(concurrencies)
+    thr = results[(ours, top)].throughput / results[(theirs, top)].throughput
+    p50 = results[(ours, one)].latency_ms(50) / results[(theirs, one)].latency_ms(50)
+    print(f"  target: throughput at concurrency {top} >= {TARGET_THROUGHPUT_RATIO}x: {thr:.2f}x "
+          f"{'met' if thr >= TARGET_THROUGHPUT_RATIO else 'MISSED'}; p50 at concurrency {one} <= {TARGET_P50_RATIO}x: "
+          f"{p50:.2f}x {'met' if p50 <= TARGET_P50_RATIO else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
