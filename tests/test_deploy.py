@@ -29,7 +29,7 @@ from conftest import ROOT, LiveServer, png_of, subject_image
 
 DOCKERFILE = ROOT / "Dockerfile"
 BUILD_TIMEOUT_S = 900
-# The image's first start compiles numba kernels into an empty cache: slower than the tests' usual start.
+# The image's first start runs on a fresh venv and cold caches: slower than the tests' usual start.
 IMAGE_STARTUP_TIMEOUT_S = 240
 
 
