@@ -48,7 +48,6 @@ class ModelSpec(BaseModel):
     input_size: int = 320
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    flip_tta: bool = False
     refine: Literal["none", "guided"] = "none"
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)

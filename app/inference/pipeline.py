@@ -151,8 +151,6 @@ class Pipeline:
         side = self.spec.input_size
         small = _resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP)
         pred = self._infer(small)
-        if self.spec.flip_tta:
-            pred = (pred + self._infer(small[:, ::-1])[:, ::-1]) * 0.5
         lo, hi = float(pred.min()), float(pred.max())
         if hi - lo < 1e-6:
             return np.zeros_like(pred)
