@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import numpy as np
 import pytest
@@ -65,8 +66,7 @@ def test_unknown_api_key(live_server: LiveServer) -> None:
 
 def test_revoked_key_is_refused(live_server: LiveServer) -> None:
     key = live_server.create_key(5)
-    account_id = live_server.cli("keys", "list").stdout.strip().splitlines()[-1]
-    account_id = __import__("json").loads(account_id)["account_id"]
+    account_id = json.loads(live_server.cli("keys", "list").stdout.strip().splitlines()[-1])["account_id"]
     assert live_server.cli("keys", "revoke", account_id).returncode == 0
     assert_error(live_server.remove(key), 401, "invalid_api_key")
 

@@ -1,4 +1,4 @@
-"""One model pipeline: pre-processing, the ONNX session, mask post-processing, composition.
+"""One model pipeline: pre-processing, inference (through its Engine), mask post-processing, composition.
 
 Everything here runs in a worker thread (numpy, Pillow and onnxruntime release
 the GIL in their heavy loops). It works on numpy arrays end to end and touches
