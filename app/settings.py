@@ -73,8 +73,9 @@ class Settings(BaseSettings):
 
     workers: int = Field(default=2, ge=1)
     queue_size: int = Field(default=16, ge=0)
+    runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"
     intra_op_threads: int = Field(default=0, ge=0)
-    concurrent_inferences: int = Field(default=2, ge=1)
+    concurrent_inferences: int = Field(default=1, ge=1)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
     max_body_bytes: int = 25 * 1024 * 1024
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
 
     default_model: str = "falcon"
     png_compress_level: int = Field(default=1, ge=0, le=9)
+    png_fast: bool = True
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     reservation_ttl_s: float = Field(default=600.0, gt=0)
     idempotency_window_s: float = Field(default=86400.0, gt=0)

@@ -10,7 +10,8 @@ One run:
    with ours, so it cannot live in .venv;
 2. starts both servers on 127.0.0.1 with the same u2netp weights (U2NET_HOME points rembg at
    our models/ folder, so it downloads nothing) and warms both up;
-3. measures the floor: bare onnxruntime inference of the ghost model on this machine;
+3. measures the floor: bare inference of the ghost model on this machine, in onnxruntime (what
+   rembg runs) and in OpenVINO (what we run on CPU); "of floor" is against the faster of the two;
 4. drives both servers alternately (A B, then B A, ...) with the same images, closed loop, a fixed
    request count per round, at each concurrency; prints requests/s, p50/p95 latency, server CPU
    seconds per image, peak RSS and response bytes, plus our/rembg ratios;
@@ -284,40 +285,64 @@ def preprocessed(image: bytes, side: int = 320) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])
 
 
-def ort_floor(weights: Path, image: bytes, runs: int) -> tuple[float, float]:
-    """Bare onnxruntime: (median latency ms with every core on one image, images/s with one 1-thread session per core)."""
-    x = preprocessed(image)
-    cores = os.cpu_count() or 1
-
-    def session(threads: int) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        return ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
-
-    whole = session(cores)
-    feed = {whole.get_inputs()[0].name: x}
-    whole.run(None, feed)
+def _timed(run: Callable[[], object], runs: int) -> float:
+    run()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        whole.run(None, feed)
+        run()
         times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
-    singles = [session(1) for _ in range(cores)]
-    for s in singles:
-        s.run(None, feed)
 
-    def loop(s: ort.InferenceSession) -> None:
+def _parallel_rate(runners: list[Callable[[], object]], runs: int) -> float:
+    """Images/s with every runner looping `runs` times in its own thread."""
+    for run in runners:
+        run()
+
+    def loop(run: Callable[[], object]) -> None:
         for _ in range(runs):
-            s.run(None, feed)
+            run()
 
-    threads = [threading.Thread(target=loop, args=(s,)) for s in singles]
+    threads = [threading.Thread(target=loop, args=(run,)) for run in runners]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return statistics.median(times) * 1000, cores * runs / (time.perf_counter() - t0)
+    return len(runners) * runs / (time.perf_counter() - t0)
+
+
+def ort_floor(weights: Path, x: np.ndarray, runs: int) -> tuple[float, float]:
+    """Bare onnxruntime: (median ms with every core on one image, images/s with one 1-thread session per core)."""
+    cores = os.cpu_count() or 1
+
+    def session(threads: int) -> Callable[[], object]:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        s = ort.InferenceSession(str(weights), options, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: x}
+        return lambda: s.run(None, feed)
+
+    return _timed(session(cores), runs), _parallel_rate([session(1) for _ in range(cores)], runs)
+
+
+def openvino_floor(weights: Path, x: np.ndarray, runs: int) -> tuple[float, float] | None:
+    """Bare OpenVINO fp32: (median ms with every core on one image, images/s with one 1-thread stream per core)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    cores = os.cpu_count() or 1
+    core = ov.Core()
+
+    def compiled(streams: int) -> list[Callable[[], object]]:
+        config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": cores}
+        model = core.compile_model(str(weights), "CPU", config)
+        requests_ = [model.create_infer_request() for _ in range(streams)]
+        return [lambda r=r: r.infer({0: x}) for r in requests_]
+
+    return _timed(compiled(1)[0], runs), _parallel_rate(compiled(cores), runs)
 
 
 # ---------------------------------------------------------------- checks
@@ -426,9 +451,13 @@ def main() -> None:
         try:
             for server in servers:  # warm-up: rembg builds its session on the first request
                 drive(server, images, len(images), 2)
-            floor_ms, floor_rps = ort_floor(weights, images[0], runs=10 if args.quick else 30)
-            print(f"floor (bare onnxruntime, u2netp fp32 at 320x320): {floor_ms:.0f} ms per image on all cores, "
-                  f"{floor_rps:.2f} images/s with one single-thread session per core")
+            x, runs = preprocessed(images[0]), 10 if args.quick else 30
+            floors = {"onnxruntime": ort_floor(weights, x, runs), "OpenVINO": openvino_floor(weights, x, runs)}
+            for runtime, floor in floors.items():
+                if floor:
+                    print(f"floor (bare {runtime}, u2netp fp32 at 320x320): {floor[0]:.0f} ms per image on all "
+                          f"cores, {floor[1]:.2f} images/s with one single-thread run per core")
+            floor_rps = max(floor[1] for floor in floors.values() if floor)
 
             results: dict[tuple[str, int], Summary] = {}
             for c in args.concurrency:

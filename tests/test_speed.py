@@ -1,8 +1,8 @@
 """The fast path keeps the cut-outs: ghost matches rembg's own u2netp, and the speed levers stay honest.
 
 Throughput and latency are measured by bench/bench.py, not here; these tests pin what those
-levers must not break (same masks, lossless colour, bounded inference, memory given back,
-provider fallback).
+levers must not break (same masks, lossless colour, bounded inference, the same masks from both
+runtimes, memory given back, provider fallback).
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ import io
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from app.inference.engine import Engine, _providers, create_session
+from app.images import encode_png
+from app.inference.engine import choose_runtime, create_engine
+from app.inference.ort_engine import OnnxRuntimeEngine, _providers, create_session
+from app.inference.ov_engine import OpenVinoEngine
 from app.settings import Settings
 from conftest import MODELS_DIR, ROOT, SHARED_TESTDATA, LiveServer, png_of, subject_image
 
@@ -89,18 +93,91 @@ def test_cutout_keeps_straight_colour_and_zeroes_only_invisible_pixels(live_serv
     np.testing.assert_array_equal(rgb[alpha > 0], source[alpha > 0])
 
 
-def test_engine_runs_at_most_the_configured_inferences_at_once() -> None:
-    engine = Engine.create(Settings(models_dir=MODELS_DIR, concurrent_inferences=1), "u2netp")
+@pytest.mark.parametrize("fast", [True, False], ids=["fpng", "pillow"])
+@pytest.mark.parametrize("level", [1, 6])
+def test_png_encoding_is_lossless_for_cutouts_and_masks(fast: bool, level: int) -> None:
+    rng = np.random.default_rng(7)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    rgba[:10, :, 3] = 0  # runs of invisible pixels, as in a cut-out
+    mask = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    for pixels in (rgba, mask):
+        decoded = Image.open(io.BytesIO(encode_png(pixels, level, fast)))
+        assert decoded.mode == ("RGBA" if pixels.ndim == 3 else "L")
+        np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
+def test_fast_png_is_much_faster_for_a_photo_sized_cutout() -> None:
+    # The reason png_fast exists; measured in one process, a ratio, so a busy machine slows both alike.
+    rgb = np.asarray(Image.open(io.BytesIO(large_photo_like(1200, 900))))
+    alpha = np.zeros(rgb.shape[:2], np.uint8)
+    alpha[200:700, 300:900] = 255
+    rgba = np.dstack((rgb, alpha))
+
+    def best_of(fast: bool) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            encode_png(rgba, 1, fast)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    assert best_of(True) * 4 < best_of(False)
+
+
+def test_auto_runtime_is_openvino_on_cpu_and_onnxruntime_for_accelerators() -> None:
+    assert choose_runtime(Settings(models_dir=MODELS_DIR)) == "openvino"
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_runtime(Settings(models_dir=MODELS_DIR, providers=cuda)) == "onnxruntime"
+    assert choose_runtime(Settings(models_dir=MODELS_DIR, runtime="onnxruntime")) == "onnxruntime"
+    assert choose_runtime(Settings(models_dir=MODELS_DIR, runtime="openvino", providers=cuda)) == "openvino"
+
+
+def model_input(data: bytes) -> np.ndarray:
+    """rembg's pre-processing of a photo for u2netp."""
+    small = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((320, 320), Image.Resampling.LANCZOS))
+    x = small.astype(np.float32) / max(float(small.max()), 1.0)
+    x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])
+
+
+def test_openvino_and_onnxruntime_give_the_same_mask() -> None:
+    # OpenVINO is the CPU default only because it computes the same fp32 network: no bf16, no int8.
+    batch = model_input(large_photo_like(640, 480))
+    ov_engine = create_engine(Settings(models_dir=MODELS_DIR, runtime="openvino"), "u2netp")
+    ort_engine = create_engine(Settings(models_dir=MODELS_DIR, runtime="onnxruntime"), "u2netp")
+    assert (ov_engine.runtime, ort_engine.runtime) == ("openvino", "onnxruntime")
+    ours, theirs = ov_engine.run(batch), ort_engine.run(batch)
+    assert ours.shape == theirs.shape == (1, 1, 320, 320)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def blocks_until_released(engine, hold, release) -> None:
+    """With every slot held, a run waits; once one is given back, it completes."""
     batch = np.zeros((1, 3, 320, 320), np.float32)
     results: list[np.ndarray] = []
-    engine._slots.acquire()  # an inference in progress holds the only slot
+    held = hold()
     waiting = threading.Thread(target=lambda: results.append(engine.run(batch)))
     waiting.start()
     waiting.join(0.5)
-    assert waiting.is_alive() and not results, "a second inference must wait for the slot"
-    engine._slots.release()
+    assert waiting.is_alive() and not results, "a run must wait while every slot is taken"
+    release(held)
     waiting.join(60)
     assert results and results[0].shape == (1, 1, 320, 320)
+
+
+def test_onnxruntime_engine_runs_at_most_the_configured_inferences_at_once() -> None:
+    engine = OnnxRuntimeEngine.create(Settings(models_dir=MODELS_DIR, concurrent_inferences=1), "u2netp")
+    blocks_until_released(engine, engine._slots.acquire, lambda _: engine._slots.release())
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_openvino_engine_runs_at_most_the_configured_inferences_at_once(streams: int) -> None:
+    engine = OpenVinoEngine.create(Settings(models_dir=MODELS_DIR, concurrent_inferences=streams), "u2netp")
+    blocks_until_released(
+        engine,
+        lambda: [engine._requests.get() for _ in range(streams)],
+        lambda held: [engine._requests.put(r) for r in held],
+    )
 
 
 def test_lone_and_concurrent_runs_give_the_same_mask() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.inference.engine import Engine
+from app.inference.engine import Engine, create_engine
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
 from app.settings import Settings
@@ -22,9 +22,9 @@ class ModelRegistry:
         for spec in settings.models.values():
             if spec.weights not in engines:
                 verify(settings.weights_path(spec.weights), settings.weights[spec.weights])
-                engines[spec.weights] = Engine.create(settings, spec.weights)
+                engines[spec.weights] = create_engine(settings, spec.weights)
         pipelines = {
-            name: Pipeline(name, spec, engines[spec.weights], settings.png_compress_level)
+            name: Pipeline(name, spec, engines[spec.weights], settings.png_compress_level, settings.png_fast)
             for name, spec in settings.models.items()
         }
         if warm:
