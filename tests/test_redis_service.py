@@ -194,8 +194,9 @@ def test_every_failure_path_refunds(start_server: Callable[..., LiveServer], red
     assert_error(server.remove(key, whole[: len(whole) // 2]), 400, "invalid_image")  # fails inside the charge
     assert_error(server.remove(key, TINY, model="eagle"), 400, "invalid_parameter")
 
-    # The client hangs up while its falcon job runs: the result is never delivered, so never charged.
-    _send_and_hang_up(server, key, subject_image(640, 480), "falcon", after_s=0.15)
+    # The client hangs up while its job runs: the result is never delivered, so never charged.
+    # A big aurora job (~1 s) so that the hang-up surely comes first, however fast the model gets.
+    _send_and_hang_up(server, key, subject_image(3000, 2250), "aurora", after_s=0.3)
     _wait_until_idle(server, key)
     spent += 1
 
