@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import pytest
 import requests
 from PIL import Image, ImageCms
 
+from app import images
 from conftest import LiveServer, assert_error, png_of, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
@@ -95,6 +97,35 @@ def test_every_pixel_mode_is_cut_out(live_server: LiveServer, api_key: str, kind
     assert pixels[60, 80, 3] > 200 and pixels[3, 3, 3] < 40
     if kind in ("cmyk-jpeg", "cmyk-tiff", "srgb-icc", "broken-icc", "palette", "animated-gif"):
         assert np.abs(pixels[60, 80, :3].astype(int) - SUBJECT_RGB).max() < 40, pixels[60, 80]
+
+
+# Display P3's red primary (D50): a profile with it is a valid RGB profile that is not sRGB.
+P3_RED_XYZ = (0.5151, 0.2412, -0.0011)
+
+
+def _with_red_primary(profile: bytes, xyz: tuple[float, float, float]) -> bytes:
+    count = int.from_bytes(profile[128:132], "big")
+    for i in range(count):
+        signature, offset, _size = struct.unpack(">4sII", profile[132 + 12 * i : 144 + 12 * i])
+        if signature == b"rXYZ":  # 'XYZ ', 4 reserved bytes, then X Y Z as s15Fixed16
+            values = b"".join(struct.pack(">i", round(v * 65536)) for v in xyz)
+            return profile[: offset + 8] + values + profile[offset + 20 :]
+    raise AssertionError("the sRGB profile has no rXYZ tag")
+
+
+def test_srgb_profiles_are_not_applied_and_other_profiles_are() -> None:
+    # decode() is the unit here: the skip is a speed lever, so the pixels must say it changed nothing.
+    plain = images.decode(subject_image(160, 120, "JPEG")).rgb
+    tagged_srgb = images.decode(subject_image(160, 120, "JPEG", icc_profile=SRGB_ICC)).rgb
+    np.testing.assert_array_equal(tagged_srgb, plain)
+    wide_red = _with_red_primary(SRGB_ICC, P3_RED_XYZ)
+    converted = images.decode(subject_image(160, 120, "JPEG", icc_profile=wide_red)).rgb
+    assert np.abs(converted.astype(int) - plain).max() > 10, "a non-sRGB profile must still be applied"
+    assert images._is_srgb(SRGB_ICC) and not images._is_srgb(wide_red)
+    # A vendor's sRGB with its own rounding of the primaries is still sRGB; junk is not.
+    assert images._is_srgb(_with_red_primary(SRGB_ICC, (0.4361, 0.2225, 0.0139)))
+    assert not images._is_srgb(b"not a profile" * 10)
+    assert not images._is_srgb(b"x" * 70_000), "oversized profiles are never taken for sRGB (nor cached)"
 
 
 def test_transparent_pixels_of_the_upload_stay_transparent(live_server: LiveServer, api_key: str) -> None:

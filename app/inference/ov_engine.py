@@ -50,7 +50,11 @@ class OpenVinoEngine:
     @classmethod
     def create(cls, settings: Settings, weights_name: str) -> "OpenVinoEngine":
         core = ov.Core()
-        compiled = core.compile_model(str(settings.weights_path(weights_name)), "CPU", compile_config(settings))
+        network = core.read_model(str(settings.weights_path(weights_name)))
+        # Only the first output is used (u2netp's fused mask; the other six are its side outputs):
+        # dropping them saves their sigmoids and copies, ~1% per run, the first output unchanged.
+        network = ov.Model([network.get_results()[0]], network.get_parameters(), weights_name)
+        compiled = core.compile_model(network, "CPU", compile_config(settings))
         log.info("%s: OpenVINO %s on CPU, %s", weights_name, ov.get_version(), compile_config(settings))
         return cls(compiled, settings.concurrent_inferences)
 
