@@ -97,7 +97,7 @@ def _is_srgb(icc: bytes) -> bool:
     """True when this profile is sRGB in all but name: converting moves no colour by more than one level.
 
     Most phone and camera JPEGs carry an sRGB profile (the photos in our benchmark: 5 of 14), and
-    applying it costs ~8 ms per megapixel to change nothing. sRGB profiles are 0.5-3 KB; only
+    applying it costs ~12 ms per megapixel to change nothing. sRGB profiles are 0.5-3 KB; only
     profiles up to 64 KB are considered, which also bounds what the cache holds.
     """
     return len(icc) <= 65536 and _is_srgb_profile(icc)

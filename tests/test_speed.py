@@ -15,13 +15,14 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+import openvino as ov
 import pytest
 from PIL import Image
 
 from app.images import encode_png
 from app.inference.engine import choose_runtime, create_engine
 from app.inference.ort_engine import OnnxRuntimeEngine, _providers, create_session
-from app.inference.ov_engine import OpenVinoEngine
+from app.inference.ov_engine import OpenVinoEngine, split_concat_convolutions
 from app.settings import Settings
 from conftest import MODELS_DIR, ROOT, SHARED_TESTDATA, LiveServer, png_of, subject_image
 
@@ -149,6 +150,25 @@ def test_openvino_and_onnxruntime_give_the_same_mask() -> None:
     ours, theirs = ov_engine.run(batch), ort_engine.run(batch)
     assert ours.shape == theirs.shape == (1, 1, 320, 320)
     np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_concat_convolutions_are_split_without_changing_the_output() -> None:
+    core = ov.Core()
+    batch = model_input(large_photo_like(640, 480))
+
+    def network() -> ov.Model:
+        return core.read_model(str(MODELS_DIR / "u2netp.onnx"))
+
+    split = network()
+    assert split_concat_convolutions(split) > 0
+    assert not any(
+        op.get_type_name() == "Convolution" and op.input_value(0).get_node().get_type_name() == "Concat"
+        for op in split.get_ordered_ops()
+    )
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    before = core.compile_model(network(), "CPU", config)({0: batch})[0]
+    after = core.compile_model(split, "CPU", config)({0: batch})[0]
+    np.testing.assert_allclose(after, before, atol=1e-4)
 
 
 def blocks_until_released(engine, hold, release) -> None:
