@@ -43,8 +43,8 @@ def split_concat_convolutions(network: ov.Model) -> int:
     """Conv(Concat(a, b)) -> Conv(a, W[:, :A]) + Conv(b, W[:, A:]): the same sum, without the concat copy.
 
     U2-Net concatenates before most decoder convolutions; OpenVINO copies each concat (~5 ms a run)
-    and fuses the Add into the second convolution. Measured ~3% faster per run; outputs differ only
-    in float rounding (max 2e-6). Returns how many convolutions were split.
+    and fuses the Add into the second convolution. Measured ~2% faster per run (94.4 -> 92.5 ms);
+    outputs differ only in float rounding (within 1e-5). Returns how many convolutions were split.
     """
     split = 0
     for conv in network.get_ordered_ops():
