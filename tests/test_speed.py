@@ -1,8 +1,9 @@
 """The fast path keeps the cut-outs: ghost matches rembg's own u2netp, and the speed levers stay honest.
 
 Throughput and latency are measured by bench/bench.py, not here; these tests pin what those
-levers must not break (same masks, lossless colour, bounded inference, the same masks from both
-runtimes, memory given back, provider fallback).
+levers must not break (same masks, lossless colour, lossless PNG from both encoders, bounded
+inference, the same network output from both runtimes and after the graph rewrite, memory given
+back, provider fallback).
 """
 
 from __future__ import annotations
