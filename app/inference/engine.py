@@ -1,7 +1,7 @@
 """Which runtime runs the networks: one Engine per weights file, from the `runtime` setting.
 
 - openvino: the CPU default. Same fp32 masks as onnxruntime (IoU 1.0 on the benchmark photos),
-  ~10% faster per inference here (bench/bench.py's floors), and ~120 MB of activations per run
+  ~10% faster per inference here (bench/bench.py's floors), and ~90 MB of activations per run
   where onnxruntime holds ~280 MB.
 - onnxruntime: the GPU path (CUDA execution provider, the [gpu] extra) and the fallback.
 

@@ -3,7 +3,7 @@
 One compiled model per weights file. With `concurrent_inferences` = 1 (the default) it is
 compiled for latency: each run uses every core. OpenVINO's threads scale almost perfectly on
 u2netp (2 threads: 95 ms, 1 thread: 190 ms here), so one run at a time over all cores gives the
-throughput of two single-thread runs side by side with one set of activations (~120 MB) instead
+throughput of two single-thread runs side by side with one set of activations (~90 MB) instead
 of two. Higher values compile that many streams, each with its own threads and activations.
 """
 
@@ -94,8 +94,9 @@ class OpenVinoEngine:
         # dropping them saves their sigmoids and copies, ~1% per run, the first output unchanged.
         network = ov.Model([network.get_results()[0]], network.get_parameters(), weights_name)
         split_concat_convolutions(network)
-        compiled = core.compile_model(network, "CPU", compile_config(settings))
-        log.info("%s: OpenVINO %s on CPU, %s", weights_name, ov.get_version(), compile_config(settings))
+        config = compile_config(settings)
+        compiled = core.compile_model(network, "CPU", config)
+        log.info("%s: OpenVINO %s on CPU, %s", weights_name, ov.get_version(), config)
         return cls(compiled, settings.concurrent_inferences)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
