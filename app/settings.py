@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"
     intra_op_threads: int = Field(default=0, ge=0)
     concurrent_inferences: int = Field(default=1, ge=1)
+    mixed_precision: bool = True
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
     max_body_bytes: int = 25 * 1024 * 1024
