@@ -10,8 +10,9 @@ One run:
    with ours, so it cannot live in .venv;
 2. starts both servers on 127.0.0.1 with the same u2netp weights (U2NET_HOME points rembg at
    our models/ folder, so it downloads nothing) and warms both up;
-3. measures the floor: bare inference of the ghost model on this machine, in onnxruntime (what
-   rembg runs) and in OpenVINO (what we run on CPU); "of floor" is against the faster of the two;
+3. measures the floor: bare inference of the ghost model on this machine, in onnxruntime fp32
+   (what rembg runs), in OpenVINO fp32, and in OpenVINO with our service's graph (mixed bf16/fp32,
+   on CPUs with native bf16); "of floor" is against the fastest;
 4. drives both servers alternately (A B, then B A, ...) with the same images, closed loop, a fixed
    request count per round, at each concurrency; prints requests/s, p50/p95 latency, server CPU
    seconds per image, peak RSS and response bytes, plus our/rembg ratios;
@@ -46,6 +47,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 from conftest import LiveServer, free_port  # noqa: E402  (the tests' server harness)
 
 REMBG_VENV = ROOT / "bench" / ".venv-rembg"
@@ -327,18 +329,30 @@ def ort_floor(weights: Path, x: np.ndarray, runs: int) -> tuple[float, float]:
     return _timed(session(cores), runs), _parallel_rate([session(1) for _ in range(cores)], runs)
 
 
-def openvino_floor(weights: Path, x: np.ndarray, runs: int) -> tuple[float, float] | None:
-    """Bare OpenVINO fp32: (median ms with every core on one image, images/s with one 1-thread stream per core)."""
+def openvino_floor(weights: Path, x: np.ndarray, runs: int, mixed: bool) -> tuple[float, float] | None:
+    """Bare OpenVINO: (median ms with every core on one image, images/s with one 1-thread stream per core).
+
+    mixed: the service's own graph (concat split, its heaviest convolutions in bf16); None where
+    the CPU has no native bf16 and the service would not use it.
+    """
     try:
         import openvino as ov
     except ImportError:
         return None
+    from app.inference.ov_engine import BF16_MIN_SHARE, bf16_heaviest_convolutions, split_concat_convolutions
+
     cores = os.cpu_count() or 1
     core = ov.Core()
+    if mixed and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return None
+    network = core.read_model(str(weights))
+    if mixed:
+        split_concat_convolutions(network)
+        bf16_heaviest_convolutions(network, BF16_MIN_SHARE)
 
     def compiled(streams: int) -> list[Callable[[], object]]:
         config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": cores}
-        model = core.compile_model(str(weights), "CPU", config)
+        model = core.compile_model(network, "CPU", config)
         requests_ = [model.create_infer_request() for _ in range(streams)]
         return [lambda r=r: r.infer({0: x}) for r in requests_]
 
@@ -452,10 +466,14 @@ def main() -> None:
             for server in servers:  # warm-up: rembg builds its session on the first request
                 drive(server, images, len(images), 2)
             x, runs = preprocessed(images[0]), 10 if args.quick else 30
-            floors = {"onnxruntime": ort_floor(weights, x, runs), "OpenVINO": openvino_floor(weights, x, runs)}
+            floors = {
+                "onnxruntime fp32": ort_floor(weights, x, runs),
+                "OpenVINO fp32": openvino_floor(weights, x, runs, mixed=False),
+                "OpenVINO mixed bf16/fp32, as our service": openvino_floor(weights, x, runs, mixed=True),
+            }
             for runtime, floor in floors.items():
                 if floor:
-                    print(f"floor (bare {runtime}, u2netp fp32 at 320x320): {floor[0]:.0f} ms per image on all "
+                    print(f"floor (bare {runtime}, u2netp at 320x320): {floor[0]:.0f} ms per image on all "
                           f"cores, {floor[1]:.2f} images/s with one single-thread run per core")
             floor_rps = max(floor[1] for floor in floors.values() if floor)
 
