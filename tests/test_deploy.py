@@ -2,7 +2,10 @@
 
 The build stage's COPY and RUN steps and the runtime stage's RUN, ENV, USER,
 HEALTHCHECK and CMD are read with BuildKit's own parser (the `dockerfile`
-package) and carried out on a directory that stands in for the image's root:
+package, run in a child process: it is Go, and the Go runtime it starts in
+pytest's process installs its own SIGPIPE handler; with it loaded, the suite
+died of SIGSEGV inside a later test's send() on a connection the server had
+closed, seen under gdb) and carried out on a directory that stands in for the image's root:
 /app, /data and /tmp are mapped into it. The service then runs from that tree
 as the image's non-root user, the HEALTHCHECK command must pass, a real
 cut-out is made, and SIGTERM must stop it cleanly. The GPU variant differs
@@ -22,7 +25,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import dockerfile
+import json
+from typing import NamedTuple
+
 import pytest
 
 from conftest import ROOT, LiveServer, png_of, subject_image
@@ -33,17 +38,38 @@ BUILD_TIMEOUT_S = 900
 IMAGE_STARTUP_TIMEOUT_S = 240
 
 
-def stages() -> dict[str, list[dockerfile.Command]]:
-    by_stage: dict[str, list[dockerfile.Command]] = {}
-    current: list[dockerfile.Command] = []
-    for command in dockerfile.parse_file(str(DOCKERFILE)):
+class Command(NamedTuple):
+    """One instruction as `dockerfile.Command` gives it (the fields these tests read)."""
+
+    cmd: str
+    flags: tuple[str, ...]
+    value: tuple[str, ...]
+
+
+PARSE = """
+import dockerfile, json, sys
+print(json.dumps([[c.cmd, c.flags, c.value] for c in dockerfile.parse_file(sys.argv[1])]))
+"""
+
+
+def parse_dockerfile() -> list[Command]:
+    parsed = subprocess.run(
+        [sys.executable, "-c", PARSE, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return [Command(cmd, tuple(flags), tuple(value)) for cmd, flags, value in json.loads(parsed.stdout)]
+
+
+def stages() -> dict[str, list[Command]]:
+    by_stage: dict[str, list[Command]] = {}
+    current: list[Command] = []
+    for command in parse_dockerfile():
         if command.cmd == "FROM":
             current = by_stage.setdefault(command.value[-1], [])
         current.append(command)
     return by_stage
 
 
-def only(stage: list[dockerfile.Command], cmd: str) -> list[dockerfile.Command]:
+def only(stage: list[Command], cmd: str) -> list[Command]:
     return [c for c in stage if c.cmd == cmd]
 
 
