@@ -2,14 +2,16 @@
 
 The build stage's COPY and RUN steps and the runtime stage's RUN, ENV, USER,
 HEALTHCHECK and CMD are read with BuildKit's own parser (the `dockerfile`
-package, run in a child process: it is Go, and the Go runtime it starts in
-pytest's process installs its own SIGPIPE handler; with it loaded, the suite
-died of SIGSEGV inside a later test's send() on a connection the server had
-closed, seen under gdb) and carried out on a directory that stands in for the image's root:
+package) and carried out on a directory that stands in for the image's root:
 /app, /data and /tmp are mapped into it. The service then runs from that tree
 as the image's non-root user, the HEALTHCHECK command must pass, a real
 cut-out is made, and SIGTERM must stop it cleanly. The GPU variant differs
 only by its base image and `--gpu`, which cannot run here.
+
+The parser runs in a child process. It is Go: with its runtime loaded into
+pytest (it installs its own SIGPIPE handler), the suite died of SIGSEGV in a
+later test's send() on a connection the server had closed (seen under gdb),
+leaving that run's servers behind.
 """
 
 from __future__ import annotations
