@@ -2,8 +2,8 @@
 
 Throughput and latency are measured by bench/bench.py, not here; these tests pin what those
 levers must not break (same masks, lossless colour, lossless PNG from both encoders, bounded
-inference, the same network output from both runtimes and after the graph rewrite, memory given
-back, provider fallback).
+inference, the same network output from both runtimes and after the graph rewrite, bf16 only
+in the heaviest layers and close to fp32, memory given back, provider fallback).
 """
 
 from __future__ import annotations
