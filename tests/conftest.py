@@ -6,12 +6,10 @@ starts a dedicated one with its own settings (CUTOUT_* environment) and data dir
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -110,14 +108,6 @@ def raw_request(url: str, head: str, body_chunks: Iterable[bytes] = (), pause_s:
     return int(status_line.split()[1]), json.loads(body)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Popen preexec_fn: SIGTERM when pytest dies, so a crashed run leaves no servers behind."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class LiveServer:
     """`python -m app serve` on a free port. `python`, `cwd` and `user` default to this checkout
     run by us; the Dockerfile test points them at a built image tree and its non-root user."""
@@ -155,7 +145,6 @@ class LiveServer:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
             user=self.user,
             group=self.user,
             extra_groups=[] if self.user is not None else None,
@@ -242,7 +231,6 @@ class RedisServer:
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + 20
