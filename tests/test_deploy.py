@@ -16,6 +16,7 @@ leaving that run's servers behind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,8 +27,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import json
 from typing import NamedTuple
 
 import pytest
