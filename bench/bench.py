@@ -332,23 +332,21 @@ def ort_floor(weights: Path, x: np.ndarray, runs: int) -> tuple[float, float]:
 def openvino_floor(weights: Path, x: np.ndarray, runs: int, mixed: bool) -> tuple[float, float] | None:
     """Bare OpenVINO: (median ms with every core on one image, images/s with one 1-thread stream per core).
 
-    mixed: the service's own graph (concat split, its heaviest convolutions in bf16); None where
-    the CPU has no native bf16 and the service would not use it.
+    mixed: the service's own graph (ov_engine.prepare_network: first output only, concats split,
+    heaviest convolutions in bf16); None where the CPU has no native bf16 and the service would
+    not use it. Otherwise the ONNX file as it is, in fp32.
     """
     try:
         import openvino as ov
     except ImportError:
         return None
-    from app.inference.ov_engine import BF16_MIN_SHARE, bf16_heaviest_convolutions, split_concat_convolutions
+    from app.inference.ov_engine import has_native_bf16, prepare_network
 
     cores = os.cpu_count() or 1
     core = ov.Core()
-    if mixed and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if mixed and not has_native_bf16(core):
         return None
-    network = core.read_model(str(weights))
-    if mixed:
-        split_concat_convolutions(network)
-        bf16_heaviest_convolutions(network, BF16_MIN_SHARE)
+    network = prepare_network(core, weights, True)[0] if mixed else core.read_model(str(weights))
 
     def compiled(streams: int) -> list[Callable[[], object]]:
         config = {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": cores}

@@ -28,6 +28,7 @@ from app.inference.ov_engine import (
     OpenVinoEngine,
     bf16_heaviest_convolutions,
     convolution_macs,
+    has_native_bf16,
     split_concat_convolutions,
 )
 from app.settings import Settings
@@ -185,15 +186,23 @@ def test_mixed_precision_takes_only_the_heaviest_convolutions() -> None:
     assert bf16_heaviest_convolutions(network, BF16_MIN_SHARE) == 2
     # The two it takes are the network's largest layers, over a third of its work together.
     assert sum(macs[-2:]) > 0.35 * sum(macs) and macs[-3] < BF16_MIN_SHARE * sum(macs)
-    converted = [op for op in network.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    assert sum(op.get_output_element_type(0) == ov.Type.bf16 for op in converted) == 2
+    convs = [op for op in network.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    assert sum(op.get_output_element_type(0) == ov.Type.bf16 for op in convs) == 2
+
+
+def test_mixed_precision_leaves_a_network_of_unknown_input_size_in_f32() -> None:
+    image = ov.opset13.parameter([1, 3, -1, -1], ov.Type.f32)
+    kernel = ov.opset13.constant(np.ones((8, 3, 3, 3), np.float32))
+    conv = ov.opset13.convolution(image, kernel, [1, 1], [1, 1], [1, 1], [1, 1])
+    network = ov.Model([conv], [image])
+    assert bf16_heaviest_convolutions(network, BF16_MIN_SHARE) == 0
+    assert conv.get_output_element_type(0) == ov.Type.f32
 
 
 def test_mixed_precision_engine_stays_close_to_f32() -> None:
     exact = OpenVinoEngine.create(Settings(models_dir=MODELS_DIR, mixed_precision=False), "u2netp")
     mixed = OpenVinoEngine.create(Settings(models_dir=MODELS_DIR, mixed_precision=True), "u2netp")
-    native_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert (exact.bf16_convolutions, mixed.bf16_convolutions) == (0, 2 if native_bf16 else 0)
+    assert (exact.bf16_convolutions, mixed.bf16_convolutions) == (0, 2 if has_native_bf16(ov.Core()) else 0)
     for image in (large_photo_like(640, 480), large_photo_like(2000, 1500), subject_image(160, 120)):
         batch = model_input(image)
         a, b = exact.run(batch), mixed.run(batch)
