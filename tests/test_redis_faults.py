@@ -78,7 +78,10 @@ def test_redis_stopped_mid_load_fails_closed_then_recovers(
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
     for _, r in responses:
         if r.status_code == 503:
-            assert_error(r, 503, "service_unavailable")
+            # A job that reserved just before the outage can outlive the 2 s reservation TTL on a busy
+            # box: the sweeper refunds it and the commit answers processing_timeout. Both are uncharged.
+            body = r.json()["error"]
+            assert_error(r, 503, body["code"] if body["code"] == "processing_timeout" else "service_unavailable")
             assert int(r.headers["Retry-After"]) >= 1
     # Sent while Redis was down (less the few ms in which redis-py's retries may reach it again).
     during = [r.status_code for t, r in responses if down_at < t < up_at - 0.3]
