@@ -16,17 +16,23 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 ENV CUTOUT_PROVIDERS='["CUDAExecutionProvider", "CPUExecutionProvider"]'
 
-# Build: virtualenv, dependencies and the model weights, fetched and checksum-verified
-# (a mismatch fails the build), with the same script the tests and CI run.
+# Build: the wheel, installed with its runtime extra into a fresh virtualenv in /app, and the
+# model weights, fetched and checksum-verified (a mismatch fails the build). The runtime stage
+# takes /app only: the installed package, no source tree, no pip cache.
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS build
 ARG VARIANT
-WORKDIR /app
-COPY pyproject.toml README.md ./
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
 COPY app ./app
 COPY config ./config
-COPY scripts ./scripts
-RUN scripts/setup --service --${VARIANT}
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /app/.venv \
+    && /app/.venv/bin/pip wheel -q --no-deps --wheel-dir /src/dist . \
+    && /app/.venv/bin/pip install -q "$(ls /src/dist/cutout-*.whl)[${VARIANT}]"
+# From /app, where there is no source tree: the installed package fetches the weights.
+WORKDIR /app
+RUN .venv/bin/python -m app models fetch
 
 # Runtime: the built /app without pip's caches or the build's downloads, as a non-root user.
 # hadolint ignore=DL3006

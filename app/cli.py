@@ -52,10 +52,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
+    from app.inference.engine import missing_runtime
     from app.logs import logging_config
     from app.main import create_app
     from app.shutdown import DrainingServer
 
+    if problem := missing_runtime(settings):
+        sys.exit(problem)  # a plain install without [cpu]/[gpu]: one line, no traceback
     app = create_app(settings)
     config = uvicorn.Config(
         app,

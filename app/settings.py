@@ -2,13 +2,15 @@
 
 config/cutout.toml holds the service knobs, config/models.toml the weights and
 the public model names, config/plans.toml the plans. CUTOUT_CONFIG_DIR points
-at another config folder (tests and deployments use it).
+at another config folder (tests and deployments use it). An installed wheel
+carries the default config inside the package as app/config/ (pyproject.toml maps it).
 """
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +22,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
+
+def _default_config_dir() -> Path:
+    # An installed wheel has it as package data; a source checkout keeps config/ beside app/.
+    packaged = Path(str(files("app") / "config"))
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "config"
+
+
+DEFAULT_CONFIG_DIR = _default_config_dir()
 
 
 class WeightsSource(BaseModel):

@@ -3,10 +3,13 @@
 The build stage's COPY and RUN steps and the runtime stage's RUN, ENV, USER,
 HEALTHCHECK and CMD are read with BuildKit's own parser (the `dockerfile`
 package) and carried out on a directory that stands in for the image's root:
-/app, /data and /tmp are mapped into it. The service then runs from that tree
-as the image's non-root user, the HEALTHCHECK command must pass, a real
-cut-out is made, and SIGTERM must stop it cleanly. The GPU variant differs
-only by its base image and `--gpu`, which cannot run here.
+/src, /app, /data and /tmp are mapped into it. The build installs the wheel
+with the `cpu` extra into a fresh virtualenv: this is where the service
+install's size is measured and rembg's tree must be absent. The service then
+runs from /app, which holds no source tree, as the image's non-root user, the
+HEALTHCHECK command must pass, a real cut-out is made, and SIGTERM must stop
+it cleanly. The GPU variant differs only by its base image and extra, which
+cannot run here.
 
 The parser runs in a child process. It is Go: with its runtime loaded into
 pytest (it installs its own SIGPIPE handler), the suite died of SIGSEGV in a
@@ -37,6 +40,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 BUILD_TIMEOUT_S = 900
 # The image's first start runs on a fresh venv and cold caches: slower than the tests' usual start.
 IMAGE_STARTUP_TIMEOUT_S = 240
+# `pip install ".[cpu]"` into a fresh venv (README, Deploy); measured 625 MB (du) when this was written.
+MAX_SERVICE_VENV_MB = 650
+# rembg's tree: the tests' reference, never the service's (pyproject.toml, the `test` extra).
+TEST_ONLY_PACKAGES = {"rembg", "numba", "llvmlite", "scikit-image", "pymatting"}
 
 
 class Command(NamedTuple):
@@ -85,17 +92,37 @@ def test_dockerfile_shape() -> None:
     assert {"base-cpu", "base-gpu", "build", "runtime"} <= set(by_stage)
     build, runtime = by_stage["build"], by_stage["runtime"]
     assert [c.value[0] for c in build + runtime if c.cmd == "FROM"] == ["base-${VARIANT}", "base-${VARIANT}"]
-    assert [c.value for c in only(build, "RUN")] == [("scripts/setup --service --${VARIANT}",)]
+    install, fetch = [c.value[0] for c in only(build, "RUN")]
+    assert "pip wheel" in install and '.whl)[${VARIANT}]"' in install, "the image installs the wheel, not the tree"
+    assert fetch.endswith("-m app models fetch")
     assert [c.value for c in only(runtime, "COPY")] == [("/app", "/app")]
     assert only(runtime, "COPY")[0].flags == ("--from=build",)
     assert only(runtime, "USER")[0].value[0].split(":")[0] != "0"
     gpu_env = dict(zip(*[iter(only(by_stage["base-gpu"], "ENV")[0].value)] * 2))
     assert "CUDAExecutionProvider" in gpu_env["CUTOUT_PROVIDERS"]
-    assert "gpu" in (ROOT / "scripts" / "setup").read_text()
+
+
+def check_service_venv(app_dir: Path) -> None:
+    """The image's venv is a plain `pip install "cutout[cpu]"`: lean, and the package is the installed one."""
+    venv = app_dir / ".venv"
+    listed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+    )
+    installed = {package["name"].lower() for package in json.loads(listed.stdout)}
+    assert not installed & TEST_ONLY_PACKAGES, sorted(installed & TEST_ONLY_PACKAGES)
+    size_mb = int(subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True, check=True).stdout.split()[0])
+    print(f"service venv: {size_mb} MB, {len(installed)} distributions")
+    assert size_mb <= MAX_SERVICE_VENV_MB, f"{size_mb} MB"
+    assert not (app_dir / "app").exists() and not (app_dir / "config").exists(), "no source tree in the image"
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import app; print(app.__file__)"],
+        cwd=app_dir, capture_output=True, text=True, check=True,
+    )
+    assert where.stdout.startswith(str(venv / "lib")), where.stdout
 
 
 class ImageRoot:
-    """A directory standing in for the image's filesystem: /app, /data, /tmp live under it."""
+    """A directory standing in for the image's filesystem: /src, /app, /data, /tmp live under it."""
 
     def __init__(self) -> None:
         # Not under pytest's tmp dir: that one is private to root, and the image user must read the tree.
@@ -105,7 +132,7 @@ class ImageRoot:
         (self.path / "tmp").chmod(0o777 | stat.S_ISVTX)
 
     def map(self, text: str) -> str:
-        return re.sub(r"(?<![\w./-])/(app|data|tmp)(?=/|\b)", lambda m: f"{self.path}/{m.group(1)}", text)
+        return re.sub(r"(?<![\w./-])/(src|app|data|tmp)(?=/|\b)", lambda m: f"{self.path}/{m.group(1)}", text)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -147,6 +174,7 @@ def test_dockerfile_builds_and_serves_as_its_non_root_user(image: ImageRoot) -> 
         elif command.cmd == "RUN":
             run_step(image.map(command.value[0]).replace("${VARIANT}", build_env["VARIANT"]), workdir, build_env)
     assert (workdir / "models" / "u2netp.onnx").is_file(), "weights fetched at build time"
+    check_service_venv(Path(image.map("/app")))
 
     runtime = by_stage["runtime"]
     for command in only(runtime, "RUN"):

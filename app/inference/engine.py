@@ -44,6 +44,17 @@ def choose_runtime(settings: Settings) -> Runtime:
     return "openvino"
 
 
+def missing_runtime(settings: Settings) -> str | None:
+    """One line for the operator when the runtime the settings pick is not installed, else None."""
+    runtime = choose_runtime(settings)
+    if importlib.util.find_spec(runtime) is not None:
+        return None
+    return (
+        f"cannot serve: {runtime} is not installed. Install a runtime extra: "
+        'pip install "cutout[cpu]" (OpenVINO, CPU) or pip install "cutout[gpu]" (onnxruntime-gpu, CUDA)'
+    )
+
+
 def create_engine(settings: Settings, weights_name: str) -> Engine:
     # Imported here: a process loads only the runtime it uses (each is tens of MB of libraries).
     if choose_runtime(settings) == "openvino":

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# Package data: in a source checkout and in an installed wheel alike.
+STATIC_DIR = Path(str(files("app") / "static"))
 
 
 def static_files() -> StaticFiles:
