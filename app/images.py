@@ -1,7 +1,8 @@
 """Image I/O: probe (header only), decode (oriented, 8-bit sRGB + alpha), encode PNG.
 
-Probing happens on the event loop and must stay cheap: it reads the header,
-never the pixels, so a decompression bomb is refused before it costs memory.
+Probing reads the header, never the pixels, so a decompression bomb is refused before it
+costs memory; it runs in a thread (never on the event loop) after image_structure has bounded
+how much header there is to walk.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import ApiError, invalid_image
+from app.image_structure import check_structure
 
 pillow_heif.register_heif_opener()
 
@@ -64,6 +66,7 @@ def _open(data: bytes) -> Image.Image:
 
 def probe(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
     """Format and size from the header alone; 400/413 before any pixel is decoded."""
+    check_structure(data)
     img = _open(data)
     width, height = img.size
     if width <= 0 or height <= 0:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
+import anyio
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -91,7 +93,9 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         names = ", ".join(svc.registry.names)
         raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
     request.state.model = model_name
-    images.probe(data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
+    # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
+    probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
+    await anyio.to_thread.run_sync(probe)
 
     render_png = pipeline.render
 
@@ -101,9 +105,11 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         return render_png(data, output), time.perf_counter() - started
 
     cost = pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost
-    claim = idempotency.claim_for(
-        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data
+    claim_for = functools.partial(
+        idempotency.claim_for,
+        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data,
     )
+    claim = await anyio.to_thread.run_sync(claim_for)
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
             png, inference_s = await svc.gate.run(render, timeout=svc.settings.processing_timeout_s)
