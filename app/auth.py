@@ -1,4 +1,8 @@
-"""API key authentication: the `ApiKey` header -> an active account.
+"""API key authentication: the key a request presents -> an active account.
+
+`ApiKey: <key>` is the documented header. `X-Api-Key: <key>` (as remove.bg and
+PhotoRoom take it) and `Authorization: Bearer <key>` (what generic HTTP and
+generated OpenAPI clients send) are accepted too; the first one present wins.
 
 Keys are looked up by their SHA-256 digest (the store never holds a key) and
 never logged. Wrong keys count against the client address's failure limit.
@@ -13,13 +17,25 @@ from app.limits import RateLimits
 from app.store import Account, Store
 
 API_KEY_HEADER = "ApiKey"
+X_API_KEY_HEADER = "X-Api-Key"
 MAX_KEY_LENGTH = 200
 
 
+def presented_key(request: Request) -> str:
+    for header in (API_KEY_HEADER, X_API_KEY_HEADER):
+        if key := request.headers.get(header, "").strip():
+            return key
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
 async def authenticate(request: Request, store: Store, limits: RateLimits) -> Account:
-    key = request.headers.get(API_KEY_HEADER, "").strip()
+    key = presented_key(request)
     if not key:
-        raise invalid_api_key(f"Missing API key: send it in the {API_KEY_HEADER} header.")
+        raise invalid_api_key(
+            f"Missing API key: send it in the {API_KEY_HEADER} header "
+            f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>)."
+        )
     client_ip = request.client.host if request.client else "unknown"
     await limits.check_auth_failures(client_ip)
     account = await store.account_by_key(key) if len(key) <= MAX_KEY_LENGTH else None

@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["ApiKey", "Content-Type", "Idempotency-Key"],
+            allow_headers=["ApiKey", "X-Api-Key", "Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=[
                 "X-Request-ID",
                 "X-Credits-Charged",

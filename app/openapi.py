@@ -20,6 +20,13 @@ from app.settings import Settings
 JSON = dict[str, Any]
 
 API_KEY_SCHEME = "ApiKey"
+# Any one of these authenticates (app/auth.py); ApiKey is the documented one.
+SECURITY_SCHEMES: JSON = {
+    API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "ApiKey", "description": "Your API key."},
+    "XApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "The same key, as remove.bg clients send it."},
+    "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
+}
+SECURITY = [{name: []} for name in SECURITY_SCHEMES]
 _REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
 _INT_HEADER = {"schema": {"type": "integer", "minimum": 0}}
@@ -110,7 +117,7 @@ def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
     }
     return {
         "summary": summary,
-        "security": [{API_KEY_SCHEME: []}],
+        "security": SECURITY,
         "parameters": [
             {
                 "name": "Idempotency-Key",
@@ -170,7 +177,7 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
     )
     account = {
         "summary": "Balance, plan, rate limit and model costs",
-        "security": [{API_KEY_SCHEME: []}],
+        "security": SECURITY,
         "responses": {
             "200": json_response("The caller's account.", {"$ref": "#/components/schemas/Account"}),
             **{str(status): error_response(status) for status in (401, 429, 500, 503)},
@@ -250,7 +257,7 @@ def build(settings: Settings) -> JSON:
         },
         "paths": paths,
         "components": {
-            "securitySchemes": {API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "ApiKey"}},
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema()},
         },
     }

@@ -60,6 +60,31 @@ def test_missing_api_key(live_server: LiveServer) -> None:
     assert_error(live_server.remove(None), 401, "invalid_api_key")
 
 
+@pytest.mark.parametrize("header", ["X-Api-Key", "Authorization: Bearer", "Authorization: bearer"])
+def test_key_in_x_api_key_or_bearer_is_accepted_and_charged(live_server: LiveServer, api_key: str, header: str) -> None:
+    name, _, scheme = header.partition(": ")
+    value = f"{scheme} {api_key}" if scheme else api_key
+    response = live_server.remove(None, model="ghost", headers={name: value})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Credits-Remaining"] == "99"
+    account = requests.get(live_server.url + "/v2/account", headers={name: value}, timeout=10)
+    assert account.status_code == 200 and account.json()["credits"] == 99
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer"}, {"X-Api-Key": ""}],
+    ids=["basic", "bearer-without-key", "empty"],
+)
+def test_other_authorization_forms_are_a_missing_key(live_server: LiveServer, headers: dict[str, str]) -> None:
+    body = assert_error(live_server.remove(None, headers=headers), 401, "invalid_api_key")
+    assert "X-Api-Key" in body["error"]["message"] and "Bearer" in body["error"]["message"]
+
+
+def test_wrong_bearer_key_is_refused(live_server: LiveServer) -> None:
+    assert_error(live_server.remove(None, headers={"Authorization": "Bearer co_not-a-real-key"}), 401, "invalid_api_key")
+
+
 def test_unknown_api_key(live_server: LiveServer) -> None:
     assert_error(live_server.remove("co_not-a-real-key"), 401, "invalid_api_key")
 
