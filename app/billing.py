@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from app.errors import ApiError, service_unavailable
+from app.errors import ApiError, processing_timeout
 from app.store import (
     Account,
     IdempotencyClaim,
@@ -30,20 +30,15 @@ async def _reserve(
         return await store.reserve(account.id, amount, request_id, idempotency)
     except InsufficientCredits as err:
         raise ApiError(
-            402,
             "insufficient_credits",
             f"This request costs {err.needed} credits and the account has {err.balance}. Top up to continue.",
         ) from None
     except IdempotencyInFlight:
         raise ApiError(
-            409,
-            "idempotency_key_in_use",
-            "A request with this Idempotency-Key is still being processed; retry shortly.",
-            headers={"Retry-After": "1"},
+            "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed; retry shortly."
         ) from None
     except IdempotencyMismatch:
         raise ApiError(
-            422,
             "idempotency_key_reused",
             "This Idempotency-Key was used for a different request (other image, model or endpoint). "
             "Use a new key for a new request.",
@@ -73,6 +68,4 @@ async def charge(
         charged = await store.commit(reservation)
     if not charged:
         # Held past reservation_ttl_s and refunded by the sweeper: the work goes undelivered, unpaid.
-        raise service_unavailable(
-            "Processing took too long and was abandoned; nothing was charged.", code="processing_timeout"
-        )
+        raise processing_timeout()

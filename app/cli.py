@@ -169,6 +169,16 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> None:
         print(f"{name:8} weights={model.weights:24} cost={model.cost} mask_cost={model.mask_cost}  {state}")
 
 
+def cmd_docs(args: argparse.Namespace, settings: Settings) -> None:
+    from app import docgen
+
+    if args.check:
+        if docgen.render(docgen.README.read_text()) != docgen.README.read_text():
+            sys.exit("README.md is stale: run `python -m app docs`")
+        return
+    print("README.md " + ("updated" if docgen.update() else "already current"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Cutout background-removal API")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch_p.add_argument("names", nargs="*")
     fetch_p.set_defaults(func=cmd_models_fetch)
     models.add_parser("list", help="show each model and the state of its weights").set_defaults(func=cmd_models_list)
+
+    docs = sub.add_parser("docs", help="regenerate the README's tables (error codes, configuration) from the code")
+    docs.add_argument("--check", action="store_true", help="only check: exit 1 when the README is stale")
+    docs.set_defaults(func=cmd_docs)
     return parser
 
 

@@ -7,22 +7,26 @@ the same key on a different request is refused instead of replaying.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
+import anyio
 from starlette.requests import Request
 
 from app.errors import invalid_parameter
 from app.store import Account, IdempotencyClaim
-from app.store.base import idempotency_digest
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 
 
-def claim_for(
-    request: Request, account: Account, window_s: float, *, output: str, model: str, image: bytes
-) -> IdempotencyClaim | None:
+def idempotency_digest(account_id: str, client_key: str) -> str:
+    return hashlib.sha256(f"{account_id}\n{client_key}".encode("utf-8")).hexdigest()
+
+
+def client_key(request: Request) -> str | None:
+    """The request's Idempotency-Key, or None without one; 400 when it is not a usable key."""
     key = request.headers.get(HEADER)
     if key is None:
         return None
@@ -31,6 +35,21 @@ def claim_for(
         raise invalid_parameter(
             f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters (a UUID is ideal)."
         )
+    return key
+
+
+def claim(account_id: str, key: str, window_s: float, *, output: str, model: str, image: bytes) -> IdempotencyClaim:
     fingerprint = hashlib.sha256(f"{output}\n{model}\n".encode())
     fingerprint.update(image)
-    return IdempotencyClaim(idempotency_digest(account.id, key), fingerprint.hexdigest(), window_s)
+    return IdempotencyClaim(idempotency_digest(account_id, key), fingerprint.hexdigest(), window_s)
+
+
+async def claim_for(
+    request: Request, account: Account, window_s: float, *, output: str, model: str, image: bytes
+) -> IdempotencyClaim | None:
+    key = client_key(request)
+    if key is None:
+        return None
+    # Hashing an upload of up to max_body_bytes takes milliseconds: not on the event loop.
+    make = functools.partial(claim, account.id, key, window_s, output=output, model=model, image=image)
+    return await anyio.to_thread.run_sync(make)

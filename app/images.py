@@ -52,7 +52,7 @@ class Decoded:
 
 
 def image_too_large(message: str) -> ApiError:
-    return ApiError(413, "image_too_large", message)
+    return ApiError("image_too_large", message)
 
 
 def _open(data: bytes) -> Image.Image:

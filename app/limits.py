@@ -82,9 +82,7 @@ class RateLimits:
             allowed = await self._limiter.hit(item, "key", account.id)
             state = await self._state(item, "key", account.id)
         if not allowed:
-            err = rate_limited(state.reset_at - time.time(), limit_text)
-            err.headers.update(state.headers())
-            raise err
+            raise rate_limited(state.reset_at - time.time(), limit_text, headers=state.headers())
         return state
 
     async def peek(self, account: Account) -> RateState:
@@ -99,9 +97,11 @@ class RateLimits:
             if await self._limiter.test(self._auth_failures, "authfail", client_ip):
                 return
             state = await self._state(self._auth_failures, "authfail", client_ip)
-        err = rate_limited(state.reset_at - time.time(), str(self._auth_failures))
-        err.message = f"Too many requests with a wrong API key from this address. {err.message}"
-        raise err
+        raise rate_limited(
+            state.reset_at - time.time(),
+            str(self._auth_failures),
+            why="Too many requests with a wrong API key from this address. ",
+        )
 
     async def record_auth_failure(self, client_ip: str) -> None:
         with unavailable_on_redis_errors():

@@ -125,5 +125,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.drain = drain
     return app
 
-
-app = create_app()

@@ -138,16 +138,14 @@ class BodyLimit:
 
     def _too_large(self) -> ApiError:
         # Connection: close, so the server does not read the rest of the body to reuse the connection.
-        err = payload_too_large(self.max_bytes)
-        err.headers["Connection"] = "close"
-        return err
+        return payload_too_large(self.max_bytes, headers={"Connection": "close"})
 
     def _timed_out(self, stalled: bool) -> ApiError:
         if stalled:
             message = f"The upload stalled: no data for {self.read_timeout_s:g} s. Send the body without pausing."
         else:
             message = f"The upload took longer than {self.deadline_s:g} s. Send a smaller image or a faster connection."
-        return ApiError(408, "request_timeout", message, headers={"Connection": "close"})
+        return ApiError("request_timeout", message, headers={"Connection": "close"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.errors import ERROR_CODES, error_table
 from app.settings import Settings
 
 JSON = dict[str, Any]
@@ -30,24 +31,6 @@ SECURITY = [{name: []} for name in SECURITY_SCHEMES]
 _REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
 _INT_HEADER = {"schema": {"type": "integer", "minimum": 0}}
-
-# Every error status the service answers with, and the codes it uses for it.
-ERRORS: dict[int, tuple[str, list[str]]] = {
-    400: ("The request is wrong; the message says what to send.", ["invalid_image", "invalid_parameter"]),
-    401: ("Missing, unknown or revoked API key.", ["invalid_api_key"]),
-    402: ("The balance does not cover this request.", ["insufficient_credits"]),
-    408: ("The upload stalled or took too long.", ["request_timeout"]),
-    409: ("A request with this Idempotency-Key is still running; retry shortly.", ["idempotency_key_in_use"]),
-    413: ("The body or the image is over the limits.", ["payload_too_large", "image_too_large"]),
-    422: ("This Idempotency-Key was used for a different request.", ["idempotency_key_reused"]),
-    429: ("Rate limit spent; retry after `Retry-After` seconds.", ["rate_limit_exceeded"]),
-    500: ("A bug on our side; the body never holds a traceback.", ["internal_error"]),
-    503: (
-        "Overloaded, too slow, or a dependency is down; nothing was charged.",
-        ["server_busy", "processing_timeout", "service_unavailable", "shutting_down"],
-    ),
-}
-_RETRY_STATUSES = {409, 429, 503}
 
 ERROR_SCHEMA: JSON = {
     "type": "object",
@@ -69,9 +52,12 @@ ERROR_SCHEMA: JSON = {
 
 
 def error_response(status: int) -> JSON:
-    description, codes = ERRORS[status]
+    """The documented answer for one error status: its codes and their meanings, from ERROR_CODES."""
+    codes = [code for code, spec in ERROR_CODES.items() if spec.status == status and spec.public]
+    if not codes:
+        raise ValueError(f"no public error code in ERROR_CODES has status {status}")
     headers: JSON = {"X-Request-ID": _REQUEST_ID}
-    if status in _RETRY_STATUSES:
+    if any(ERROR_CODES[code].retry_after for code in codes):
         headers["Retry-After"] = _RETRY_AFTER
     schema = {
         "allOf": [
@@ -80,7 +66,7 @@ def error_response(status: int) -> JSON:
         ]
     }
     return {
-        "description": f"{description} Codes: {', '.join(codes)}.",
+        "description": "; ".join(f"`{code}`: {ERROR_CODES[code].meaning}" for code in codes) + ".",
         "headers": headers,
         "content": {"application/json": {"schema": schema}},
     }
@@ -252,7 +238,8 @@ def build(settings: Settings) -> JSON:
             "version": "2",
             "description": (
                 "Background removal: POST a photo as multipart form data with your `ApiKey` header; "
-                "get PNG bytes, or a JSON error of one shape. Credits are charged only for work delivered."
+                "get PNG bytes, or a JSON error of one shape. Credits are charged only for work delivered.\n\n"
+                "Error codes (no error is charged):\n\n" + error_table()
             ),
         },
         "paths": paths,

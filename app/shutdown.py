@@ -20,7 +20,7 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response, service_unavailable
+from app.errors import ApiError, error_response
 
 # Answered while draining: orchestrators keep probing and scraping until the end.
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -63,9 +63,7 @@ class Drain:
 
 
 def _shutting_down(scope: Scope, message: str) -> ASGIApp:
-    response = error_response(
-        scope.get("state", {}).get("request_id", ""), service_unavailable(message, code="shutting_down")
-    )
+    response = error_response(scope.get("state", {}).get("request_id", ""), ApiError("shutting_down", message))
     response.headers["Connection"] = "close"
     return response
 

@@ -14,7 +14,14 @@ from starlette.responses import Response
 from app import idempotency, images, metrics
 from app.auth import authenticate
 from app.billing import charge
-from app.errors import client_closed_request, invalid_image, invalid_parameter, request_id_of, service_unavailable
+from app.errors import (
+    ApiError,
+    client_closed_request,
+    invalid_image,
+    invalid_parameter,
+    processing_timeout,
+    request_id_of,
+)
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output
 from app.services import services
@@ -105,20 +112,16 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         return render_png(data, output), time.perf_counter() - started
 
     cost = pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost
-    claim_for = functools.partial(
-        idempotency.claim_for,
-        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data,
+    claim = await idempotency.claim_for(
+        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data
     )
-    claim = await anyio.to_thread.run_sync(claim_for)
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
             png, inference_s = await svc.gate.run(render, timeout=svc.settings.processing_timeout_s)
         except Busy:
-            raise service_unavailable("The service is at capacity; retry shortly.", code="server_busy") from None
+            raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
         except Expired:
-            raise service_unavailable(
-                "Processing took too long and was abandoned; nothing was charged.", code="processing_timeout"
-            ) from None
+            raise processing_timeout() from None
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
             raise client_closed_request()

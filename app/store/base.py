@@ -86,10 +86,6 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def idempotency_digest(account_id: str, client_key: str) -> str:
-    return hashlib.sha256(f"{account_id}\n{client_key}".encode("utf-8")).hexdigest()
-
-
 def now() -> float:
     return time.time()
 

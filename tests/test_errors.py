@@ -1,0 +1,281 @@
+"""Every error code in app.errors.ERROR_CODES, answered by the app in process (the fast layer).
+
+Each code has one scenario below that makes the service answer it, registered with
+`@answers(code)`; `test_every_code_has_a_scenario` fails when a code is added to the
+table without one (or a scenario names a code the table lacks). A code raised that
+the table lacks fails in ApiError's constructor, and the source scan below finds it
+before it is ever raised.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+import pytest
+from PIL import Image
+
+from app import idempotency, openapi
+from app.errors import _HTTP_CODES, ERROR_CODES, ApiError
+from app.main import create_app
+from conftest import subject_image
+from inprocess import InProcess, check_error, check_response, client_for, fast_settings, running
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_BYTES = 1_000_000
+MAX_SIDE = 2000
+SCENARIOS: set[str] = set()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def answers(code: str) -> Callable[[F], F]:
+    SCENARIOS.add(code)
+    return lambda test: test
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[InProcess]:
+    settings = fast_settings(
+        tmp_path_factory.mktemp("fast"), max_body_bytes=LIMIT_BYTES, max_side=MAX_SIDE, body_timeout_s=0.3
+    )
+    async with running(settings) as running_app:
+        yield running_app
+
+
+def form(image: bytes | None = None, model: str | None = None) -> dict[str, Any]:
+    files = {"image": ("photo.jpg", image if image is not None else subject_image(), "image/jpeg")}
+    return {"files": files, "data": {"model": model} if model is not None else {}}
+
+
+# --- the table itself ---
+
+
+def test_every_code_has_a_scenario() -> None:
+    assert SCENARIOS == set(ERROR_CODES)
+
+
+def test_api_error_refuses_a_code_the_table_lacks() -> None:
+    with pytest.raises(ValueError, match="ERROR_CODES"):
+        ApiError("teapot", "I am a teapot.")
+
+
+def test_every_code_raised_in_the_source_is_in_the_table() -> None:
+    """ApiError is only ever built with a literal code (so this scan sees every one), and each is in the table."""
+    raised: set[str] = set(_HTTP_CODES.values())
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ApiError":
+                first = node.args[0] if node.args else None
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    raised.add(first.value)
+                elif path.name != "errors.py":  # errors.py maps Starlette's statuses through _HTTP_CODES
+                    pytest.fail(f"{where}: ApiError's code must be a string literal")
+    assert raised - set(ERROR_CODES) == set()
+    assert set(ERROR_CODES) - raised == set(), "codes in the table that nothing raises"
+
+
+# --- one scenario per code ---
+
+
+@answers("invalid_image")
+async def test_invalid_image(app: InProcess) -> None:
+    key = await app.key()
+    response = await app.client.post("/v2/rembg/", headers={"ApiKey": key}, **form(b"not an image"))
+    check_response(response, "invalid_image")
+    assert await app.services.store.account_by_key(key) is not None
+
+
+@answers("invalid_parameter")
+async def test_invalid_parameter(app: InProcess) -> None:
+    response = await app.client.post("/v2/rembg/", headers={"ApiKey": await app.key()}, **form(model="nope"))
+    body = check_response(response, "invalid_parameter")
+    assert "'nope'" in body["error"]["message"] and "ghost" in body["error"]["message"]
+
+
+@answers("invalid_api_key")
+async def test_invalid_api_key(app: InProcess) -> None:
+    check_response(await app.client.post("/v2/rembg/", **form()), "invalid_api_key")
+    check_response(await app.client.get("/v2/account", headers={"ApiKey": "co_wrong"}), "invalid_api_key")
+
+
+@answers("insufficient_credits")
+async def test_insufficient_credits(app: InProcess) -> None:
+    response = await app.client.post("/v2/rembg/", headers={"ApiKey": await app.key(credits=0)}, **form())
+    body = check_response(response, "insufficient_credits")
+    assert "costs 1 credits and the account has 0" in body["error"]["message"]
+
+
+@answers("not_found")
+async def test_not_found(app: InProcess) -> None:
+    check_response(await app.client.get("/v1/removebg"), "not_found")
+
+
+@answers("method_not_allowed")
+async def test_method_not_allowed(app: InProcess) -> None:
+    response = await app.client.get("/v2/rembg/")
+    check_response(response, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+@answers("request_timeout")
+async def test_request_timeout(app: InProcess) -> None:
+    async def stalling_body() -> AsyncIterator[bytes]:
+        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+        await anyio.sleep(5)  # longer than body_timeout_s (0.3)
+        yield b"never sent"
+
+    headers = {"ApiKey": await app.key(), "Content-Type": "multipart/form-data; boundary=b"}
+    with anyio.fail_after(3):
+        response = await app.client.post("/v2/rembg/", headers=headers, content=stalling_body())
+    body = check_response(response, "request_timeout")
+    assert "stalled" in body["error"]["message"]
+
+
+@answers("idempotency_key_in_use")
+async def test_idempotency_key_in_use(app: InProcess) -> None:
+    key, image = await app.key(), subject_image()
+    account = await app.services.store.account_by_key(key)
+    assert account is not None
+    # The same request, already reserved and still running.
+    claim = idempotency.claim(account.id, "retry-1", 3600, output="cutout", model="ghost", image=image)
+    await app.services.store.reserve(account.id, 1, "req_first", claim)
+    headers = {"ApiKey": key, "Idempotency-Key": "retry-1"}
+    response = await app.client.post("/v2/rembg/", headers=headers, **form(image, "ghost"))
+    check_response(response, "idempotency_key_in_use")
+
+
+@answers("idempotency_key_reused")
+async def test_idempotency_key_reused(app: InProcess) -> None:
+    key = await app.key()
+    account = await app.services.store.account_by_key(key)
+    assert account is not None
+    other = subject_image(width=100)
+    claim = idempotency.claim(account.id, "retry-2", 3600, output="cutout", model="ghost", image=other)
+    await app.services.store.reserve(account.id, 1, "req_other", claim)
+    headers = {"ApiKey": key, "Idempotency-Key": "retry-2"}
+    response = await app.client.post("/v2/rembg/", headers=headers, **form(subject_image(), "ghost"))
+    check_response(response, "idempotency_key_reused")
+
+
+@answers("payload_too_large")
+async def test_payload_too_large(app: InProcess) -> None:
+    headers = {"ApiKey": await app.key(), "Content-Type": "multipart/form-data; boundary=b"}
+    response = await app.client.post("/v2/rembg/", headers=headers, content=b"x" * (LIMIT_BYTES + 1))
+    check_response(response, "payload_too_large")
+    assert response.headers["connection"] == "close"
+
+
+@answers("image_too_large")
+async def test_image_too_large(app: InProcess) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (MAX_SIDE + 1, 1)).save(buf, "PNG")
+    response = await app.client.post("/v2/rembg/", headers={"ApiKey": await app.key()}, **form(buf.getvalue()))
+    check_response(response, "image_too_large")
+
+
+@answers("rate_limit_exceeded")
+async def test_rate_limit_exceeded(app: InProcess) -> None:
+    key = await app.key(rate_limit="1/minute")
+    check_response(await app.client.post("/v2/rembg/", headers={"ApiKey": key}), "invalid_image")
+    response = await app.client.post("/v2/rembg/", headers={"ApiKey": key})
+    body = check_response(response, "rate_limit_exceeded")
+    assert body["retry_after"] == int(response.headers["retry-after"])
+    assert response.headers["x-ratelimit-limit"] == "1"
+
+
+@answers("client_closed_request")
+async def test_client_closed_request(app: InProcess) -> None:
+    """The client hangs up mid-upload: raw ASGI, since an HTTP client cannot read the answer it left."""
+    key = await app.key()
+    incoming = [
+        {"type": "http.request", "body": b'--b\r\nContent-Disposition: form-data; name="image"', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v2/rembg/", "raw_path": b"/v2/rembg/", "query_string": b"", "root_path": "",
+        "headers": [(b"apikey", key.encode()), (b"content-type", b"multipart/form-data; boundary=b")],
+        "client": ("203.0.113.7", 50000), "server": ("cutout.test", 80),
+    }
+    await app.app(scope, receive, send)
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    check_error(start["status"], httpx.Headers([(k.decode(), v.decode()) for k, v in start["headers"]]), body,
+                "client_closed_request")
+
+
+@answers("internal_error")
+async def test_internal_error(tmp_path: Path) -> None:
+    """A bug: an app whose lifespan never ran has no services, so an authenticated route fails."""
+    async with client_for(create_app(fast_settings(tmp_path))) as client:
+        response = await client.get("/v2/account", headers={"ApiKey": "co_any"})
+    body = check_response(response, "internal_error")
+    assert "AttributeError" not in response.text and body["error"]["message"].startswith("Internal error")
+
+
+@answers("server_busy")
+@answers("processing_timeout")
+async def test_server_busy_and_processing_timeout(tmp_path: Path) -> None:
+    """One worker, no queue, 50 ms to process: a 0.75 MP photo times out (ghost takes ~100 ms), and
+    while its inference still holds the worker, the next request finds no place."""
+    settings = fast_settings(tmp_path, workers=1, queue_size=0, processing_timeout_s=0.05)
+    async with running(settings) as tight:
+        key = await tight.key()
+        photo = subject_image(1000, 750)
+        check_response(await tight.client.post("/v2/rembg/", headers={"ApiKey": key}, **form(photo)), "processing_timeout")
+        assert tight.services.gate.in_flight == 1, "the timed-out inference should still hold the worker"
+        check_response(await tight.client.post("/v2/rembg/", headers={"ApiKey": key}, **form()), "server_busy")
+        account = await tight.services.store.account_by_key(key)
+        assert account is not None and account.credits == 100  # neither was charged
+
+
+@answers("service_unavailable")
+async def test_service_unavailable(tmp_path: Path) -> None:
+    """The configured Redis does not answer (nothing listens on port 1): fail closed, before any model runs
+    (so this app loads none)."""
+    async with running(fast_settings(tmp_path, redis_url="redis://127.0.0.1:1/0", models=())) as down:
+        check_response(await down.client.post("/v2/rembg/", headers={"ApiKey": "co_any"}, **form()), "service_unavailable")
+
+
+@answers("shutting_down")
+async def test_shutting_down(tmp_path: Path) -> None:
+    app = create_app(fast_settings(tmp_path))
+    app.state.drain.begin(60)
+    async with client_for(app) as client:
+        response = await client.post("/v2/rembg/", headers={"ApiKey": "co_any"}, **form())
+    check_response(response, "shutting_down")
+    assert response.headers["connection"] == "close"
+
+
+def test_openapi_documents_every_code() -> None:
+    """/openapi.json carries the whole table in its description, and each route's error
+    responses enumerate the codes of their status, from the same table."""
+    document = openapi.build(fast_settings(ROOT / "data"))
+    for code, spec in ERROR_CODES.items():
+        assert (f"`{code}`" in document["info"]["description"]) == spec.public, code
+    responses = document["paths"]["/v2/rembg/"]["post"]["responses"]
+    for status, response in responses.items():
+        if status != "200":
+            enum = response["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"]
+            assert enum == [c for c, s in ERROR_CODES.items() if s.status == int(status) and s.public]
+            assert ("Retry-After" in response["headers"]) == any(ERROR_CODES[c].retry_after for c in enum)
