@@ -70,7 +70,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         # After the drain deadline: a last second for responses being written, then cancel.
         timeout_graceful_shutdown=1,
     )
-    server = DrainingServer(config, app.state.drain, settings.shutdown_timeout_s)
+    server = DrainingServer(config, app.state.drain, settings.drain_delay_s, settings.shutdown_timeout_s)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)  # as `uvicorn.run` does: a supervisor must see that it failed

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     body_deadline_s: float = Field(default=300.0, gt=0)
     processing_timeout_s: float = 60.0
+    drain_delay_s: float = Field(default=5.0, ge=0)
     shutdown_timeout_s: float = Field(default=25.0, ge=0)
 
     default_model: str = "falcon"

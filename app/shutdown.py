@@ -1,12 +1,18 @@
 """Graceful shutdown: drain first, then stop.
 
-On SIGTERM (or Ctrl-C) the server keeps listening for a drain period instead
-of closing its socket at once: requests already in flight run to the end (and
-are charged), new ones get a 503 `shutting_down` with `Connection: close` so
-clients and load balancers retry elsewhere, and /ready answers 503. When the
-drain period (`shutdown_timeout_s`) runs out, requests still in flight are
-cancelled: `billing.charge` refunds them and they too get the 503. Then
-uvicorn's own shutdown runs. A second signal skips the drain.
+On SIGTERM the server keeps listening instead of closing its socket at once,
+in two phases, the pattern load balancers and Kubernetes' preStop expect:
+
+1. For `drain_delay_s` /ready answers 503 while new requests are still
+   accepted and served: a load balancer needs a few health checks to take the
+   replica out of rotation, and what it sends meanwhile must not fail.
+2. Then new requests get a 503 `shutting_down` with `Connection: close`, and
+   requests in flight run to the end (and are charged).
+
+`shutdown_timeout_s`, counted from the signal, bounds both: requests still in
+flight then are cancelled (`billing.charge` refunds them, they too get the
+503) and uvicorn's own shutdown runs. Ctrl-C (SIGINT) skips phase 1: no load
+balancer waits on a terminal. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class Drain:
     """Shared by the server (which starts the drain) and the app (which tracks its requests)."""
 
     def __init__(self) -> None:
-        self.draining = False
+        self.draining = False  # /ready says 503 from here on
+        self.refuse_from = float("inf")
         self.deadline = float("inf")
         self.requests: set[anyio.CancelScope] = set()
 
@@ -41,13 +48,19 @@ class Drain:
     def in_flight(self) -> int:
         return len(self.requests)
 
-    def begin(self, timeout_s: float) -> None:
+    @property
+    def refusing(self) -> bool:
+        return time.monotonic() >= self.refuse_from
+
+    def begin(self, delay_s: float, timeout_s: float) -> None:
+        now = time.monotonic()
         self.draining = True
-        self.deadline = time.monotonic() + timeout_s
+        self.refuse_from = now + min(delay_s, timeout_s)
+        self.deadline = now + timeout_s
 
     def tick(self) -> bool:
         """Cancel requests past the deadline; True once the server can stop."""
-        if not self.draining:
+        if not self.draining or not self.refusing:
             return False
         overdue_s = time.monotonic() - self.deadline
         if overdue_s >= 0:
@@ -80,7 +93,7 @@ class DrainGate:
         if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
-        if self.drain.draining:
+        if self.drain.refusing:
             refuse = _shutting_down(scope, "The server is shutting down; retry and another instance will answer.")
             await refuse(scope, receive, send)
             return
@@ -108,14 +121,15 @@ class DrainGate:
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose first exit signal drains (see module doc) instead of stopping at once."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, timeout_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, delay_s: float, timeout_s: float) -> None:
         super().__init__(config)
         self.drain = drain
+        self.delay_s = delay_s
         self.timeout_s = timeout_s
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig in DRAIN_SIGNALS and not self.drain.draining:
-            self.drain.begin(self.timeout_s)
+            self.drain.begin(self.delay_s if sig == signal.SIGTERM else 0.0, self.timeout_s)
             return
         super().handle_exit(sig, frame)
 

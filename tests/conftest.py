@@ -131,6 +131,8 @@ class LiveServer:
             "CUTOUT_DATA_DIR": str(data_dir),
             "CUTOUT_MODELS_DIR": str(MODELS_DIR),
             "CUTOUT_LOG_LEVEL": "warning",
+            # No load balancer to wait for when a test stops its server; tests of the delay set it.
+            "CUTOUT_DRAIN_DELAY_S": "0",
             **env,
         }
         self.log_path = data_dir / f"server-{self.port}.log"

@@ -1,0 +1,167 @@
+"""A replica stopped under load behind a real HAProxy loses no request, and the ledger stays exact.
+
+deploy/haproxy.cfg (its addresses rewritten to loopback) balances two replicas that share a real
+redis-server. Clients keep uploading through HAProxy while one replica gets SIGTERM, as a rolling
+restart or a scale-down sends it: its /ready turns 503, HAProxy's health checks take it out of
+rotation during the drain delay (config/cutout.toml's default, in which it still serves what
+arrives), then it finishes what it holds and exits. Every response must be a 200, and the credits
+the responses report as charged plus the balance left must equal the credits bought.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+
+from conftest import ROOT, LiveServer, RedisServer, free_port, subject_image
+
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
+DRAIN_DELAY_S = tomllib.loads((ROOT / "config" / "cutout.toml").read_text())["drain_delay_s"]
+CLIENTS = 4
+CREDITS = 5000
+
+
+class HAProxy:
+    """`haproxy -db` on deploy/haproxy.cfg, listening on loopback, balancing the given replicas."""
+
+    def __init__(self, workdir: Path, replicas: list[LiveServer]) -> None:
+        self.port, self.stats_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = HAPROXY_CFG.read_text()
+        config = config.replace("bind :8000", f"bind 127.0.0.1:{self.port}")
+        config = config.replace("bind :8404", f"bind 127.0.0.1:{self.stats_port}")
+        config = re.sub(r"^\s*server .*\n", "", config, flags=re.M)
+        servers = "".join(f"    server r{i} 127.0.0.1:{r.port}\n" for i, r in enumerate(replicas))
+        config = config.replace("default-server check inter 1s fall 2 rise 2\n", "default-server check inter 1s fall 2 rise 2\n" + servers)
+        self.config = workdir / "haproxy.cfg"
+        self.config.write_text(config)
+        self.log = workdir / "haproxy.log"
+        binary = shutil.which("haproxy")
+        assert binary, "haproxy is missing: scripts/setup installs it"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def states(self) -> dict[str, str]:
+        """Server name -> UP / DOWN / ..., from HAProxy's own stats; {} until it listens."""
+        assert self.process.poll() is None, self.log.read_text()
+        try:
+            text = requests.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text.lstrip("# ")
+        except requests.ConnectionError:
+            return {}
+        return {row["svname"]: row["status"] for row in csv.DictReader(io.StringIO(text)) if row["pxname"] == "cutout" and row["svname"].startswith("r")}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Load:
+    """CLIENTS threads uploading through HAProxy back to back until stopped."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
+        self.image = subject_image(160, 120)
+        self.results: list[tuple[int, int, str]] = []  # status, credits charged, error text
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(CLIENTS)]
+        for thread in self.threads:
+            thread.start()
+
+    def client(self) -> None:
+        with requests.Session() as session:
+            while not self.stopping.is_set():
+                try:
+                    response = session.post(
+                        self.url + "/v2/rembg/", headers={"ApiKey": self.key},
+                        files={"image": ("photo.jpg", self.image, "image/jpeg")}, data={"model": "ghost"}, timeout=60,
+                    )
+                    result = (response.status_code, int(response.headers.get("X-Credits-Charged", 0)), response.text[:200] if response.status_code != 200 else "")
+                except requests.RequestException as err:
+                    result = (0, 0, repr(err))
+                with self.lock:
+                    self.results.append(result)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.results)
+
+    def stop(self) -> list[tuple[int, int, str]]:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(90)
+        return self.results
+
+
+@pytest.fixture
+def haproxy_factory(tmp_path: Path) -> Iterator[Callable[[list[LiveServer]], HAProxy]]:
+    started: list[HAProxy] = []
+
+    def start(replicas: list[LiveServer]) -> HAProxy:
+        started.append(HAProxy(tmp_path, replicas))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+def test_sigterm_to_a_replica_under_load_behind_haproxy_loses_nothing(
+    start_redis: Callable[[], RedisServer],
+    start_server: Callable[..., LiveServer],
+    haproxy_factory: Callable[[list[LiveServer]], HAProxy],
+    tmp_path: Path,
+) -> None:
+    redis_server = start_redis()
+    env = {"CUTOUT_REDIS_URL": redis_server.url, "CUTOUT_DRAIN_DELAY_S": str(DRAIN_DELAY_S)}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        replicas = list(pool.map(lambda i: start_server(data_dir=tmp_path / f"replica{i}", **env), range(2)))
+    key = replicas[0].create_key(CREDITS, "--rate", "100000/minute")
+    proxy = haproxy_factory(replicas)
+    wait_for(lambda: proxy.states() == {"r0": "UP", "r1": "UP"}, 30, "HAProxy to see both replicas up")
+
+    load = Load(proxy.url, key)
+    try:
+        wait_for(lambda: load.count() >= 10, 60, "the load to get going")
+        stopping, staying = replicas
+        assert stopping.process is not None
+        stopping.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        wait_for(lambda: proxy.states()["r0"] != "UP", DRAIN_DELAY_S, "HAProxy to take the draining replica out")
+        taken_out_s = time.monotonic() - signalled
+        assert stopping.process.wait(timeout=DRAIN_DELAY_S + 30) == 0, stopping.log()
+        served_before_exit = load.count()
+        wait_for(lambda: load.count() >= served_before_exit + 10, 60, "the other replica to carry on")
+    finally:
+        results = load.stop()
+
+    failures = [r for r in results if r[0] != 200]
+    print(f"{len(results)} requests, {len(failures)} not 200; out of rotation {taken_out_s:.1f} s after SIGTERM")
+    assert not failures, failures[:5]
+    charged = sum(r[1] for r in results)
+    assert charged == len(results), "ghost costs 1"
+    assert staying.balance(key) + charged == CREDITS, "credits served + balance = credits bought"
