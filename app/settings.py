@@ -2,8 +2,9 @@
 
 config/cutout.toml holds the service knobs, config/models.toml the weights and
 the public model names, config/plans.toml the plans. CUTOUT_CONFIG_DIR points
-at another config folder (tests and deployments use it). An installed wheel
-carries the default config inside the package as app/config/ (pyproject.toml maps it).
+at another config folder (tests and deployments use it); a file that folder
+lacks is read from the defaults. An installed wheel carries the default config
+inside the package as app/config/ (pyproject.toml maps it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _default_config_dir() -> Path:
 
 
 DEFAULT_CONFIG_DIR = _default_config_dir()
+CONFIG_FILES = ("cutout.toml", "models.toml", "plans.toml")
 
 
 class WeightsSource(BaseModel):
@@ -131,7 +133,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_dir = Path(os.environ.get("CUTOUT_CONFIG_DIR", DEFAULT_CONFIG_DIR))
-        toml_files = [config_dir / name for name in ("cutout.toml", "models.toml", "plans.toml")]
+        # A file the folder lacks comes from the defaults: a deployment ships only what it changes.
+        toml_files = [config_dir / name if (config_dir / name).exists() else DEFAULT_CONFIG_DIR / name for name in CONFIG_FILES]
         toml = TomlConfigSettingsSource(settings_cls, toml_file=[p for p in toml_files if p.exists()])
         return (init_settings, env_settings, toml)
 

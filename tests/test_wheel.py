@@ -85,10 +85,11 @@ def test_installed_package_reads_its_own_config_and_the_override(bare_venv: Path
         tomllib.loads((ROOT / "config" / "models.toml").read_text())["models"]
     )
 
+    # Only models.toml: the folder's files replace the defaults, the others come from the package.
     override = elsewhere / "config"
-    shutil.copytree(ROOT / "config", override)
-    models_toml = override / "models.toml"
-    models_toml.write_text(models_toml.read_text().replace("[models.ghost]", "[models.phantom]"))
+    override.mkdir()
+    models_toml = (ROOT / "config" / "models.toml").read_text()
+    (override / "models.toml").write_text(models_toml.replace("[models.ghost]", "[models.phantom]"))
     overridden = run(
         [str(bare_venv), "-m", "app", "models", "list"], elsewhere,
         CUTOUT_MODELS_DIR=str(elsewhere), CUTOUT_CONFIG_DIR=str(override),
