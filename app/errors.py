@@ -45,6 +45,10 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "image_too_large": ErrorCode(413, "more than `max_pixels` pixels or a side over `max_side` (read from the header)"),
     "idempotency_key_reused": ErrorCode(422, "this `Idempotency-Key` was used for a different request"),
     "rate_limit_exceeded": ErrorCode(429, "rate limit spent; the body has `retry_after` (s)", retry_after=True),
+    "concurrency_limit_exceeded": ErrorCode(
+        429, "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
+        retry_after=True,
+    ),
     "client_closed_request": ErrorCode(499, "the client hung up before the answer", public=False),
     "internal_error": ErrorCode(500, "a bug on our side; never contains a traceback"),
     "server_busy": ErrorCode(503, "every worker and queue place is taken", retry_after=True),

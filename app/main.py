@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 
 from app import metrics, openapi
+from app.admission import AccountSlots
 from app.errors import EXCEPTION_HANDLERS
 from app.inference.gate import WorkerGate
 from app.inference.memory import release_large_frees_to_os
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             registry=registry,
             gate=WorkerGate(settings.workers, settings.queue_size),
             limits=RateLimits(settings),
+            slots=AccountSlots(settings),
         )
         app.state.services = svc
         metrics.watch(svc.gate, drain)

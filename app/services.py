@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from app.admission import AccountSlots
 from app.inference.gate import WorkerGate
 from app.inference.registry import ModelRegistry
 from app.limits import RateLimits
@@ -20,6 +21,7 @@ class Services:
     registry: ModelRegistry
     gate: WorkerGate
     limits: RateLimits
+    slots: AccountSlots
 
 
 def services(request: Request) -> Services:

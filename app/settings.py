@@ -68,6 +68,8 @@ class ModelSpec(BaseModel):
 
 class PlanSpec(BaseModel):
     rate_limit: str
+    # Requests of one account processed (queued or running) at once in one process; more get 429.
+    max_concurrent: int = Field(default=1, ge=1)
 
 
 class Settings(BaseSettings):

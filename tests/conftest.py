@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def concurrency_env(max_concurrent: int) -> dict[str, str]:
+    """Server environment giving every plan this `max_concurrent`: for tests that load one account
+    with many requests at once on purpose (queueing, ledger races), not the per-account limit."""
+    plans = tomllib.loads((ROOT / "config" / "plans.toml").read_text())["plans"]
+    return {"CUTOUT_PLANS": json.dumps({name: {**plan, "max_concurrent": max_concurrent} for name, plan in plans.items()})}
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import LiveServer, assert_error, png_of, subject_image
+from conftest import LiveServer, assert_error, concurrency_env, png_of, subject_image
 
 MODELS = ["ghost", "falcon", "aurora"]
 COSTS = {"ghost": 1, "falcon": 1, "aurora": 2}
@@ -162,7 +162,7 @@ def test_oversize_body_is_413(start_server) -> None:
 
 
 def test_full_queue_answers_503_at_once_and_charges_only_successes(start_server) -> None:
-    server = start_server(CUTOUT_WORKERS="1", CUTOUT_QUEUE_SIZE="0")
+    server = start_server(CUTOUT_WORKERS="1", CUTOUT_QUEUE_SIZE="0", **concurrency_env(6))
     key = server.create_key(50, "--rate", "1000/minute")
     image = subject_image(1200, 900)
     with concurrent.futures.ThreadPoolExecutor(6) as pool:

@@ -233,20 +233,46 @@ async def test_internal_error(tmp_path: Path) -> None:
     assert "AttributeError" not in response.text and body["error"]["message"].startswith("Internal error")
 
 
-@answers("server_busy")
 @answers("processing_timeout")
-async def test_server_busy_and_processing_timeout(tmp_path: Path) -> None:
-    """One worker, no queue, 50 ms to process: a 0.75 MP photo times out (ghost takes ~100 ms), and
-    while its inference still holds the worker, the next request finds no place."""
+async def test_processing_timeout(tmp_path: Path) -> None:
+    """One worker, 50 ms to process: a 0.75 MP photo times out (ghost takes ~100 ms), and its job is
+    stopped rather than left holding the worker for nobody."""
     settings = fast_settings(tmp_path, workers=1, queue_size=0, processing_timeout_s=0.05)
     async with running(settings) as tight:
         key = await tight.key()
         photo = subject_image(1000, 750)
         check_response(await tight.client.post("/v2/rembg/", headers={"ApiKey": key}, **form(photo)), "processing_timeout")
-        assert tight.services.gate.in_flight == 1, "the timed-out inference should still hold the worker"
-        check_response(await tight.client.post("/v2/rembg/", headers={"ApiKey": key}, **form()), "server_busy")
+        with anyio.fail_after(5):
+            while tight.services.gate.in_flight:
+                await anyio.sleep(0.01)
         account = await tight.services.store.account_by_key(key)
-        assert account is not None and account.credits == 100  # neither was charged
+        assert account is not None and account.credits == 100  # not charged
+
+
+@answers("server_busy")
+@answers("concurrency_limit_exceeded")
+async def test_server_busy_and_concurrency_limit(tmp_path: Path) -> None:
+    """One worker, no queue. While one account's 12 MP job holds the worker, that account's next
+    request is over its plan's max_concurrent (1), and another account's finds no place."""
+    async with running(fast_settings(tmp_path, workers=1, queue_size=0)) as tight:
+        greedy, other = await tight.key(), await tight.key()
+        answered: dict[str, httpx.Response] = {}
+
+        async def big_job() -> None:
+            photo = subject_image(4000, 3000)
+            answered["big"] = await tight.client.post("/v2/rembg/", headers={"ApiKey": greedy}, **form(photo))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(big_job)
+            with anyio.fail_after(30):
+                while not tight.services.gate.in_flight:
+                    await anyio.sleep(0.005)
+            over = await tight.client.post("/v2/rembg/", headers={"ApiKey": greedy}, **form())
+            busy = await tight.client.post("/v2/rembg/", headers={"ApiKey": other}, **form())
+        assert answered["big"].status_code == 200
+        body = check_response(over, "concurrency_limit_exceeded")
+        assert body["retry_after"] == int(over.headers["retry-after"])
+        check_response(busy, "server_busy")
 
 
 @answers("service_unavailable")
@@ -260,7 +286,7 @@ async def test_service_unavailable(tmp_path: Path) -> None:
 @answers("shutting_down")
 async def test_shutting_down(tmp_path: Path) -> None:
     app = create_app(fast_settings(tmp_path))
-    app.state.drain.begin(60)
+    app.state.drain.begin(0, 60)  # no delay: refusing at once
     async with client_for(app) as client:
         response = await client.post("/v2/rembg/", headers={"ApiKey": "co_any"}, **form())
     check_response(response, "shutting_down")

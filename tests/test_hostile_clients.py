@@ -1,21 +1,27 @@
 """Hostile clients, round two: what one client can do to the others, through a real uvicorn.
 
-Crafted headers cannot stall the event loop. (Numbers measured when this was written are in
-docs/hostile.md.)
+Crafted headers cannot stall the event loop; a client that hangs up stops costing CPU; one
+account cannot take every worker.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import re
+import socket
 import struct
 import threading
 import time
 import zlib
 
+from collections.abc import Callable
+
+import pytest
 import requests
 import urllib3
 
-from conftest import LiveServer, assert_error
+from conftest import LiveServer, assert_error, subject_image
 
 CRAFTED_BYTES = 24 * 1024 * 1024  # under the 25 MB body limit: the probe, not the limit, must refuse it
 HEALTH_BUDGET_S = 0.1
@@ -105,3 +111,87 @@ def test_crafted_headers_are_refused_fast_and_never_stall_the_loop(live_server: 
         assert seconds < REFUSAL_BUDGET_S, (name, seconds)
     assert worst < HEALTH_BUDGET_S
     assert live_server.balance(key) == 5
+
+
+# --- hang-ups and per-account concurrency ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Callable[..., LiveServer]) -> LiveServer:
+    return start_server()
+
+
+@pytest.fixture(scope="module")
+def photo_12mp() -> bytes:
+    return subject_image(4000, 3000, quality=90)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def jobs_in_flight(server: LiveServer) -> float:
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return float(re.search(r"^cutout_jobs_in_flight (\S+)$", text, re.M).group(1))
+
+
+def settle(server: LiveServer) -> None:
+    """Until no job runs and the process has been idle for a moment."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        before = cpu_seconds(server.process.pid)
+        time.sleep(0.3)
+        if jobs_in_flight(server) == 0 and cpu_seconds(server.process.pid) - before < 0.05:
+            return
+    raise AssertionError("the server did not settle")
+
+
+def hang_up_after_upload(server: LiveServer, key: str, image: bytes, model: str, after_s: float) -> None:
+    body, content_type = urllib3.encode_multipart_formdata({"image": ("photo.jpg", image, "image/jpeg"), "model": model})
+    head = (
+        f"POST /v2/rembg/ HTTP/1.1\r\nHost: x\r\nApiKey: {key}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + body)
+        time.sleep(after_s)
+
+
+def test_a_client_that_hangs_up_stops_costing_cpu(server: LiveServer, photo_12mp: bytes) -> None:
+    key = server.create_key(10, "--rate", "1000/minute")
+    pid = server.process.pid
+    settle(server)
+    started = cpu_seconds(pid)
+    assert server.remove(key, photo_12mp, model="aurora").status_code == 200
+    settle(server)
+    full = cpu_seconds(pid) - started
+
+    started = cpu_seconds(pid)
+    hang_up_after_upload(server, key, photo_12mp, "aurora", after_s=0.4)
+    settle(server)
+    hung_up = cpu_seconds(pid) - started
+    print(f"12 MP aurora: {full:.2f} CPU s delivered, {hung_up:.2f} CPU s when the client hangs up 0.4 s after the upload")
+    assert server.balance(key) == 8, "the hung-up request is not charged"
+    assert hung_up < 0.5 * full
+
+
+def test_one_account_cannot_occupy_every_worker(server: LiveServer) -> None:
+    greedy = server.create_key(10, "--rate", "1000/minute")
+    other = server.create_key(10, "--rate", "1000/minute")
+    image = subject_image(2400, 1800)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(server.remove, greedy, image, "aurora")
+        deadline = time.monotonic() + 30
+        while jobs_in_flight(server) < 1 and not first.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = server.remove(greedy, image, model="aurora")
+        neighbour = pool.submit(server.remove, other, image, "aurora")
+        assert first.result().status_code == 200
+        assert neighbour.result().status_code == 200, "another account still gets a worker"
+    body = assert_error(second, 429, "concurrency_limit_exceeded")
+    assert second.headers["Retry-After"] == "1" and body["retry_after"] == 1
+    assert server.balance(greedy) == 8, "only the processed request is charged"
+    assert server.remove(greedy, image, model="ghost").status_code == 200, "the slot is free again"

@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3 import encode_multipart_formdata
 
-from conftest import LiveServer, RedisServer, assert_error, png_of, subject_image
+from conftest import LiveServer, RedisServer, assert_error, concurrency_env, png_of, subject_image
 
 
 def scrape(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -116,7 +116,7 @@ def test_metrics_count_requests_inference_credits_and_rejects(live_server: LiveS
 
 
 def test_queue_depth_and_busy_rejects_under_load(start_server: Callable[..., LiveServer]) -> None:
-    server = start_server(CUTOUT_WORKERS="1", CUTOUT_QUEUE_SIZE="2")
+    server = start_server(CUTOUT_WORKERS="1", CUTOUT_QUEUE_SIZE="2", **concurrency_env(5))
     key = server.create_key(50, "--rate", "1000/minute")
     image = subject_image(1600, 1200)
     seen_depth = 0.0

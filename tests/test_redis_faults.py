@@ -10,7 +10,7 @@ import anyio
 import pytest
 import requests
 
-from conftest import LiveServer, RedisServer, assert_error, subject_image
+from conftest import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
 from app.store import StoreUnavailable
 from app.store.redis import RedisStore
 
@@ -46,7 +46,9 @@ def test_redis_stopped_mid_load_fails_closed_then_recovers(
 ) -> None:
     redis_server = start_redis()
     # Reservations stranded by the outage are refunded by the sweeper after 2 s.
-    server = start_server(CUTOUT_REDIS_URL=redis_server.url, CUTOUT_RESERVATION_TTL_S="2", CUTOUT_QUEUE_SIZE="64")
+    server = start_server(
+        CUTOUT_REDIS_URL=redis_server.url, CUTOUT_RESERVATION_TTL_S="2", CUTOUT_QUEUE_SIZE="64", **concurrency_env(4)
+    )
     key = server.create_key(1000, "--rate", "100000/minute")
     responses: list[tuple[float, requests.Response]] = []  # (when it was sent, its response)
     stop = threading.Event()

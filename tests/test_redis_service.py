@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 import requests
 
-from conftest import LiveServer, RedisServer, assert_error, subject_image
+from conftest import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
 
 TINY = subject_image(48, 36)  # ghost runs at 320x320 anyway: a small upload keeps the HTTP side cheap
 
@@ -30,7 +30,7 @@ def _start_many(start_server: Callable[..., LiveServer], count: int, **env: str)
 
 @pytest.fixture(scope="module")
 def pair(start_server: Callable[..., LiveServer], redis_server: RedisServer) -> list[LiveServer]:
-    return _start_many(start_server, 2, CUTOUT_REDIS_URL=redis_server.url, CUTOUT_QUEUE_SIZE="256")
+    return _start_many(start_server, 2, CUTOUT_REDIS_URL=redis_server.url, CUTOUT_QUEUE_SIZE="256", **concurrency_env(256))
 
 
 def account_id_of(server: LiveServer, key: str) -> str:
@@ -184,7 +184,9 @@ def _wait_until_idle(server: LiveServer, key: str) -> None:
 
 def test_every_failure_path_refunds(start_server: Callable[..., LiveServer], redis_server: RedisServer) -> None:
     # One worker and no queue: overload is easy to provoke.
-    server = start_server(CUTOUT_REDIS_URL=redis_server.url, CUTOUT_WORKERS="1", CUTOUT_QUEUE_SIZE="0")
+    server = start_server(
+        CUTOUT_REDIS_URL=redis_server.url, CUTOUT_WORKERS="1", CUTOUT_QUEUE_SIZE="0", **concurrency_env(2)
+    )
     key = server.create_key(100, "--rate", "1000/minute")
     assert server.remove(key, TINY, model="ghost").status_code == 200
     assert server.remove(key, TINY, model="ghost", path="/v2/rembg/mask/").status_code == 200

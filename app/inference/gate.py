@@ -4,6 +4,10 @@ Inference never runs on the event loop. At most `workers` jobs run at once in
 a thread pool; up to `queue_size` more wait. Past that, `run` raises Busy at
 once so the client gets a 503 instead of an ever-growing wait. A job still
 queued when its deadline passes is dropped without running.
+
+A job nobody waits for any more stops costing CPU: when the caller is cancelled (the client
+hung up) or its deadline passes, a queued job is dropped and a running one is cancelled at its
+next checkpoint or inside the engine (app.inference.cancel).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
+
+from app.inference.cancel import CancelToken, running
 
 T = TypeVar("T")
 
@@ -44,20 +50,31 @@ class WorkerGate:
         if self._in_flight >= self.capacity:
             raise Busy()
         deadline = time.monotonic() + timeout
+        token = CancelToken()
 
         def job() -> T:
             if time.monotonic() > deadline:
                 raise Expired()
-            return fn(*args)
+            with running(token):
+                return fn(*args)
 
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, job)
+        submitted = self._pool.submit(job)
         self._in_flight += 1
-        future.add_done_callback(self._release)
+        # Done callbacks run in the worker thread (or here, for a job dropped while queued).
+        submitted.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, None))
+        waiter = asyncio.wrap_future(submitted)
+        # Read here when nobody awaits it any more (a cancelled job's error), so asyncio logs nothing.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
             raise Expired() from None
+        finally:
+            if not submitted.done():
+                # Nobody will read the result: drop the job if it is still queued, else stop it.
+                submitted.cancel()
+                token.cancel()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

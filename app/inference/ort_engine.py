@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
+from app.inference.cancel import interruptible
 from app.settings import Settings
 
 log = logging.getLogger("cutout.inference")
@@ -99,8 +100,11 @@ class OnnxRuntimeEngine:
             with self._lock:
                 session = self._wide if self._running == 0 else self._narrow
                 self._running += 1
+            options = ort.RunOptions()
             try:
-                return session.run([self._output], {self._input: batch})[0]
+                # A cancelled job (client gone) sets the terminate flag: the run stops between kernels.
+                with interruptible(lambda: setattr(options, "terminate", True)):
+                    return session.run([self._output], {self._input: batch}, options)[0]
             finally:
                 with self._lock:
                     self._running -= 1

@@ -22,6 +22,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from app.inference.cancel import interruptible
 from app.settings import Settings
 
 log = logging.getLogger("cutout.inference")
@@ -167,7 +168,10 @@ class OpenVinoEngine:
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()
         try:
-            request.infer({0: batch})
+            # Asynchronous so that a cancelled job (client gone) can interrupt the run from the event loop.
+            with interruptible(request.cancel):
+                request.start_async({0: batch})
+                request.wait()
             # The request reuses its output buffer on the next run: hand out a copy.
             return request.get_output_tensor(0).data.copy()
         finally:

@@ -15,6 +15,7 @@ from PIL import Image
 from scipy.ndimage import uniform_filter
 
 from app import images
+from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
 from app.settings import ModelSpec
 
@@ -119,6 +120,7 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     height = rgb.shape[0]
     for top in range(0, height, FOREGROUND_STRIP_ROWS):
         bottom = min(top + FOREGROUND_STRIP_ROWS, height)
+        checkpoint()  # the longest stage: a cancelled job stops within one strip
         strip_soft = soft[top:bottom]
         if not strip_soft.any():
             continue
@@ -162,6 +164,7 @@ class Pipeline:
     def mask(self, rgb: np.ndarray) -> np.ndarray:
         """Full-size uint8 mask (255 = subject)."""
         pred = self.predict(rgb)
+        checkpoint()
         height, width = rgb.shape[:2]
         if self.spec.refine == "guided":
             return guided_upsample(pred, rgb, self.spec.edge_contrast)
@@ -172,6 +175,7 @@ class Pipeline:
     def cutout(self, decoded: images.Decoded) -> np.ndarray:
         """Full-size RGBA cut-out with straight (not premultiplied) alpha, as PNG expects."""
         alpha = self.mask(decoded.rgb)
+        checkpoint()
         if decoded.alpha is not None:
             # Pixels the upload already made transparent stay transparent.
             alpha = ((alpha.astype(np.uint16) * decoded.alpha + 127) // 255).astype(np.uint8)
@@ -186,8 +190,11 @@ class Pipeline:
         return rgba
 
     def render(self, data: bytes, output: Output) -> bytes:
+        # Checkpoints between stages: a job whose client hung up stops at the next one (cancel.py).
         decoded = images.decode(data)
+        checkpoint()
         pixels = self.mask(decoded.rgb) if output == "mask" else self.cutout(decoded)
+        checkpoint()
         return images.encode_png(pixels, self._png_level, self._png_fast)
 
     def warm(self) -> None:

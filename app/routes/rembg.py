@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 from starlette.datastructures import FormData, UploadFile
@@ -26,6 +30,8 @@ from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output
 from app.services import services
 from app.store import Account
+
+T = TypeVar("T")
 
 FORM_FIELDS = {"image", "model"}
 # Text fields are held in memory: "model" needs a few bytes. Extra parts are
@@ -81,6 +87,29 @@ async def _extract(form: FormData) -> tuple[bytes, str | None]:
     return await upload.read(), model if isinstance(model, str) else None
 
 
+async def _until_disconnected(request: Request) -> None:
+    # The body has been read: the next message uvicorn delivers is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Callable[[], Awaitable[T]]) -> T:
+    """`work`'s result, or 499 as soon as the client hangs up: `work` is then cancelled, so a
+    queued job is dropped and a running one stopped (WorkerGate.run) instead of done for nobody."""
+    job = asyncio.ensure_future(work())
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (job, watcher):
+            task.cancel()
+    if job.done() and not job.cancelled():
+        return job.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job  # let the gate drop or stop the job before the refund
+    raise client_closed_request()
+
+
 async def _remove(request: Request, output: Output) -> Response:
     svc = services(request)
     account = await authenticate(request, svc.store, svc.limits)
@@ -117,7 +146,10 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
-            png, inference_s = await svc.gate.run(render, timeout=svc.settings.processing_timeout_s)
+            with svc.slots.hold(account):
+                png, inference_s = await _unless_client_leaves(
+                    request, lambda: svc.gate.run(render, timeout=svc.settings.processing_timeout_s)
+                )
         except Busy:
             raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
         except Expired:
