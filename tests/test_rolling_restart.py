@@ -27,7 +27,7 @@ from typing import Callable
 import pytest
 import requests
 
-from conftest import ROOT, LiveServer, RedisServer, free_port, subject_image
+from conftest import ROOT, LiveServer, RedisServer, concurrency_env, free_port, subject_image
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 DRAIN_DELAY_S = tomllib.loads((ROOT / "config" / "cutout.toml").read_text())["drain_delay_s"]
@@ -137,7 +137,8 @@ def test_sigterm_to_a_replica_under_load_behind_haproxy_loses_nothing(
     tmp_path: Path,
 ) -> None:
     redis_server = start_redis()
-    env = {"CUTOUT_REDIS_URL": redis_server.url, "CUTOUT_DRAIN_DELAY_S": str(DRAIN_DELAY_S)}
+    # One key carries all the load: lift the per-account concurrency limit.
+    env = {"CUTOUT_REDIS_URL": redis_server.url, "CUTOUT_DRAIN_DELAY_S": str(DRAIN_DELAY_S), **concurrency_env(CLIENTS)}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         replicas = list(pool.map(lambda i: start_server(data_dir=tmp_path / f"replica{i}", **env), range(2)))
     key = replicas[0].create_key(CREDITS, "--rate", "100000/minute")
