@@ -2,9 +2,15 @@
 
 Written by hand, next to the code it describes, because the handlers are plain
 Starlette functions with nothing to introspect. `operations()` is the one
-list of documented operations: a new route adds its entry there. The contract
-tests run schemathesis against this document, so a response the service gives
-but the document does not list fails the suite.
+list of documented operations: a new route adds its entry there, or to
+`UNDOCUMENTED` (the slash-less aliases and the operators' routes, which clients
+do not call). The contract tests run schemathesis against this document, so a
+response the service gives but the document does not list fails the suite.
+
+Shaped for client generators (tests/test_generated_client.py builds one with
+openapi-python-client): one `Error` schema that every error response refers
+to, tags, stable operationIds, the PNG answer also named
+`application/octet-stream`, the name generators know for raw bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,27 @@ SECURITY = [{name: []} for name in SECURITY_SCHEMES]
 _REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
 _INT_HEADER = {"schema": {"type": "integer", "minimum": 0}}
+# The body is image/png; generators such as openapi-python-client return raw bytes only for
+# application/octet-stream, so the same answer is listed under that name as well.
+PNG_MEDIA_TYPES = ("image/png", "application/octet-stream")
+TAGS = [
+    {"name": "Background removal", "description": "Upload a photo, get the cut-out or the mask as PNG bytes."},
+    {"name": "Account", "description": "Balance, plan, rate limit and prices."},
+]
+# Answered but left out of the document: the aliases without the trailing slash (the same
+# operations) and the operators' routes (probes, metrics, pages), which API clients do not call.
+UNDOCUMENTED: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("/v2/rembg", "post"),
+        ("/v2/rembg/mask", "post"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+        ("/demo", "get"),
+    }
+)
 
 ERROR_SCHEMA: JSON = {
     "type": "object",
@@ -59,16 +86,12 @@ def error_response(status: int) -> JSON:
     headers: JSON = {"X-Request-ID": _REQUEST_ID}
     if any(ERROR_CODES[code].retry_after for code in codes):
         headers["Retry-After"] = _RETRY_AFTER
-    schema = {
-        "allOf": [
-            {"$ref": "#/components/schemas/Error"},
-            {"properties": {"error": {"properties": {"code": {"enum": codes}}}}},
-        ]
-    }
+    # One schema by reference (a generator makes one Error class, not one per response); the
+    # codes this status can carry are listed in the description, with their meanings.
     return {
         "description": "; ".join(f"`{code}`: {ERROR_CODES[code].meaning}" for code in codes) + ".",
         "headers": headers,
-        "content": {"application/json": {"schema": schema}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
 
 
@@ -78,12 +101,6 @@ def json_response(description: str, schema: JSON, headers: JSON | None = None) -
         "headers": {"X-Request-ID": _REQUEST_ID, **(headers or {})},
         "content": {"application/json": {"schema": schema}},
     }
-
-
-def _not_json(summary: str, media_type: str, description: str) -> JSON:
-    """A page or the Prometheus scrape: no key, one 200 that is not JSON."""
-    content = {media_type: {"schema": {"type": "string"}}}
-    return {"summary": summary, "responses": {"200": {"description": description, "content": content}}}
 
 
 def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
@@ -141,9 +158,9 @@ def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
         },
         "responses": {
             "200": {
-                "description": png,
+                "description": png + " Sent as `image/png`.",
                 "headers": success_headers,
-                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                "content": {media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in PNG_MEDIA_TYPES},
             },
             **{
                 str(status): error_response(status)
@@ -154,53 +171,31 @@ def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
 
 
 def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
-    """Path -> method -> operation: everything the service answers."""
-    cutout = _upload_operation(
-        settings, "Remove the background", "The cut-out: RGBA PNG at the input's displayed size."
-    )
-    mask = _upload_operation(
-        settings, "Foreground mask", "The mask: grayscale PNG at the input's displayed size, white = subject."
-    )
+    """Path -> method -> operation: every documented operation (the rest: UNDOCUMENTED)."""
+    removal = {"tags": [TAGS[0]["name"]]}
+    cutout = {
+        **_upload_operation(settings, "Remove the background", "The cut-out: RGBA PNG at the input's displayed size."),
+        **removal,
+        "operationId": "removeBackground",
+    }
+    mask = {
+        **_upload_operation(
+            settings, "Foreground mask", "The mask: grayscale PNG at the input's displayed size, white = subject."
+        ),
+        **removal,
+        "operationId": "removeBackgroundMask",
+    }
     account = {
         "summary": "Balance, plan, rate limit and model costs",
+        "operationId": "getAccount",
+        "tags": [TAGS[1]["name"]],
         "security": SECURITY,
         "responses": {
             "200": json_response("The caller's account.", {"$ref": "#/components/schemas/Account"}),
             **{str(status): error_response(status) for status in (401, 429, 500, 503)},
         },
     }
-    status_schema = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
-    health = {"summary": "The process is alive", "responses": {"200": json_response("Alive.", status_schema)}}
-    ready = {
-        "summary": "Models loaded and the store reachable",
-        "responses": {
-            "200": json_response("Ready to serve.", status_schema),
-            "503": json_response(
-                "Starting, a dependency is down, or shutting down.", status_schema, {"Retry-After": _RETRY_AFTER}
-            ),
-        },
-    }
-    metrics = _not_json("Prometheus metrics", "text/plain", "Prometheus text exposition format.")
-    docs = _not_json("This reference, rendered by Swagger UI", "text/html", "HTML page.")
-    demo = _not_json("Try the API in a browser", "text/html", "HTML page.")
-    document = {
-        "summary": "This document",
-        "responses": {"200": json_response("OpenAPI 3.1 description of the API.", {"type": "object"})},
-    }
-    return {
-        # Both spellings answer directly (no redirect), so both are listed.
-        "/v2/rembg/": {"post": cutout},
-        "/v2/rembg": {"post": cutout},
-        "/v2/rembg/mask/": {"post": mask},
-        "/v2/rembg/mask": {"post": mask},
-        "/v2/account": {"get": account},
-        "/health": {"get": health},
-        "/ready": {"get": ready},
-        "/openapi.json": {"get": document},
-        "/metrics": {"get": metrics},
-        "/docs": {"get": docs},
-        "/demo": {"get": demo},
-    }
+    return {"/v2/rembg/": {"post": cutout}, "/v2/rembg/mask/": {"post": mask}, "/v2/account": {"get": account}}
 
 
 def _account_schema() -> JSON:
@@ -220,17 +215,7 @@ def _account_schema() -> JSON:
     }
 
 
-def _operation_id(method: str, path: str) -> str:
-    slug = path.strip("/").replace("/", "_").replace(".", "_")
-    return f"{method}_{slug}{'_slash' if path.endswith('/') and path != '/' else ''}"
-
-
 def build(settings: Settings) -> JSON:
-    paths = {
-        # Operation ids must be unique, and the two spellings of a path share one operation.
-        path: {method: {**op, "operationId": _operation_id(method, path)} for method, op in methods.items()}
-        for path, methods in operations(settings).items()
-    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -242,7 +227,10 @@ def build(settings: Settings) -> JSON:
                 "Error codes (no error is charged):\n\n" + error_table()
             ),
         },
-        "paths": paths,
+        # Relative: whatever host serves this document (Swagger UI on /docs calls it there).
+        "servers": [{"url": "/", "description": "The server this document comes from."}],
+        "tags": TAGS,
+        "paths": operations(settings),
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
             "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema()},
