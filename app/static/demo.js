@@ -1,8 +1,27 @@
-// The demo page: one photo, one model, one key -> before/after and a PNG to download.
+// The demo page: one photo, one model, one key -> a before/after view and a PNG to download.
 // Plain JavaScript, no build step; it calls the same public API as any client.
 const $ = (id) => document.getElementById(id);
+// The key is kept in this browser once it has worked, until "Forget key".
+const KEY_ITEM = "cutout.apiKey";
 let photo = null;
 let resultUrl = null;
+
+const storage = {
+  // localStorage can be missing or refuse (private windows, blocked storage): then nothing is remembered.
+  get() { try { return localStorage.getItem(KEY_ITEM); } catch { return null; } },
+  set(value) { try { localStorage.setItem(KEY_ITEM, value); } catch { /* not remembered */ } },
+  clear() { try { localStorage.removeItem(KEY_ITEM); } catch { /* nothing to clear */ } },
+};
+
+function showRemembered(remembered) {
+  $("forget").hidden = !remembered;
+  $("remembered").hidden = !remembered;
+}
+
+function setSplit(percent) {
+  $("split").value = String(percent);
+  $("compare").style.setProperty("--split", `${percent}%`);
+}
 
 function choose(file) {
   if (!file) return;
@@ -10,6 +29,9 @@ function choose(file) {
   $("drop-text").textContent = `${file.name} (${Math.round(file.size / 1024)} KB)`;
   $("before").src = URL.createObjectURL(file);
   $("after").removeAttribute("src");
+  $("compare").classList.remove("done");
+  setSplit(100);
+  $("split-label").hidden = true;
   $("download").hidden = true;
   $("result").hidden = false;
   $("submit").disabled = false;
@@ -28,6 +50,17 @@ drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
   choose(event.dataTransfer.files[0]);
+});
+$("split").addEventListener("input", () => setSplit(Number($("split").value)));
+
+const remembered = storage.get();
+if (remembered) $("key").value = remembered;
+showRemembered(Boolean(remembered));
+$("forget").addEventListener("click", () => {
+  storage.clear();
+  $("key").value = "";
+  showRemembered(false);
+  $("key").focus();
 });
 
 $("form").addEventListener("submit", async (event) => {
@@ -52,10 +85,15 @@ $("form").addEventListener("submit", async (event) => {
       $("status").textContent = "";
       return;
     }
+    storage.set(key);
+    showRemembered(true);
     const png = await response.blob();
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     resultUrl = URL.createObjectURL(png);
     $("after").src = resultUrl;
+    $("compare").classList.add("done");
+    setSplit(50);
+    $("split-label").hidden = false;
     $("download").href = resultUrl;
     $("download").download = photo.name.replace(/\.[^.]*$/, "") + "-cutout.png";
     $("download").hidden = false;

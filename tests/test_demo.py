@@ -1,0 +1,81 @@
+"""The /demo page in Chromium at a desktop and a phone viewport: nothing shown before a photo is
+chosen, a favicon, one column on a phone, a before/after slider over the cut-out, and a key the
+browser remembers until "Forget key". Screenshots of each state are written to the test's tmp
+folder (look at them after a change to the page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from conftest import LiveServer, subject_image
+
+VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+def box(page: Page, selector: str) -> dict[str, float]:
+    found = page.locator(selector).bounding_box()
+    assert found is not None, f"{selector} is not rendered"
+    return found
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_demo_page_layout_slider_and_remembered_key(
+    browser: Browser, live_server: LiveServer, api_key: str, tmp_path: Path, viewport: str
+) -> None:
+    context = browser.new_context(viewport=VIEWPORTS[viewport])
+    page = context.new_page()
+    page.goto(live_server.url + "/demo")
+
+    # Before a photo is chosen: no result frame, no (broken) image at all.
+    expect(page.locator("#result")).to_be_hidden()
+    assert page.locator("img:visible").count() == 0
+    icon = page.evaluate(
+        """async () => {
+          const response = await fetch(document.querySelector("link[rel=icon]").href);
+          return [response.status, response.headers.get("content-type")];
+        }"""
+    )
+    assert icon[0] == 200 and icon[1].startswith("image/svg+xml")
+    expect(page.locator("#forget")).to_be_hidden()
+    page.screenshot(path=str(tmp_path / f"{viewport}-empty.png"), full_page=True)
+
+    model, key = box(page, "#model"), box(page, "#key")
+    if viewport == "phone":
+        assert key["y"] >= model["y"] + model["height"], "phone: controls stacked"
+        assert box(page, "#submit")["width"] >= VIEWPORTS["phone"]["width"] - 40
+    else:
+        assert abs(key["y"] + key["height"] - model["y"] - model["height"]) < 8, "desktop: controls in one row"
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(subject_image(320, 240))
+    page.fill("#key", api_key)
+    page.select_option("#model", "ghost")
+    page.set_input_files("#file", str(photo))
+    expect(page.locator("#before")).to_be_visible()
+    expect(page.locator("#split")).to_be_hidden()
+    page.click("#submit")
+    expect(page.locator("#download")).to_be_visible(timeout=60_000)
+
+    # The slider cuts the photo laid over the cut-out: at 25%, a quarter of the photo shows.
+    expect(page.locator("#after")).to_be_visible()
+    page.locator("#split").fill("25")
+    assert "75%" in page.evaluate("getComputedStyle(document.getElementById('before')).clipPath")
+    before, after = box(page, "#before"), box(page, "#after")
+    assert (before["x"], before["y"], before["width"], before["height"]) == (after["x"], after["y"], after["width"], after["height"])
+    if viewport == "phone":
+        assert after["width"] <= VIEWPORTS["phone"]["width"] - 20, "the picture fits the phone's width"
+    page.screenshot(path=str(tmp_path / f"{viewport}-result.png"), full_page=True)
+
+    # The key that worked is remembered across a reload, until the user forgets it.
+    page.reload()
+    expect(page.locator("#key")).to_have_value(api_key)
+    expect(page.locator("#forget")).to_be_visible()
+    page.click("#forget")
+    expect(page.locator("#key")).to_have_value("")
+    assert page.evaluate("localStorage.getItem('cutout.apiKey')") is None
+    page.reload()
+    expect(page.locator("#key")).to_have_value("")
+    context.close()
