@@ -36,11 +36,13 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
             f"Missing API key: send it in the {API_KEY_HEADER} header "
             f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>)."
         )
-    client_ip = request.client.host if request.client else "unknown"
-    await limits.check_auth_failures(client_ip)
     account = await store.account_by_key(key) if len(key) <= MAX_KEY_LENGTH else None
     # One message for unknown and revoked keys: the response does not tell which keys exist.
     if account is None or account.revoked:
+        # Only wrong keys are limited, so a valid key is served even from an address (or a proxy
+        # shared with others) that sent many wrong ones. The address: app.client_address.
+        client_ip = getattr(request.state, "client_address", None) or "unknown"
+        await limits.check_auth_failures(client_ip)
         await limits.record_auth_failure(client_ip)
         raise invalid_api_key("The API key is unknown or revoked.")
     request.state.account_id = account.id  # for the access log

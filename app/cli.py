@@ -55,6 +55,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from app.inference.engine import missing_runtime
     from app.logs import logging_config
     from app.main import create_app
+    from app.server import server_options
     from app.shutdown import DrainingServer
 
     if problem := missing_runtime(settings):
@@ -69,6 +70,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         access_log=False,  # app.middleware writes the JSON access log, with request ids
         # After the drain deadline: a last second for responses being written, then cancel.
         timeout_graceful_shutdown=1,
+        **server_options(settings),  # head limits, head deadline, keep-alive, connection cap (app/server.py)
     )
     server = DrainingServer(config, app.state.drain, settings.drain_delay_s, settings.shutdown_timeout_s)
     server.run()

@@ -44,6 +44,7 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "payload_too_large": ErrorCode(413, "body over `max_body_bytes`"),
     "image_too_large": ErrorCode(413, "more than `max_pixels` pixels or a side over `max_side` (read from the header)"),
     "idempotency_key_reused": ErrorCode(422, "this `Idempotency-Key` was used for a different request"),
+    "request_head_too_large": ErrorCode(431, "the request line and headers are over `max_head_bytes`, or over `max_headers` headers"),
     "rate_limit_exceeded": ErrorCode(429, "rate limit spent; the body has `retry_after` (s)", retry_after=True),
     "concurrency_limit_exceeded": ErrorCode(
         429, "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",

@@ -91,8 +91,10 @@ class RateLimits:
             return await self._state(parse(self.limit_for(account)), "key", account.id)
 
     async def check_auth_failures(self, client_ip: str) -> None:
-        """429 before looking at the key when this address has failed too often:
-        a blocked guesser learns nothing, not even from a right guess."""
+        """429 for a wrong key once this address has sent too many. Checked only after the key
+        failed: a valid key is always served, so a victim whose address a guesser shares (a NAT,
+        an untrusted proxy) is not locked out. Keys carry 256 random bits, so what this bounds
+        is the flood of wrong keys, not the odds of guessing one."""
         with unavailable_on_redis_errors():
             if await self._limiter.test(self._auth_failures, "authfail", client_ip):
                 return

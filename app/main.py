@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", pages.static_files()),
     ]
     middleware = [
-        Middleware(RequestContext),
+        Middleware(RequestContext, max_headers=settings.max_headers, trusted_proxies=settings.trusted_proxies),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,

@@ -16,6 +16,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.client_address import client_address, parse_networks
 from app.errors import ApiError, error_response, payload_too_large
 
 log = logging.getLogger("cutout.access")
@@ -36,8 +37,29 @@ class RequestContext:
     the key), `model`, `inference_ms` and `credits_charged` (the rembg routes).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_headers: int = 100, trusted_proxies: list[str] | None = None) -> None:
         self.app = app
+        self.max_headers = max_headers
+        self.trusted_proxies = parse_networks(trusted_proxies or [])
+
+    def _client_address(self, scope: Scope) -> str:
+        peer = scope["client"][0] if scope.get("client") else "unknown"
+        if not self.trusted_proxies:
+            return peer
+        forwarding: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in (b"forwarded", b"x-forwarded-for"):  # repeated lines form one list
+                key = name.decode()
+                forwarding[key] = f"{forwarding[key]}, {value.decode('latin-1')}" if key in forwarding else value.decode("latin-1")
+        return client_address(peer, forwarding, self.trusted_proxies)
+
+    def _too_many_headers(self, request_id: str) -> ASGIApp:
+        err = ApiError(
+            "request_head_too_large",
+            f"The request has more than {self.max_headers} headers.",
+            headers={"Connection": "close"},
+        )
+        return error_response(request_id, err)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,6 +68,9 @@ class RequestContext:
         request_id = new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        # The address rate limits count against (auth failures): see app.client_address.
+        state["client_address"] = self._client_address(scope)
+        app = self._too_many_headers(request_id) if len(scope["headers"]) > self.max_headers else self.app
         started = time.perf_counter()
         status = 0
         bytes_in = 0
@@ -77,7 +102,7 @@ class RequestContext:
 
         failed = False
         try:
-            await self.app(scope, counting_receive, send_with_id)
+            await app(scope, counting_receive, send_with_id)
         except BaseException:
             failed = True  # rendered as a 500 by Starlette's outermost handler
             raise

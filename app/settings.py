@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     body_deadline_s: float = Field(default=300.0, gt=0)
     processing_timeout_s: float = 60.0
+    # Connections (app/server.py): request head size and count, head deadline, idle keep-alive, open connections.
+    max_head_bytes: int = Field(default=16384, ge=1024)
+    max_headers: int = Field(default=100, ge=10)
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
+    # Peers (IP addresses or networks) whose X-Forwarded-For / Forwarded headers name the client.
+    trusted_proxies: list[str] = Field(default_factory=list)
     drain_delay_s: float = Field(default=5.0, ge=0)
     shutdown_timeout_s: float = Field(default=25.0, ge=0)
 

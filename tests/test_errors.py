@@ -186,6 +186,16 @@ async def test_image_too_large(app: InProcess) -> None:
     check_response(response, "image_too_large")
 
 
+@answers("request_head_too_large")
+async def test_request_head_too_large(app: InProcess) -> None:
+    """Over max_headers (100). A head over max_head_bytes gets the same code from the server's protocol
+    (app/server.py), which only a socket reaches: tests/test_connections.py."""
+    headers = {f"X-Filler-{i}": "x" for i in range(150)}
+    response = await app.client.get("/health", headers=headers)
+    check_response(response, "request_head_too_large")
+    assert response.headers["connection"] == "close"
+
+
 @answers("rate_limit_exceeded")
 async def test_rate_limit_exceeded(app: InProcess) -> None:
     key = await app.key(rate_limit="1/minute")

@@ -1,0 +1,124 @@
+"""The HTTP server's protection against hostile connections: uvicorn with h11, plus a head deadline
+and a cap on open connections.
+
+Why h11 and not uvicorn's default (httptools): h11 bounds the request head itself
+(`h11_max_incomplete_event_size`; httptools accepts a 50 MB header or a million headers), and its
+cost per request, tens of microseconds of pure Python, is nothing beside 100+ ms of inference.
+uvicorn closes idle keep-alive connections (`timeout_keep_alive`) but neither bounds how long a
+client may take to send a request head (slowloris) nor how many connections are open; this
+protocol class adds both. Granian and Hypercorn have such settings too, but the drain on SIGTERM
+(app.shutdown) is built on uvicorn's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.errors import ApiError, error_response
+from app.settings import Settings
+
+
+def _error_bytes(err: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    response = error_response("req_" + secrets.token_hex(12), err)
+    headers = [(name, value) for name, value in response.raw_headers if name != b"content-length"]
+    return response.status_code, headers + [(b"connection", b"close")], bytes(response.body)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, which also:
+
+    - closes a connection that has not sent a complete request head within `head_timeout_s` of
+      being opened or of its previous response (slow or absent heads hold no connection);
+    - closes new connections at once while `max_connections` are open;
+    - answers a head over the size limit with 431 in our error shape (uvicorn: a plain-text 400).
+    """
+
+    head_timeout_s: float = 10.0
+    max_connections: int = 1000
+    max_head_bytes: int = 16384
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.transport.close()  # connection_lost removes it from the count
+            return
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_received()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._head_received()
+        self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _head_received(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()  # nothing to answer: the client has not asked anything yet
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._head_received()  # a whole head arrived: the body has its own timeouts (BodyLimit)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._await_head()
+
+    def send_400_response(self, msg: str) -> None:
+        buffered = len(self.conn.trailing_data[0])
+        if buffered > self.max_head_bytes:
+            err = ApiError(
+                "request_head_too_large",
+                f"The request head (request line and headers) is over {self.max_head_bytes} bytes.",
+            )
+        else:
+            err = ApiError("invalid_parameter", "The request is not valid HTTP/1.1.")
+        status, headers, body = _error_bytes(err)
+        # h11 still lets us answer after the client's protocol error, as uvicorn's own 400 does.
+        output = self.conn.send(h11.Response(status_code=status, headers=headers))
+        output += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+        self.transport.write(output)
+        self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
+    """The protocol class with this configuration (uvicorn instantiates it per connection)."""
+    return type(
+        "ConfiguredH11Protocol",
+        (GuardedH11Protocol,),
+        {
+            "head_timeout_s": settings.head_timeout_s,
+            "max_connections": settings.max_connections,
+            "max_head_bytes": settings.max_head_bytes,
+        },
+    )
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.Config keyword arguments for the connection limits."""
+    return {
+        "http": protocol_for(settings),
+        "h11_max_incomplete_event_size": settings.max_head_bytes,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        # Client addresses come from forwarding headers only when the peer is a configured trusted
+        # proxy (app.client_address); uvicorn's own handling trusts 127.0.0.1 by default.
+        "proxy_headers": False,
+    }
+
