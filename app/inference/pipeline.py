@@ -17,6 +17,8 @@ from scipy.ndimage import uniform_filter
 from app import images
 from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
+from app.options import Options
+from app.output import Rendered, finish_cutout, finish_mask
 from app.settings import ModelSpec
 
 Output = Literal["cutout", "mask"]
@@ -196,6 +198,13 @@ class Pipeline:
         pixels = self.mask(decoded.rgb) if output == "mask" else self.cutout(decoded)
         checkpoint()
         return images.encode_png(pixels, self._png_level, self._png_fast)
+
+    def render_with(self, data: bytes, output: Output, options: Options) -> Rendered:
+        """The result finished as the options say (crop, background, format, ...)."""
+        decoded = images.decode(data)
+        if output == "mask":
+            return finish_mask(self.mask(decoded.rgb), options, self._png_level)
+        return finish_cutout(self.cutout(decoded), decoded.rgb, options, self._png_level, self._png_fast)
 
     def warm(self) -> None:
         probe = np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)
