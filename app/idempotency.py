@@ -38,18 +38,22 @@ def client_key(request: Request) -> str | None:
     return key
 
 
-def claim(account_id: str, key: str, window_s: float, *, output: str, model: str, image: bytes) -> IdempotencyClaim:
-    fingerprint = hashlib.sha256(f"{output}\n{model}\n".encode())
+def claim(
+    account_id: str, key: str, window_s: float, *, output: str, model: str, image: bytes, options: str = ""
+) -> IdempotencyClaim:
+    # Output options join the fingerprint only when given, so plain requests keep their fingerprints.
+    head = f"{output}\n{model}\n" + (f"{options}\n" if options else "")
+    fingerprint = hashlib.sha256(head.encode())
     fingerprint.update(image)
     return IdempotencyClaim(idempotency_digest(account_id, key), fingerprint.hexdigest(), window_s)
 
 
 async def claim_for(
-    request: Request, account: Account, window_s: float, *, output: str, model: str, image: bytes
+    request: Request, account: Account, window_s: float, *, output: str, model: str, image: bytes, options: str = ""
 ) -> IdempotencyClaim | None:
     key = client_key(request)
     if key is None:
         return None
     # Hashing an upload of up to max_body_bytes takes milliseconds: not on the event loop.
-    make = functools.partial(claim, account.id, key, window_s, output=output, model=model, image=image)
+    make = functools.partial(claim, account.id, key, window_s, output=output, model=model, image=image, options=options)
     return await anyio.to_thread.run_sync(make)

@@ -9,6 +9,7 @@ inside the package as app/config/ (pyproject.toml maps it).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from importlib.resources import files
@@ -112,6 +113,12 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(default=1, ge=0, le=9)
     png_fast: bool = True
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    # image_url fetches: CIDRs that may be fetched from although private/loopback (JSON list).
+    fetch_allow: list[str] = Field(default_factory=list)
+    fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
+    fetch_timeout_s: float = Field(default=20.0, gt=0)
+    # Extra credits per option (config/models.toml [option_costs]), added to the model's cost.
+    option_costs: dict[str, int] = Field(default_factory=dict)
     reservation_ttl_s: float = Field(default=600.0, gt=0)
     idempotency_window_s: float = Field(default=86400.0, gt=0)
     log_level: str = "info"
@@ -129,6 +136,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"model {name!r} uses unknown weights {model.weights!r}")
         if self.models and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
+        for cidr in self.fetch_allow:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
         if self.plans and self.default_plan not in self.plans:
             raise ValueError(f"default_plan {self.default_plan!r} is not in plans")
         return self

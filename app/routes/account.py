@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from app.answer import PRICED_OPTIONS
 from app.auth import authenticate
 from app.services import services
 
@@ -26,6 +27,8 @@ async def account(request: Request) -> JSONResponse:
                 for name in svc.registry.names
                 if (p := svc.registry.get(name)) is not None
             },
+            # Extra credits per option, added to the model's cost when the request uses it.
+            "option_costs": {name: svc.settings.option_costs.get(name, 0) for name in PRICED_OPTIONS},
         },
         headers=rate.headers(),
     )

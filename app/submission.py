@@ -1,0 +1,150 @@
+"""Reading a rembg request: multipart/form-data or a JSON body (fal's shape), into one Submission.
+
+Multipart: a file part "image" (or a text field "image_url"), an optional file part
+"bg_image", a text field "model" and the option fields of app/options.py.
+JSON: {"image_url": ...} or {"image_data_uri": ...}, the same options as JSON values,
+and "bg_image_data_uri" for a background image. Anything else is a 400 that says what to send.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+
+from app import options
+from app.errors import client_closed_request, invalid_image, invalid_parameter
+
+# Text fields are held in memory: each needs a few bytes (an image_url up to 1 KB in a form;
+# longer URLs go in a JSON body). Extra parts are parsed (bounded) only so the error can name them.
+MAX_FIELD_BYTES = 1024
+MAX_FORM_PARTS = 32
+MAX_JSON_URL_CHARS = 8192
+INPUT_FIELDS = frozenset({"image", "image_url", "model"})
+FORM_FILES = frozenset({"image", "bg_image"})
+FORM_FIELDS = INPUT_FIELDS | options.FIELDS
+JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (options.FIELDS - {"bg_image"})
+SEND_HINT = (
+    'Send multipart/form-data with the photo as a file part named "image" '
+    '(curl: -F image=@photo.jpg) and optionally a text field "model", '
+    'or an application/json body with "image_url" or "image_data_uri".'
+)
+_DATA_URI = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.IGNORECASE)
+
+
+@dataclass
+class Submission:
+    image: bytes | None  # None when image_url is to be fetched
+    image_url: str | None
+    model: str | None
+    fields: dict[str, object] = field(default_factory=dict)  # the option fields, as sent
+    bg_image: bytes | None = None
+
+
+def _names(names: list[str]) -> str:
+    # Client-chosen names are echoed only cut short and quoted.
+    return ", ".join(repr(name[:40]) for name in names)
+
+
+async def read(request: Request) -> Submission:
+    """The request's input and options, or a 400 that says what to send."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "application/json":
+        return await _read_json(request)
+    if media_type != "multipart/form-data":
+        received = content_type.split(";")[0].strip()[:60] or "no Content-Type"
+        raise invalid_image(f"Expected a multipart/form-data body, got {received}. {SEND_HINT}")
+    try:
+        async with request.form(
+            max_files=MAX_FORM_PARTS, max_fields=MAX_FORM_PARTS, max_part_size=MAX_FIELD_BYTES
+        ) as form:
+            return await _extract(form)
+    except HTTPException as exc:
+        reason = str(exc.detail).rstrip(".")
+        raise invalid_parameter(f"The multipart body could not be read ({reason}). {SEND_HINT}") from None
+    except ClientDisconnect:
+        raise client_closed_request() from None
+
+
+async def _extract(form: FormData) -> Submission:
+    items = form.multi_items()
+    files = [name for name, value in items if isinstance(value, UploadFile)]
+    unknown = sorted({name for name, _ in items} - FORM_FIELDS)
+    if "image" not in form and "image_url" not in form:
+        got = f" Got a file in {_names(files)}." if files else ""
+        raise invalid_image(f'No file part named "image".{got} {SEND_HINT}')
+    if unknown:
+        raise invalid_parameter(f"Unknown form field(s): {_names(unknown)}. {SEND_HINT}")
+    repeated = sorted({name for name, _ in items if len(form.getlist(name)) > 1})
+    if repeated:
+        raise invalid_parameter(f"Send each field once; got several {_names(repeated)}. {SEND_HINT}")
+    stray = sorted(set(files) - FORM_FILES)
+    if stray:
+        raise invalid_parameter(f"Send exactly one photo file; {_names(stray)} may not be files. {SEND_HINT}")
+    if "image" in form and "image_url" in form:
+        raise invalid_parameter('Send either a file part "image" or a field "image_url", not both.')
+    upload = form.get("image")
+    if upload is not None and not isinstance(upload, UploadFile):
+        raise invalid_image(f'"image" was sent as a text field; send the photo as a file part. {SEND_HINT}')
+    bg_upload = form.get("bg_image")
+    if bg_upload is not None and not isinstance(bg_upload, UploadFile):
+        raise invalid_parameter('"bg_image" was sent as a text field; send the background as a file part.')
+    text = {name: value for name, value in items if isinstance(value, str)}
+    return Submission(
+        image=await upload.read() if upload is not None else None,
+        image_url=text.pop("image_url", None),
+        model=text.pop("model", None),
+        fields=text,
+        bg_image=await bg_upload.read() if bg_upload is not None else None,
+    )
+
+
+def decode_data_uri(value: object, name: str) -> bytes:
+    """The bytes of a base64 data URI (its media type is not trusted: the bytes are sniffed later)."""
+    hint = f'{name} must be a base64 data URI, e.g. "data:image/jpeg;base64,/9j/4AAQ…".'
+    if not isinstance(value, str):
+        raise invalid_image(hint)
+    match = _DATA_URI.match(value)
+    if match is None:
+        raise invalid_image(hint)
+    try:
+        return base64.b64decode(value[match.end() :], validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_image(f"{name} is not valid base64. {hint}") from None
+
+
+async def _read_json(request: Request) -> Submission:
+    try:
+        body = json.loads(await request.body())
+    except ClientDisconnect:
+        raise client_closed_request() from None
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_parameter(f"The JSON body could not be parsed. {SEND_HINT}") from None
+    if not isinstance(body, dict):
+        raise invalid_parameter(f"The JSON body must be an object. {SEND_HINT}")
+    sources = [name for name in ("image_url", "image_data_uri") if name in body]
+    if not sources:
+        raise invalid_image(f'No image in the JSON body: send "image_url" or "image_data_uri". {SEND_HINT}')
+    unknown = sorted(set(body) - JSON_FIELDS)
+    if unknown:
+        raise invalid_parameter(f"Unknown JSON field(s): {_names(unknown)}. {SEND_HINT}")
+    if len(sources) > 1:
+        raise invalid_parameter('Send either "image_url" or "image_data_uri", not both.')
+    model = body.pop("model", None)
+    if model is not None and not isinstance(model, str):
+        raise invalid_parameter('"model" must be a string, e.g. "falcon".')
+    image_url = body.pop("image_url", None)
+    if image_url is not None and (not isinstance(image_url, str) or len(image_url) > MAX_JSON_URL_CHARS):
+        raise invalid_parameter(f'"image_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
+    image = decode_data_uri(body.pop("image_data_uri"), "image_data_uri") if "image_data_uri" in body else None
+    bg_image = None
+    if "bg_image_data_uri" in body:
+        bg_image = decode_data_uri(body.pop("bg_image_data_uri"), "bg_image_data_uri")
+    return Submission(image=image, image_url=image_url, model=model, fields=body, bg_image=bg_image)
