@@ -1,0 +1,193 @@
+"""Fetching a client's `image_url` without letting it reach inside our network (SSRF).
+
+- http and https only, no credentials in the URL; at most MAX_REDIRECTS redirects,
+  each new URL checked from scratch.
+- The host is resolved once (in a thread: the event loop never blocks), every address it
+  resolves to is checked, and the connection goes to that checked address: there is no
+  second lookup a rebinding DNS server could answer differently. TLS still verifies the
+  certificate against the host name.
+- Loopback, private, link-local, CGNAT, multicast, reserved and unspecified addresses,
+  IPv4 and IPv6 (also IPv4 inside IPv6: mapped, 6to4, Teredo, NAT64), are refused unless
+  an operator's allowlist (`fetch_allow`, CIDRs) names them.
+- The body streams in under the upload size limit; connect and total timeouts.
+  The Content-Type is ignored: the bytes are sniffed later like any upload.
+
+Failures are 400s with their own codes and are never charged (nothing is reserved yet).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpcore
+
+from app.errors import ApiError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_REDIRECTS = 3
+USER_AGENT = "Cutout-ImageFetcher/1"
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(400, "image_url_forbidden", message)
+
+
+def unreachable(message: str) -> ApiError:
+    return ApiError(400, "image_url_unreachable", message)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(400, "image_url_too_large", f"The image at image_url is larger than the limit of {limit} bytes.")
+
+
+def parse_networks(cidrs: Sequence[str]) -> list[IPNetwork]:
+    """The allowlist; a malformed entry stops the service at start (settings validation)."""
+    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's address
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _public(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        return _public(inner)
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return False
+    special = ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+    return ip.is_global and not (special or ip.is_reserved or ip.is_unspecified)
+
+
+def address_allowed(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> bool:
+    """True when we may connect to ip: a public unicast address, or one the operator allowlisted."""
+    candidates = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(ip.ipv4_mapped)
+    if any(c in net for c in candidates for net in allow if c.version == net.version):
+        return True
+    return _public(ip)
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves once, refuses forbidden addresses, connects to the address it checked."""
+
+    def __init__(self, allow: Sequence[IPNetwork]) -> None:
+        self._allow = allow
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        name = host.strip("[]")
+        try:
+            with anyio.fail_after(timeout):
+                infos = await anyio.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise unreachable(f"Looking up {name[:80]!r} took too long.") from None
+        except OSError:
+            raise unreachable(f"The host {name[:80]!r} of image_url could not be resolved.") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+        refused = [ip for ip in addresses if not address_allowed(ip, self._allow)]
+        if refused or not addresses:
+            raise forbidden(
+                f"image_url points at {name[:80]!r} ({refused[0] if refused else 'no address'}), an address "
+                "we do not fetch from (loopback, private, link-local or reserved). Use a public URL."
+            )
+        error: Exception | None = None
+        for ip in addresses:
+            try:
+                return await self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+def _check_url(url: str) -> bytes:
+    """The Host header of a URL we may request, or a 400."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise invalid_url("image_url is not a valid URL.") from None
+    if parts.scheme not in ("http", "https"):
+        raise forbidden(f"image_url must be an http or https URL; got {parts.scheme[:10] or 'no'} scheme.")
+    if not parts.hostname:
+        raise invalid_url("image_url has no host.")
+    if parts.username is not None or parts.password is not None:
+        raise invalid_url("image_url may not carry a user name or password.")
+    host = parts.netloc.rpartition("@")[2]
+    return host.encode("idna") if not host.isascii() else host.encode()
+
+
+def invalid_url(message: str) -> ApiError:
+    return ApiError(400, "invalid_parameter", message)
+
+
+async def _get(pool: httpcore.AsyncConnectionPool, url: str, host: bytes, max_bytes: int, timeouts: dict[str, float]) -> bytes | str:
+    """The body of a 200, or the next URL of a redirect."""
+    headers = [(b"Host", host), (b"User-Agent", USER_AGENT.encode()), (b"Accept", b"image/*"), (b"Accept-Encoding", b"identity")]
+    async with pool.stream("GET", url, headers=headers, extensions={"timeout": timeouts}) as response:
+        if response.status in (301, 302, 303, 307, 308):
+            location = dict((k.lower(), v) for k, v in response.headers).get(b"location")
+            if not location:
+                raise unreachable(f"image_url answered a redirect ({response.status}) without a Location.")
+            return urljoin(url, location.decode("latin-1"))
+        if response.status != 200:
+            raise unreachable(f"image_url answered HTTP {response.status}; we need 200 with the image.")
+        declared = dict((k.lower(), v) for k, v in response.headers).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+            raise too_large(max_bytes)
+        body = bytearray()
+        async for chunk in response.aiter_stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise too_large(max_bytes)
+        return bytes(body)
+
+
+async def fetch_image(
+    url: str, *, allow: Sequence[IPNetwork], max_bytes: int, connect_timeout_s: float, total_timeout_s: float
+) -> bytes:
+    """The bytes at url (following up to MAX_REDIRECTS checked redirects), or a 400 ApiError."""
+    timeouts = {"connect": connect_timeout_s, "read": total_timeout_s, "write": total_timeout_s, "pool": total_timeout_s}
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl.create_default_context(), network_backend=_GuardedBackend(allow), retries=0, max_connections=1
+    )
+    try:
+        with anyio.fail_after(total_timeout_s):
+            async with pool:
+                for _ in range(MAX_REDIRECTS + 1):
+                    host = _check_url(url)
+                    result = await _get(pool, url, host, max_bytes, timeouts)
+                    if isinstance(result, bytes):
+                        return result
+                    url = result
+    except TimeoutError:
+        raise unreachable(f"Fetching image_url took longer than {total_timeout_s:g} s.") from None
+    except httpcore.TimeoutException:
+        raise unreachable("image_url did not answer in time.") from None
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError):
+        raise unreachable("image_url could not be fetched: the connection failed or the answer was not valid HTTP.") from None
+    raise unreachable(f"image_url redirected more than {MAX_REDIRECTS} times.")
