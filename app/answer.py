@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import fetch, images, options
-from app.errors import ApiError, invalid_parameter
+from app.errors import ApiError, invalid_image, invalid_parameter
 from app.inference.pipeline import Output, Pipeline
 from app.output import Rendered
 from app.settings import Settings
@@ -80,7 +80,9 @@ def _probe_background(data: bytes, settings: Settings) -> None:
     try:
         images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
-        raise ApiError(err.code, f"bg_image: {err.message}") from None
+        if err.code == "image_too_large":
+            raise ApiError("image_too_large", f"bg_image: {err.message}") from None
+        raise invalid_image(f"bg_image: {err.message}") from None
 
 
 async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
@@ -96,6 +98,8 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
         image = sub.image
     else:
         assert sub.image_url is not None
+        if not settings.fetch_enabled:
+            raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
         image = await fetch.fetch_image(
             sub.image_url,
             allow=fetch.parse_networks(settings.fetch_allow),

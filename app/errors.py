@@ -35,6 +35,14 @@ class ErrorCode:
 ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_image": ErrorCode(400, "no `image` part, not an image, truncated or corrupt"),
     "invalid_parameter": ErrorCode(400, "unknown model, unknown field, several files, malformed multipart, bad `Idempotency-Key`"),
+    "image_url_forbidden": ErrorCode(
+        400, "`image_url` is not http(s), or points at a loopback, private, link-local or reserved address "
+        "(not in `fetch_allow`), or fetching is off (`fetch_enabled`)"
+    ),
+    "image_url_unreachable": ErrorCode(
+        400, "`image_url` failed: no such host, no connection, not HTTP 200, over 3 redirects or `fetch_timeout_s`"
+    ),
+    "image_url_too_large": ErrorCode(400, "the image at `image_url` is over `max_body_bytes`"),
     "invalid_api_key": ErrorCode(401, "missing, unknown or revoked key"),
     "insufficient_credits": ErrorCode(402, "the balance does not cover the model's cost"),
     "not_found": ErrorCode(404, "unknown route"),

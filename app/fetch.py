@@ -27,7 +27,7 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import httpcore
 
-from app.errors import ApiError
+from app.errors import ApiError, invalid_parameter
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -39,15 +39,15 @@ _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 
 
 def forbidden(message: str) -> ApiError:
-    return ApiError(400, "image_url_forbidden", message)
+    return ApiError("image_url_forbidden", message)
 
 
 def unreachable(message: str) -> ApiError:
-    return ApiError(400, "image_url_unreachable", message)
+    return ApiError("image_url_unreachable", message)
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(400, "image_url_too_large", f"The image at image_url is larger than the limit of {limit} bytes.")
+    return ApiError("image_url_too_large", f"The image at image_url is larger than the limit of {limit} bytes.")
 
 
 def parse_networks(cidrs: Sequence[str]) -> list[IPNetwork]:
@@ -142,7 +142,7 @@ def _check_url(url: str) -> bytes:
 
 
 def invalid_url(message: str) -> ApiError:
-    return ApiError(400, "invalid_parameter", message)
+    return invalid_parameter(message)
 
 
 async def _get(pool: httpcore.AsyncConnectionPool, url: str, host: bytes, max_bytes: int, timeouts: dict[str, float]) -> bytes | str:

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app import openapi_options
 from app.errors import ERROR_CODES, error_table
 from app.settings import Settings
 
@@ -103,8 +104,9 @@ def json_response(description: str, schema: JSON, headers: JSON | None = None) -
     }
 
 
-def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
+def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) -> JSON:
     models = sorted(settings.models)
+    binary = {"schema": {"type": "string", "format": "binary"}}
     success_headers = {
         "X-Request-ID": _REQUEST_ID,
         "X-Credits-Charged": _INT_HEADER,
@@ -147,20 +149,31 @@ def _upload_operation(settings: Settings, summary: str, png: str) -> JSON:
                                     f"At most {settings.max_body_bytes} bytes in the body, "
                                     f"{settings.max_pixels} pixels and {settings.max_side} px a side. "
                                     "EXIF orientation is applied."
+                                    + openapi_options.IMAGE_URL_IN_FORM
                                 ),
                             },
                             "model": {"type": "string", "enum": models, "default": settings.default_model},
+                            **openapi_options.form_properties(mask),
                         },
                     },
                     "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
-                }
+                },
+                "application/json": {
+                    "schema": openapi_options.json_request(models, settings.default_model, mask),
+                    "example": openapi_options.json_example(mask),
+                },
             },
         },
         "responses": {
             "200": {
-                "description": png + " Sent as `image/png`.",
+                "description": png + " Sent as `image/png` unless `output_format` or a JSON answer is asked for.",
                 "headers": success_headers,
-                "content": {media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in PNG_MEDIA_TYPES},
+                "content": {
+                    **{media_type: binary for media_type in PNG_MEDIA_TYPES},
+                    "image/webp": binary,
+                    "image/jpeg": binary,
+                    "application/json": {"schema": openapi_options.json_answer()},
+                },
             },
             **{
                 str(status): error_response(status)
@@ -174,13 +187,23 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
     """Path -> method -> operation: every documented operation (the rest: UNDOCUMENTED)."""
     removal = {"tags": [TAGS[0]["name"]]}
     cutout = {
-        **_upload_operation(settings, "Remove the background", "The cut-out: RGBA PNG at the input's displayed size."),
+        **_upload_operation(
+            settings,
+            "Remove the background",
+            "The cut-out: RGBA PNG at the input's displayed size; cropped, in another format, over a background "
+            "or smaller as the options ask; JSON (`sync_mode` or `Accept: application/json`) with the image as a "
+            "data URI.",
+            mask=False,
+        ),
         **removal,
         "operationId": "removeBackground",
     }
     mask = {
         **_upload_operation(
-            settings, "Foreground mask", "The mask: grayscale PNG at the input's displayed size, white = subject."
+            settings,
+            "Foreground mask",
+            "The mask: grayscale PNG at the input's displayed size, white = subject (crop, format and size as asked).",
+            mask=True,
         ),
         **removal,
         "operationId": "removeBackgroundMask",
@@ -200,6 +223,11 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
 
 def _account_schema() -> JSON:
     cost = {"type": "object", "properties": {"cost": {"type": "integer"}, "mask_cost": {"type": "integer"}}}
+    option_costs = {
+        "type": "object",
+        "description": "Extra credits per option, added to the model's cost when a request uses it.",
+        "additionalProperties": {"type": "integer", "minimum": 0},
+    }
     return {
         "type": "object",
         "required": ["account_id", "credits", "plan", "rate_limit", "rate_limit_remaining", "rate_limit_reset", "models"],
@@ -211,6 +239,7 @@ def _account_schema() -> JSON:
             "rate_limit_remaining": {"type": "integer", "minimum": 0},
             "rate_limit_reset": {"type": "integer", "description": "Unix time when the window frees up."},
             "models": {"type": "object", "additionalProperties": cost},
+            "option_costs": option_costs,
         },
     }
 

@@ -39,9 +39,15 @@ MAX_SHADOW_OFFSET_PX = 2000
 # Lossy encoders' default quality; lossless WebP ignores it.
 DEFAULT_QUALITY = 90
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-_MARGIN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(px|%)?\s*$")
+# What a form field may hold; /openapi.json documents these same patterns, and the parser is
+# never more lenient than the document (schemathesis sends values just outside them).
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+FORMAT_NAMES = ("png", "webp", "jpeg", "jpg")
+DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
+INTEGER = r"^[0-9]+$"
+SIGNED_INTEGER = r"^-?[0-9]+$"
+MARGIN = r"^([0-9]+(\.[0-9]+)?)(px|%)?$"
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,8 @@ def _bad(field: str, value: object, accepts: str) -> ApiError:
 def _bool(field: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+    if isinstance(value, str) and value in TRUE_WORDS + FALSE_WORDS:
+        return value in TRUE_WORDS
     raise _bad(field, value, "true or false")
 
 
@@ -104,10 +110,10 @@ def _number(field: str, value: object, lo: float, hi: float, *, integer: bool = 
     accepts = f"{kind} from {lo:g} to {hi:g}"
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise _bad(field, value, accepts)
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except ValueError:
-        raise _bad(field, value, accepts) from None
+    pattern = (SIGNED_INTEGER if lo < 0 else INTEGER) if integer else DECIMAL
+    if isinstance(value, str) and not re.fullmatch(pattern, value):
+        raise _bad(field, value, accepts)
+    number = float(value)
     if not math.isfinite(number) or not lo <= number <= hi or (integer and number != int(number)):
         raise _bad(field, value, accepts)
     return number
@@ -117,11 +123,14 @@ def _margin(value: object) -> tuple[float, bool]:
     accepts = 'pixels ("20", "20px") or a percentage of the subject\'s box ("10%"), up to 10000 px or 100%'
     if isinstance(value, bool):
         raise _bad("crop_margin", value, accepts)
-    text = f"{value}" if isinstance(value, (int, float)) else value
-    match = _MARGIN.match(text) if isinstance(text, str) else None
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0 or value > 10000:
+            raise _bad("crop_margin", value, accepts)
+        return float(value), False
+    match = re.fullmatch(MARGIN, value) if isinstance(value, str) else None
     if match is None:
         raise _bad("crop_margin", value, accepts)
-    amount, percent = float(match.group(1)), match.group(2) == "%"
+    amount, percent = float(match.group(1)), match.group(3) == "%"
     if amount > (100 if percent else 10000):
         raise _bad("crop_margin", value, accepts)
     return amount, percent
@@ -143,9 +152,7 @@ def _colour(value: object) -> tuple[int, int, int, int]:
 
 
 def _format(value: object) -> Format:
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text == "jpg":
-        text = "jpeg"
+    text = "jpeg" if value == "jpg" else value
     for name in FORMATS:
         if text == name:
             return name
@@ -187,6 +194,20 @@ def parse(fields: Mapping[str, object], bg_image: bytes | None, *, mask: bool) -
         values["shadow_opacity"] = _number("shadow_opacity", fields["shadow_opacity"], 0, 1)
     if "max_side" in fields:
         values["max_side"] = int(_number("max_side", fields["max_side"], 1, 100000, integer=True))
+    # A margin asks for the crop and a shadow setting for the shadow, unless the flag says no: then,
+    # like quality for a PNG, it is a setting of something switched off, and is ignored (a form or a
+    # UI may send all its fields and toggle one flag).
+    tunables = {"shadow_offset_x", "shadow_offset_y", "shadow_blur", "shadow_opacity"}
+    if "crop_margin" in values:
+        values.setdefault("crop_to_bbox", True)
+        if not values["crop_to_bbox"]:
+            del values["crop_margin"], values["margin_percent"]
+    if tunables & set(values):
+        values.setdefault("shadow", True)
+        if not values["shadow"]:
+            values = {name: value for name, value in values.items() if name not in tunables}
+    if values.get("output_format", "png") == "png":
+        values.pop("quality", None)
     options = Options(**values, bg_image=bg_image)  # type: ignore[arg-type]
     _check_contradictions(options, set(fields))
     return options
@@ -198,13 +219,6 @@ def _check_contradictions(options: Options, given: set[str]) -> None:
         backgrounds.append("bg_image")
     if len(backgrounds) > 1:
         raise invalid_parameter(f"Choose one background: {' and '.join(backgrounds)} were both given.")
-    if "crop_margin" in given and not options.crop_to_bbox:
-        raise invalid_parameter("crop_margin needs crop_to_bbox=true: the margin is added around the subject's box.")
-    tunables = sorted(given & {"shadow_offset_x", "shadow_offset_y", "shadow_blur", "shadow_opacity"})
-    if tunables and not options.shadow:
-        raise invalid_parameter(f"{', '.join(tunables)} need shadow=true.")
-    if options.quality is not None and options.output_format == "png":
-        raise invalid_parameter("quality applies to output_format webp (lossy) or jpeg; PNG is always lossless.")
     if options.output_format == "jpeg" and options.bg_color is not None and options.bg_color[3] < 255:
         raise invalid_parameter(
             "JPEG has no transparency, so its bg_color must be opaque; drop the alpha from bg_color "

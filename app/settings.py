@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     # image_url fetches: CIDRs that may be fetched from although private/loopback (JSON list).
     fetch_allow: list[str] = Field(default_factory=list)
+    fetch_enabled: bool = True  # false: image_url is refused and the server never fetches
     fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
     fetch_timeout_s: float = Field(default=20.0, gt=0)
     # Extra credits per option (config/models.toml [option_costs]), added to the model's cost.

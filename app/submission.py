@@ -135,6 +135,9 @@ async def _read_json(request: Request) -> Submission:
     unknown = sorted(set(body) - JSON_FIELDS)
     if unknown:
         raise invalid_parameter(f"Unknown JSON field(s): {_names(unknown)}. {SEND_HINT}")
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:
+        raise invalid_parameter(f"JSON field(s) {_names(nulls)} are null: leave a field out for its default.")
     if len(sources) > 1:
         raise invalid_parameter('Send either "image_url" or "image_data_uri", not both.')
     model = body.pop("model", None)

@@ -303,7 +303,9 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 @pytest.fixture(scope="session")
 def live_server(start_server: Callable[..., LiveServer]) -> LiveServer:
-    return start_server()
+    # No image_url fetches: schemathesis generates URLs, and no test may send a packet (not even a
+    # DNS query) beyond loopback. tests/test_fetch.py starts its own fetching servers.
+    return start_server(CUTOUT_FETCH_ENABLED="false")
 
 
 @pytest.fixture

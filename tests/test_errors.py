@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import io
+import threading
 from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +25,7 @@ from PIL import Image
 from app import idempotency, openapi
 from app.errors import _HTTP_CODES, ERROR_CODES, ApiError
 from app.main import create_app
-from conftest import subject_image
+from conftest import free_port, subject_image
 from inprocess import InProcess, check_error, check_response, client_for, fast_settings, running
 
 pytestmark = pytest.mark.anyio
@@ -283,6 +285,46 @@ async def test_server_busy_and_concurrency_limit(tmp_path: Path) -> None:
         body = check_response(over, "concurrency_limit_exceeded")
         assert body["retry_after"] == int(over.headers["retry-after"])
         check_response(busy, "server_busy")
+
+
+@answers("image_url_forbidden")
+async def test_image_url_forbidden(app: InProcess) -> None:
+    # Refused on the address alone (nothing is sent): loopback is not in the default fetch_allow.
+    response = await app.client.post("/v2/rembg/", headers={"ApiKey": await app.key()}, json={"image_url": "http://127.0.0.1:9/a.jpg"})
+    body = check_response(response, "image_url_forbidden")
+    assert "127.0.0.1" in body["error"]["message"]
+
+
+@answers("image_url_unreachable")
+@answers("image_url_too_large")
+async def test_image_url_unreachable_and_too_large(tmp_path: Path) -> None:
+    """A loopback server allowlisted: a port nobody listens on, and a body over max_body_bytes."""
+
+    class Big(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Length", str(LIMIT_BYTES + 1))
+            self.end_headers()
+            self.wfile.write(b"\0" * (LIMIT_BYTES + 1))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Big)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = fast_settings(tmp_path, fetch_allow=["127.0.0.1/32"], max_body_bytes=LIMIT_BYTES)
+    try:
+        async with running(settings) as fetching:
+            key = await fetching.key()
+            closed = f"http://127.0.0.1:{free_port()}/a.jpg"
+            response = await fetching.client.post("/v2/rembg/", headers={"ApiKey": key}, json={"image_url": closed})
+            check_response(response, "image_url_unreachable")
+            big = f"http://127.0.0.1:{server.server_address[1]}/big.jpg"
+            response = await fetching.client.post("/v2/rembg/", headers={"ApiKey": key}, json={"image_url": big})
+            check_response(response, "image_url_too_large")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @answers("service_unavailable")

@@ -92,6 +92,11 @@ def fetching_server(start_server) -> LiveServer:  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.fixture(scope="module")
+def default_server(start_server) -> LiveServer:  # type: ignore[no-untyped-def]
+    return start_server()
+
+
 def fetch(server: LiveServer, key: str, url: str, **extra: object) -> requests.Response:
     return requests.post(server.url + "/v2/rembg/", headers={"ApiKey": key},
                          json={"image_url": url, "model": "ghost", **extra}, timeout=60)
@@ -135,14 +140,21 @@ def test_failed_fetches_are_400s_with_their_codes_and_not_charged(fetching_serve
     assert fetching_server.balance(key) == 5
 
 
-def test_default_refuses_loopback_in_every_spelling(live_server: LiveServer, photos: str) -> None:
-    key = live_server.create_key(5)
+def test_default_refuses_loopback_in_every_spelling(default_server: LiveServer, photos: str) -> None:
+    key = default_server.create_key(5)
     port = photos.split(":")[1]
     before = len(Photos.hits)
     for host in ("127.0.0.1", "[::1]", "0.0.0.0", "localhost", "127.1", "[::ffff:127.0.0.1]", "2130706433"):
-        body = assert_error(fetch(live_server, key, f"http://{host}:{port}/photo.jpg"), 400, "image_url_forbidden")
+        body = assert_error(fetch(default_server, key, f"http://{host}:{port}/photo.jpg"), 400, "image_url_forbidden")
         assert "public URL" in body["error"]["message"]
     assert len(Photos.hits) == before, "nothing reached the photo server"
+    assert default_server.balance(key) == 5
+
+
+def test_fetching_can_be_switched_off(live_server: LiveServer, photos: str) -> None:
+    key = live_server.create_key(5)  # the shared server runs with CUTOUT_FETCH_ENABLED=false
+    body = assert_error(fetch(live_server, key, f"http://{photos}/photo.jpg"), 400, "image_url_forbidden")
+    assert "does not fetch" in body["error"]["message"]
     assert live_server.balance(key) == 5
 
 
