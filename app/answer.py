@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -93,7 +94,8 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
         )
     if chosen.bg_image is not None:
-        _probe_background(chosen.bg_image, settings)
+        # Off the event loop, as the photo's own probe.
+        await anyio.to_thread.run_sync(_probe_background, chosen.bg_image, settings)
     if sub.image is not None:
         image = sub.image
     else:

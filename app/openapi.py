@@ -262,7 +262,7 @@ def build(settings: Settings) -> JSON:
         "paths": operations(settings),
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
-            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema()},
+            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema(), **openapi_options.COMPONENTS},
         },
     }
 

@@ -14,6 +14,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+import anyio
+
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -122,9 +124,16 @@ def decode_data_uri(value: object, name: str) -> bytes:
 
 async def _read_json(request: Request) -> Submission:
     try:
-        body = json.loads(await request.body())
+        raw = await request.body()
     except ClientDisconnect:
         raise client_closed_request() from None
+    # Parsing and base64-decoding up to max_body_bytes takes tens of ms: not on the event loop.
+    return await anyio.to_thread.run_sync(_parse_json, raw)
+
+
+def _parse_json(raw: bytes) -> Submission:
+    try:
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise invalid_parameter(f"The JSON body could not be parsed. {SEND_HINT}") from None
     if not isinstance(body, dict):

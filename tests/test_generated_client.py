@@ -1,6 +1,7 @@
 """A client generated from /openapi.json works: openapi-python-client builds one from the
 live server's document, and its calls upload a photo and return the PNG bytes, read the
-account, and return the API's errors as the one Error model."""
+account, and return the API's errors as the one Error model. (With a JSON request body documented
+beside the multipart one, the generator names the multipart body `...FilesBody`.)"""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def client_package(live_server: LiveServer, tmp_path_factory: pytest.TempPathFac
 def test_generated_client_uploads_a_photo_and_gets_the_png(live_server: LiveServer, client_package: ModuleType) -> None:
     from cutout_client.api.account import get_account
     from cutout_client.api.background_removal import remove_background, remove_background_mask
-    from cutout_client.models import Account, Error, RemoveBackgroundBody, RemoveBackgroundMaskBody
-    from cutout_client.models.remove_background_body_model import RemoveBackgroundBodyModel
+    from cutout_client.models import Account, Error, RemoveBackgroundFilesBody, RemoveBackgroundMaskFilesBody
+    from cutout_client.models.remove_background_files_body_model import RemoveBackgroundFilesBodyModel
     from cutout_client.types import File
 
     key = live_server.create_key(10)
@@ -56,9 +57,9 @@ def test_generated_client_uploads_a_photo_and_gets_the_png(live_server: LiveServ
 
     cutout = remove_background.sync(
         client=client,
-        body=RemoveBackgroundBody(
+        body=RemoveBackgroundFilesBody(
             image=File(payload=io.BytesIO(photo), file_name="photo.jpg", mime_type="image/jpeg"),
-            model=RemoveBackgroundBodyModel.GHOST,
+            model=RemoveBackgroundFilesBodyModel.GHOST,
         ),
     )
     assert isinstance(cutout, File), cutout
@@ -66,7 +67,7 @@ def test_generated_client_uploads_a_photo_and_gets_the_png(live_server: LiveServ
     assert image.mode == "RGBA" and image.size == (160, 120)
 
     mask = remove_background_mask.sync(
-        client=client, body=RemoveBackgroundMaskBody(image=File(payload=io.BytesIO(photo), file_name="photo.jpg"))
+        client=client, body=RemoveBackgroundMaskFilesBody(image=File(payload=io.BytesIO(photo), file_name="photo.jpg"))
     )
     assert isinstance(mask, File) and png_of(mask.payload.read()).mode == "L"
 
@@ -76,7 +77,7 @@ def test_generated_client_uploads_a_photo_and_gets_the_png(live_server: LiveServ
 
     refused = remove_background.sync(
         client=client,
-        body=RemoveBackgroundBody(image=File(payload=io.BytesIO(b"not a photo"), file_name="photo.jpg")),
+        body=RemoveBackgroundFilesBody(image=File(payload=io.BytesIO(b"not a photo"), file_name="photo.jpg")),
     )
     assert isinstance(refused, Error) and refused.error.code == "invalid_image"
     assert refused.error.request_id.startswith("req_")
