@@ -16,7 +16,7 @@ from app import metrics, openapi
 from app.admission import AccountSlots
 from app.errors import EXCEPTION_HANDLERS
 from app.inference.gate import WorkerGate
-from app.inference.memory import release_large_frees_to_os
+from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
 from app.limits import RateLimits
 from app.middleware import BodyLimit, RequestContext
@@ -46,6 +46,19 @@ async def _sweep_forever(svc: Services) -> None:
         await asyncio.sleep(interval)
 
 
+def _memory_budget(settings: Settings) -> MemoryBudget | None:
+    """What jobs may hold: the configured budget less what the process holds at rest (models loaded)."""
+    if not settings.memory_budget_mb:
+        return None
+    at_rest = resident_bytes()
+    budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024 - at_rest, settings.memory_wait_s)
+    log.info("memory budget %d MiB: %d MiB at rest, %d MiB for jobs",
+             settings.memory_budget_mb, at_rest >> 20, budget.capacity >> 20)
+    if budget.capacity <= 0:
+        log.warning("memory_budget_mb is below the RSS at rest: jobs run one at a time")
+    return budget
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.shutdown)
@@ -59,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings=settings,
             store=open_store(settings),
             registry=registry,
-            gate=WorkerGate(settings.workers, settings.queue_size),
+            gate=WorkerGate(settings.workers, settings.queue_size, _memory_budget(settings)),
             limits=RateLimits(settings),
             slots=AccountSlots(settings),
         )

@@ -65,6 +65,13 @@ class ModelSpec(BaseModel):
     foreground: Literal["none", "estimate"] = "none"
     cost: int = Field(default=1, ge=0)
     mask_cost: int = Field(default=1, ge=0)
+    # A job's peak memory above the resting process, measured by bench/memory.py (one home: models.toml):
+    # peak_mb + peak_bytes_per_pixel x the upload's pixels. Memory admission sums these.
+    peak_mb: float = Field(ge=0)
+    peak_bytes_per_pixel: float = Field(ge=0)
+
+    def peak_bytes(self, pixels: int) -> int:
+        return int(self.peak_mb * 1024 * 1024 + self.peak_bytes_per_pixel * pixels)
 
 
 class PlanSpec(BaseModel):
@@ -98,6 +105,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     body_deadline_s: float = Field(default=300.0, gt=0)
     processing_timeout_s: float = 60.0
+    # Admission by memory (app/inference/memory.py): the process's RSS budget; jobs' estimated peaks
+    # (models.toml) must fit in it above the RSS at rest after start-up. 0: admission by count only.
+    memory_budget_mb: int = Field(default=2560, ge=0)
+    memory_wait_s: float = Field(default=10.0, ge=0)
     # Connections (app/server.py): request head size and count, head deadline, idle keep-alive, open connections.
     max_head_bytes: int = Field(default=16384, ge=1024)
     max_headers: int = Field(default=100, ge=10)

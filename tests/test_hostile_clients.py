@@ -7,6 +7,7 @@ account cannot take every worker.
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import os
 import re
 import socket
@@ -20,8 +21,9 @@ from collections.abc import Callable
 import pytest
 import requests
 import urllib3
+from PIL import Image, ImageDraw
 
-from conftest import LiveServer, assert_error, subject_image
+from conftest import LiveServer, assert_error, concurrency_env, subject_image
 
 CRAFTED_BYTES = 24 * 1024 * 1024  # under the 25 MB body limit: the probe, not the limit, must refuse it
 HEALTH_BUDGET_S = 0.1
@@ -195,3 +197,43 @@ def test_one_account_cannot_occupy_every_worker(server: LiveServer) -> None:
     assert second.headers["Retry-After"] == "1" and body["retry_after"] == 1
     assert server.balance(greedy) == 8, "only the processed request is charged"
     assert server.remove(greedy, image, model="ghost").status_code == 200, "the slot is free again"
+
+
+# --- admission by memory ----------------------------------------------------------------------------
+
+MEMORY_BUDGET_MB = 2048
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def flat_photo(side: int) -> bytes:
+    """A 7000x7000 PNG of a few hundred KB: the pixel count of a big photo, little to upload."""
+    img = Image.new("RGB", (side, side), (235, 235, 228))
+    ImageDraw.Draw(img).ellipse((side // 4, side // 5, 3 * side // 4, 4 * side // 5), fill=(150, 30, 40))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_four_huge_uploads_stay_within_the_memory_budget(start_server: Callable[..., LiveServer]) -> None:
+    server = start_server(
+        CUTOUT_MEMORY_BUDGET_MB=str(MEMORY_BUDGET_MB), CUTOUT_MEMORY_WAIT_S="2", **concurrency_env(4)
+    )
+    key = server.create_key(20, "--rate", "1000/minute")
+    photo = flat_photo(7000)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: server.remove(key, photo, model="aurora"), range(4)))
+    peak = peak_rss_mb(server.process.pid)
+    statuses = sorted(r.status_code for r in responses)
+    print(f"4 x 7000x7000 aurora at once: {statuses}, peak RSS {peak:.0f} MB, budget {MEMORY_BUDGET_MB} MB")
+    assert peak <= MEMORY_BUDGET_MB
+    assert 200 in statuses and set(statuses) <= {200, 503}
+    for response in responses:
+        if response.status_code == 503:
+            assert_error(response, 503, "server_busy")
+            assert int(response.headers["Retry-After"]) >= 1
+    assert server.balance(key) == 20 - 2 * statuses.count(200)

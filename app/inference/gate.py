@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from app.inference.cancel import CancelToken, running
+from app.inference.memory import MemoryBudget, MemoryBusy
 
 T = TypeVar("T")
 
@@ -31,8 +32,10 @@ class Expired(Exception):
 
 
 class WorkerGate:
-    def __init__(self, workers: int, queue_size: int) -> None:
+    def __init__(self, workers: int, queue_size: int, memory: MemoryBudget | None = None) -> None:
         self.workers = workers
+        # Admission by memory (None: by count only): a job's estimated peak is held until its thread ends.
+        self.memory = memory
         self.capacity = workers + queue_size
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
         # Counts jobs until their thread really finishes, not until the caller stops
@@ -43,12 +46,26 @@ class WorkerGate:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def _release(self, _future: object) -> None:
+    def _release(self, memory_taken: int) -> None:
         self._in_flight -= 1
+        if self.memory is not None:
+            self.memory.release(memory_taken)
 
-    async def run(self, fn: Callable[..., T], *args: object, timeout: float) -> T:
+    async def run(self, fn: Callable[..., T], *args: object, timeout: float, memory_bytes: int = 0) -> T:
+        """fn(*args) in a worker. Busy: no queue place, or no room in the memory budget in time."""
         if self._in_flight >= self.capacity:
             raise Busy()
+        self._in_flight += 1  # a job waiting for memory holds a queue place
+        taken = 0
+        try:
+            if self.memory is not None:
+                taken = await self.memory.acquire(memory_bytes)
+        except MemoryBusy:
+            self._in_flight -= 1
+            raise Busy() from None
+        except BaseException:
+            self._in_flight -= 1
+            raise
         deadline = time.monotonic() + timeout
         token = CancelToken()
 
@@ -60,9 +77,8 @@ class WorkerGate:
 
         loop = asyncio.get_running_loop()
         submitted = self._pool.submit(job)
-        self._in_flight += 1
         # Done callbacks run in the worker thread (or here, for a job dropped while queued).
-        submitted.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, None))
+        submitted.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, taken))
         waiter = asyncio.wrap_future(submitted)
         # Read here when nobody awaits it any more (a cancelled job's error), so asyncio logs nothing.
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -1,10 +1,14 @@
-"""Give big freed buffers back to the OS at once, so RSS returns to its baseline after a large image."""
+"""Memory: big freed buffers go back to the OS at once (RSS returns to its baseline after a large
+image), and jobs are admitted by their estimated peak within a budget (MemoryBudget)."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger("cutout.inference")
 
@@ -27,3 +31,71 @@ def release_large_frees_to_os() -> bool:
     if not ok:
         log.info("mallopt unavailable (not glibc): freed image buffers may stay in the heap")
     return ok
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+class MemoryBusy(Exception):
+    """No room in the memory budget within the wait allowed."""
+
+
+class MemoryBudget:
+    """Admission by memory: jobs hold their estimated peak from admission until their thread ends;
+    the sum stays within `capacity` bytes. Waiters are admitted first come, first served (a big job
+    is not overtaken forever by small ones); one that waits longer than `wait_s` gets MemoryBusy.
+    A job larger than the whole capacity is admitted alone, when nothing else holds any."""
+
+    def __init__(self, capacity: int, wait_s: float) -> None:
+        self.capacity = max(0, capacity)
+        self.wait_s = wait_s
+        self.held = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, need: int) -> bool:
+        return self.held + need <= self.capacity or self.held == 0
+
+    async def acquire(self, need: int) -> int:
+        """Wait for `need` bytes; returns what was taken (release exactly that)."""
+        need = min(need, self.capacity) if self.capacity else need
+        if not self._waiters and self._fits(need):
+            self.held += need
+            return need
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (need, admitted)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(admitted), self.wait_s)
+        except TimeoutError:
+            if admitted.done():
+                return need  # admitted just as the wait ran out
+            self._withdraw(entry)
+            raise MemoryBusy() from None
+        except asyncio.CancelledError:
+            if admitted.done():
+                self.release(need)
+            else:
+                self._withdraw(entry)
+            raise
+        return need
+
+    def _withdraw(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        self._waiters.remove(entry)
+        entry[1].cancel()
+        self._admit()  # the head of the queue may have changed
+
+    def release(self, taken: int) -> None:
+        self.held -= taken
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            need, admitted = self._waiters.popleft()
+            self.held += need
+            admitted.set_result(None)

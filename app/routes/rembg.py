@@ -72,7 +72,9 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     data = answer.image
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
     probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
-    await anyio.to_thread.run_sync(probe)
+    info = await anyio.to_thread.run_sync(probe)
+    # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost.
+    memory_bytes = pipeline.spec.peak_bytes(info.width * info.height)
 
     render_body = answer.renderer(pipeline, output)
 
@@ -90,7 +92,9 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         try:
             with svc.slots.hold(account):
                 result, inference_s = await _unless_client_leaves(
-                    request, lambda: svc.gate.run(render, timeout=svc.settings.processing_timeout_s)
+                    request, lambda: svc.gate.run(
+                        render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes
+                    )
                 )
         except Busy:
             raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None

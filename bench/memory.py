@@ -1,0 +1,76 @@
+"""Peak memory of one job per model, for the memory admission (`peak_mb` / `peak_bytes_per_pixel` in
+config/models.toml).
+
+For each model, in this process: load and warm it as the service does (mallopt included), then for
+each size reset the kernel's peak-RSS mark (/proc/self/clear_refs), run one full cut-out (decode,
+mask, colour, encode) of a synthetic photo of that size and read the peak above the resting RSS.
+A least-squares line through the points gives the fixed part and the part per pixel; the config
+takes the fixed part and the steepest slope among adjacent points, rounded up.
+
+    .venv/bin/python bench/memory.py [--sides 1000 3000 5000 7000] [--models aurora]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from app.inference.memory import release_large_frees_to_os  # noqa: E402
+from app.inference.registry import ModelRegistry  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from conftest import subject_image  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_above_rest(run: object) -> float:
+    rest = status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    run()  # type: ignore[operator]
+    return (status_kib("VmHWM") - rest) * 1024 / MIB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sides", type=int, nargs="+", default=[1000, 3000, 5000, 7000])
+    parser.add_argument("--models", nargs="+")
+    args = parser.parse_args()
+    release_large_frees_to_os()
+    settings = Settings()
+    names = args.models or list(settings.models)
+    chosen = {name: settings.models[name] for name in names}
+    registry = ModelRegistry.load(settings.model_copy(update={"models": chosen}))
+    photos = {side: subject_image(side, side, quality=90) for side in args.sides}
+    for name in names:
+        pipeline = registry.get(name)
+        assert pipeline is not None
+        pixels, peaks = [], []
+        for side, photo in photos.items():
+            peak = peak_above_rest(lambda: pipeline.render(photo, "cutout"))
+            pixels.append(side * side)
+            peaks.append(peak)
+            print(f"{name} {side}x{side}: peak {peak:.0f} MiB above rest", flush=True)
+        slope, intercept = np.polyfit(pixels, peaks, 1)
+        steepest = max((peaks[i + 1] - peaks[i]) / (pixels[i + 1] - pixels[i]) for i in range(len(pixels) - 1))
+        print(
+            f"{name}: fit {intercept:.0f} MiB + {slope * MIB:.1f} B/px; "
+            f"steepest {steepest * MIB:.1f} B/px (RSS at rest {status_kib('VmRSS') / 1024:.0f} MiB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
