@@ -202,9 +202,12 @@ class Pipeline:
     def render_with(self, data: bytes, output: Output, options: Options) -> Rendered:
         """The result finished as the options say (crop, background, format, ...)."""
         decoded = images.decode(data)
+        checkpoint()
         if output == "mask":
             return finish_mask(self.mask(decoded.rgb), options, self._png_level)
-        return finish_cutout(self.cutout(decoded), decoded.rgb, options, self._png_level, self._png_fast)
+        cutout = self.cutout(decoded)
+        checkpoint()
+        return finish_cutout(cutout, decoded.rgb, options, self._png_level, self._png_fast)
 
     def warm(self) -> None:
         probe = np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)
