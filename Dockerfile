@@ -40,11 +40,9 @@ FROM base-${VARIANT} AS runtime
 WORKDIR /app
 COPY --from=build /app /app
 RUN mkdir -p /data && chown 10001:10001 /data
+# Only what differs from the defaults in app/settings.py: the image's own paths.
 ENV CUTOUT_DATA_DIR=/data \
     CUTOUT_MODELS_DIR=/app/models \
-    CUTOUT_PORT=8000 \
-    CUTOUT_WORKERS=2 \
-    CUTOUT_SHUTDOWN_TIMEOUT_S=25 \
     PYTHONUNBUFFERED=1
 USER 10001:10001
 VOLUME ["/data"]

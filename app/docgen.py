@@ -7,17 +7,49 @@ when the README is stale.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from app.errors import error_table
+from app.settings import Settings
 
 # A source checkout's README (an installed wheel has none: this is a developer's command).
 README = Path(__file__).resolve().parent.parent / "README.md"
 
+
+
+def _shown(value: Any) -> str:
+    if value == "":
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return f"`{json.dumps(value)}`"
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"`./{value}`"
+    return f"`{value}`"
+
+
+def config_table() -> str:
+    """The service settings (the described fields of app.settings.Settings) with their defaults."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.description:
+            default = _shown(field.get_default(call_default_factory=True))
+            rows.append(f"| `CUTOUT_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "errors": error_table,  # app/errors.py ERROR_CODES
+    "config": config_table,  # app/settings.py Settings
 }
 
 

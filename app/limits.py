@@ -63,7 +63,7 @@ def _storage(settings: Settings) -> Storage:
 class RateLimits:
     def __init__(self, settings: Settings) -> None:
         self._plans = {name: plan.rate_limit for name, plan in settings.plans.items()}
-        self._default = self._plans.get(settings.default_plan, "60/minute")
+        self._default = self._plans[settings.default_plan]  # Settings checks that the plan exists
         self._auth_failures = parse(settings.auth_failure_limit)
         self._limiter = MovingWindowRateLimiter(_storage(settings))
 

@@ -1,10 +1,11 @@
 """One typed settings object: environment (CUTOUT_*) over the TOML files in config/.
 
-config/cutout.toml holds the service knobs, config/models.toml the weights and
-the public model names, config/plans.toml the plans. CUTOUT_CONFIG_DIR points
-at another config folder (tests and deployments use it); a file that folder
-lacks is read from the defaults. An installed wheel carries the default config
-inside the package as app/config/ (pyproject.toml maps it).
+The service knobs have their defaults here, in `Settings` (config/cutout.toml
+sets only what a deployment changes); config/models.toml holds the weights and
+the public model names, config/plans.toml the plans and the default plan.
+CUTOUT_CONFIG_DIR points at another config folder (tests and deployments use
+it); a file that folder lacks is read from the defaults. An installed wheel
+carries the default config inside the package as app/config/ (pyproject.toml maps it).
 """
 
 from __future__ import annotations
@@ -81,64 +82,118 @@ class PlanSpec(BaseModel):
 
 
 class Settings(BaseSettings):
+    """Every service setting, its default and what it means: the one home of each.
+
+    The README's configuration table is generated from the fields (`python -m app docs`);
+    config/cutout.toml holds only what an operator changes. A field without a description
+    is not a service knob: it comes from config/models.toml or config/plans.toml.
+    """
+
     model_config = SettingsConfigDict(env_prefix="CUTOUT_", extra="ignore")
 
-    config_dir: Path = DEFAULT_CONFIG_DIR
-    data_dir: Path = Path("./data")
-    models_dir: Path = Path("./models")
-    redis_url: str = ""
+    data_dir: Path = Field(Path("./data"), description="embedded store (SQLite) location")
+    models_dir: Path = Field(Path("./models"), description="weights location (`python -m app models fetch` writes there)")
+    redis_url: str = Field(
+        "",
+        description="Redis (`redis://host:6379/0`) for accounts, credits, idempotency and limits shared by replicas; "
+        "empty: embedded SQLite and in-process limits",
+    )
+    reservation_ttl_s: float = Field(
+        600.0, gt=0, description="held credits older than this are refunded (crash/outage recovery)"
+    )
+    idempotency_window_s: float = Field(86400.0, gt=0, description="how long a completed `Idempotency-Key` is remembered")
+    auth_failure_limit: str = Field("30/minute", description="wrong API keys per client address before 429")
 
-    host: str = "0.0.0.0"
-    port: int = 8000
+    host: str = Field("0.0.0.0", description="address `python -m app serve` listens on")
+    port: int = Field(8000, description="port `python -m app serve` listens on")
 
-    workers: int = Field(default=2, ge=1)
-    queue_size: int = Field(default=16, ge=0)
-    runtime: Literal["auto", "openvino", "onnxruntime"] = "auto"
-    intra_op_threads: int = Field(default=0, ge=0)
-    concurrent_inferences: int = Field(default=1, ge=1)
-    mixed_precision: bool = True
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    workers: int = Field(2, ge=1, description="requests processed at once (decode, inference, encode)")
+    queue_size: int = Field(16, ge=0, description="requests waiting beyond that before 503 `server_busy`")
+    runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="`openvino`, `onnxruntime`, or `auto`: onnxruntime when `providers` names an accelerator, "
+        "else OpenVINO when installed",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="inference threads (0: one per core this process may use)")
+    concurrent_inferences: int = Field(
+        1, ge=1, description="inferences running at once per weights file (each holds its own activations)"
+    )
+    mixed_precision: bool = Field(
+        True,
+        description="OpenVINO on a CPU with native bf16: the heaviest convolutions run in bf16, the rest in fp32 "
+        "(see docs/performance.md); `false`: fp32 throughout",
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="onnxruntime execution providers in order (CUDA: the `gpu` extra)",
+    )
 
-    max_body_bytes: int = 25 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_side: int = 12_000
-    body_timeout_s: float = Field(default=30.0, gt=0)
-    body_deadline_s: float = Field(default=300.0, gt=0)
-    processing_timeout_s: float = 60.0
-    # Admission by memory (app/inference/memory.py): the process's RSS budget; jobs' estimated peaks
-    # (models.toml) must fit in it above the RSS at rest after start-up. 0: admission by count only.
-    memory_budget_mb: int = Field(default=2560, ge=0)
-    memory_wait_s: float = Field(default=10.0, ge=0)
-    # Connections (app/server.py): request head size and count, head deadline, idle keep-alive, open connections.
-    max_head_bytes: int = Field(default=16384, ge=1024)
-    max_headers: int = Field(default=100, ge=10)
-    head_timeout_s: float = Field(default=10.0, gt=0)
-    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
-    max_connections: int = Field(default=1000, ge=1)
-    # Peers (IP addresses or networks) whose X-Forwarded-For / Forwarded headers name the client.
-    trusted_proxies: list[str] = Field(default_factory=list)
-    drain_delay_s: float = Field(default=5.0, ge=0)
-    shutdown_timeout_s: float = Field(default=25.0, ge=0)
+    max_body_bytes: int = Field(25 * 1024 * 1024, description="request body limit, enforced while streaming")
+    max_pixels: int = Field(50_000_000, description="image size limit, checked on the header")
+    max_side: int = Field(12_000, description="longest side accepted, checked on the header")
+    body_timeout_s: float = Field(30.0, gt=0, description="an upload pausing this long gets 408")
+    body_deadline_s: float = Field(300.0, gt=0, description="an upload still arriving after this gets 408")
+    processing_timeout_s: float = Field(60.0, description="per-request processing deadline (503 `processing_timeout`)")
+    memory_budget_mb: int = Field(
+        2560,
+        ge=0,
+        description="the process's memory budget: jobs' estimated peaks (`config/models.toml`) must fit in it above "
+        "the memory at rest after start-up, else they wait; keep it under the container's limit; 0: admission by count only",
+    )
+    memory_wait_s: float = Field(10.0, ge=0, description="how long a job waits for memory before 503 `server_busy`")
+    max_head_bytes: int = Field(
+        16384, ge=1024, description="request line + headers size before 431 `request_head_too_large`"
+    )
+    max_headers: int = Field(100, ge=10, description="header count before 431 `request_head_too_large`")
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection with no complete request head this long after opening (or after its last "
+        "response) is closed",
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="proxies (JSON list of addresses or networks, e.g. `[\"10.0.0.0/8\"]`) whose `Forwarded` / "
+        "`X-Forwarded-For` names the client; empty: the peer address is the client (anyone can write those headers)",
+    )
+    drain_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM, how long new requests are still served while `/ready` says 503 "
+        "(load balancers take the replica out meanwhile)",
+    )
+    shutdown_timeout_s: float = Field(
+        25.0,
+        ge=0,
+        description="from SIGTERM, how long the drain (delay included) waits for requests in flight before "
+        "cancelling them; keep it under the orchestrator's kill timeout",
+    )
 
-    default_model: str = "falcon"
-    png_compress_level: int = Field(default=1, ge=0, le=9)
-    png_fast: bool = True
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
-    # image_url fetches: CIDRs that may be fetched from although private/loopback (JSON list).
-    fetch_allow: list[str] = Field(default_factory=list)
-    fetch_enabled: bool = True  # false: image_url is refused and the server never fetches
-    fetch_connect_timeout_s: float = Field(default=5.0, gt=0)
-    fetch_timeout_s: float = Field(default=20.0, gt=0)
+    default_model: str = Field("falcon", description="the model of a request that names none")
+    png_fast: bool = Field(
+        True, description="encode cut-outs with fpng (faster, larger files: docs/performance.md); `false`: Pillow"
+    )
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="Pillow's zlib level for masks (and cut-outs when `png_fast` is off)"
+    )
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="browser origins allowed (JSON list)")
+    fetch_enabled: bool = Field(True, description="`false`: `image_url` is refused and the server never fetches")
+    fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="`image_url` fetches: networks (JSON list of CIDRs) that may be fetched from although "
+        "loopback, private, link-local or reserved",
+    )
+    fetch_connect_timeout_s: float = Field(5.0, gt=0, description="`image_url`: connecting to the host")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="`image_url`: the whole fetch, redirects included")
+    log_level: str = Field("info", description="`info` writes a JSON access line per request")
     # Extra credits per option (config/models.toml [option_costs]), added to the model's cost.
     option_costs: dict[str, int] = Field(default_factory=dict)
-    reservation_ttl_s: float = Field(default=600.0, gt=0)
-    idempotency_window_s: float = Field(default=86400.0, gt=0)
-    log_level: str = "info"
 
     weights: dict[str, WeightsSpec] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
-    default_plan: str = "free"
-    auth_failure_limit: str = "30/minute"
+    default_plan: str  # config/plans.toml
     plans: dict[str, PlanSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -150,7 +205,7 @@ class Settings(BaseSettings):
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         for cidr in self.fetch_allow:
             ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
-        if self.plans and self.default_plan not in self.plans:
+        if self.default_plan not in self.plans:
             raise ValueError(f"default_plan {self.default_plan!r} is not in plans")
         return self
 
