@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from app import context
 from app.errors import invalid_api_key
 from app.limits import RateLimits
 from app.store import Account, Store
@@ -41,9 +42,9 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
     if account is None or account.revoked:
         # Only wrong keys are limited, so a valid key is served even from an address (or a proxy
         # shared with others) that sent many wrong ones. The address: app.client_address.
-        client_ip = getattr(request.state, "client_address", None) or "unknown"
+        client_ip = context.of_scope(request.scope).client_address
         await limits.check_auth_failures(client_ip)
         await limits.record_auth_failure(client_ip)
         raise invalid_api_key("The API key is unknown or revoked.")
-    request.state.account_id = account.id  # for the access log
+    context.of_scope(request.scope).account_id = account.id  # for the access log
     return account

@@ -18,7 +18,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
+from app import context
 from app.store.base import StoreUnavailable
 
 log = logging.getLogger("cutout.errors")
@@ -139,16 +141,27 @@ def processing_timeout() -> ApiError:
 
 
 def request_id_of(request: Request) -> str:
-    return getattr(request.state, "request_id", "") or ""
+    return context.of_scope(request.scope).request_id
 
 
-def error_response(request_id: str, err: ApiError) -> JSONResponse:
-    body: dict[str, Any] = {
-        "error": {"code": err.code, "message": err.message, "request_id": request_id},
-        **err.extra,
-    }
-    headers = {**err.headers, "X-Request-ID": request_id}
-    return JSONResponse(body, status_code=err.status, headers=headers)
+class ErrorResponse(JSONResponse):
+    """An ApiError in our JSON shape; as it is sent, its code is recorded for the access log and metrics."""
+
+    def __init__(self, request_id: str, err: ApiError) -> None:
+        body: dict[str, Any] = {
+            "error": {"code": err.code, "message": err.message, "request_id": request_id},
+            **err.extra,
+        }
+        super().__init__(body, status_code=err.status, headers={**err.headers, "X-Request-ID": request_id})
+        self.code = err.code
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context.of_scope(scope).error_code = self.code
+        await super().__call__(scope, receive, send)
+
+
+def error_response(request_id: str, err: ApiError) -> ErrorResponse:
+    return ErrorResponse(request_id, err)
 
 
 # Starlette's own HTTPExceptions: the router's 404/405 (and the form parser's 400, caught in the route).

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
@@ -23,7 +24,6 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from app.errors import ApiError, rate_limited
 from app.settings import Settings
 from app.store import Account
-from app.store.redis import client_options, unavailable_on_redis_errors
 
 KEY_PREFIX = "cutout:limits"
 
@@ -52,12 +52,16 @@ class RateState:
             raise
 
 
-def _storage(settings: Settings) -> Storage:
+def _storage(settings: Settings) -> tuple[Storage, Callable[[], AbstractContextManager[None]]]:
+    """The counters' storage, and the guard that turns its outages into StoreUnavailable."""
     if not settings.redis_url:
-        return MemoryStorage()
-    return RedisStorage(
+        return MemoryStorage(), contextlib.nullcontext
+    from app.redis_client import client_options, unavailable_on_redis_errors  # loads redis-py: only when used
+
+    storage = RedisStorage(
         "async+" + settings.redis_url, implementation="redispy", key_prefix=KEY_PREFIX, **client_options()
     )
+    return storage, unavailable_on_redis_errors
 
 
 class RateLimits:
@@ -65,7 +69,8 @@ class RateLimits:
         self._plans = {name: plan.rate_limit for name, plan in settings.plans.items()}
         self._default = self._plans[settings.default_plan]  # Settings checks that the plan exists
         self._auth_failures = parse(settings.auth_failure_limit)
-        self._limiter = MovingWindowRateLimiter(_storage(settings))
+        storage, self._guard = _storage(settings)
+        self._limiter = MovingWindowRateLimiter(storage)
 
     def limit_for(self, account: Account) -> str:
         return account.rate_limit or self._plans.get(account.plan, self._default)
@@ -78,7 +83,7 @@ class RateLimits:
         """Count one request against the account's limit; raise 429 when it is spent."""
         limit_text = self.limit_for(account)
         item = parse(limit_text)
-        with unavailable_on_redis_errors():
+        with self._guard():
             allowed = await self._limiter.hit(item, "key", account.id)
             state = await self._state(item, "key", account.id)
         if not allowed:
@@ -87,7 +92,7 @@ class RateLimits:
 
     async def peek(self, account: Account) -> RateState:
         """The account's window without counting a request (for GET /v2/account)."""
-        with unavailable_on_redis_errors():
+        with self._guard():
             return await self._state(parse(self.limit_for(account)), "key", account.id)
 
     async def check_auth_failures(self, client_ip: str) -> None:
@@ -95,7 +100,7 @@ class RateLimits:
         failed: a valid key is always served, so a victim whose address a guesser shares (a NAT,
         an untrusted proxy) is not locked out. Keys carry 256 random bits, so what this bounds
         is the flood of wrong keys, not the odds of guessing one."""
-        with unavailable_on_redis_errors():
+        with self._guard():
             if await self._limiter.test(self._auth_failures, "authfail", client_ip):
                 return
             state = await self._state(self._auth_failures, "authfail", client_ip)
@@ -106,5 +111,5 @@ class RateLimits:
         )
 
     async def record_auth_failure(self, client_ip: str) -> None:
-        with unavailable_on_redis_errors():
+        with self._guard():
             await self._limiter.hit(self._auth_failures, "authfail", client_ip)

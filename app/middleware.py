@@ -7,7 +7,6 @@ nothing is buffered twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -15,26 +14,22 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import context, metrics
 from app.client_address import client_address, parse_networks
 from app.errors import ApiError, error_response, payload_too_large
 
 log = logging.getLogger("cutout.access")
-
-# Our error bodies are a few hundred bytes; anything longer is not one of them.
-MAX_ERROR_BODY = 4096
-
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
 class RequestContext:
-    """Gives every request an id (scope state `request_id`, header X-Request-ID), then writes
-    its JSON access log line and counts it in the metrics.
+    """Gives every request an id (header X-Request-ID) and its typed info (app/context.py: the id
+    and the client address), then writes its JSON access log line and counts it in the metrics.
 
-    Handlers add what only they know to the request state: `account_id` (auth; never
-    the key), `model`, `inference_ms` and `credits_charged` (the rembg routes).
+    Handlers and error responses fill in what only they know: the account, the
+    model, the inference time, the credits charged, the error code.
     """
 
     def __init__(self, app: ASGIApp, max_headers: int = 100, trusted_proxies: list[str] | None = None) -> None:
@@ -66,16 +61,13 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
         # The address rate limits count against (auth failures): see app.client_address.
-        state["client_address"] = self._client_address(scope)
+        info = context.start(scope, request_id, self._client_address(scope))
         app = self._too_many_headers(request_id) if len(scope["headers"]) > self.max_headers else self.app
         started = time.perf_counter()
         status = 0
         bytes_in = 0
         bytes_out = 0
-        error_body: bytearray | None = None  # collected only for JSON errors, to read their code
 
         async def counting_receive() -> Message:
             nonlocal bytes_in
@@ -85,19 +77,14 @@ class RequestContext:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, bytes_out, error_body
+            nonlocal status, bytes_out
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers["X-Request-ID"] = request_id
-                if status >= 400 and headers.get("content-type", "").startswith("application/json"):
-                    error_body = bytearray()
             elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                bytes_out += len(body)
-                if error_body is not None and len(error_body) < MAX_ERROR_BODY:
-                    error_body += body
+                bytes_out += len(message.get("body", b""))
             await send(message)
 
         failed = False
@@ -109,12 +96,9 @@ class RequestContext:
         finally:
             seconds = time.perf_counter() - started
             if failed and not status:
-                status, code = 500, "internal_error"
-            else:
-                code = _error_code(error_body)
+                status, info.error_code = 500, "internal_error"
             route = getattr(scope.get("route"), "path", "unmatched")
-            model = state.get("model", "")
-            metrics.observe_request(route, status, model, seconds, code)
+            metrics.observe_request(route, status, info.model or "", seconds, info.error_code)
             log.info(
                 "access",
                 extra={
@@ -123,27 +107,16 @@ class RequestContext:
                     "path": scope["path"],
                     "route": route,
                     "status": status,
-                    "error_code": code,
-                    "account_id": state.get("account_id"),
-                    "model": model or None,
+                    "error_code": info.error_code,
+                    "account_id": info.account_id,
+                    "model": info.model,
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
                     "duration_ms": round(seconds * 1000, 1),
-                    "inference_ms": state.get("inference_ms"),
-                    "credits_charged": state.get("credits_charged", 0),
+                    "inference_ms": info.inference_ms,
+                    "credits_charged": info.credits_charged,
                 },
             )
-
-
-def _error_code(body: bytearray | None) -> str | None:
-    """The `error.code` of an error response in our JSON shape, if it is one."""
-    if not body:
-        return None
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        return None
-    return error.get("code") if isinstance(error, dict) else None
 
 
 class BodyLimit:
@@ -178,8 +151,7 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                request_id = scope.get("state", {}).get("request_id", "")
-                await error_response(request_id, self._too_large())(scope, receive, send)
+                await error_response(context.of_scope(scope).request_id, self._too_large())(scope, receive, send)
                 return
         received = 0
         body_done = False

@@ -26,6 +26,7 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import context
 from app.errors import ApiError, error_response
 
 # Answered while draining: orchestrators keep probing and scraping until the end.
@@ -76,7 +77,7 @@ class Drain:
 
 
 def _shutting_down(scope: Scope, message: str) -> ASGIApp:
-    response = error_response(scope.get("state", {}).get("request_id", ""), ApiError("shutting_down", message))
+    response = error_response(context.of_scope(scope).request_id, ApiError("shutting_down", message))
     response.headers["Connection"] = "close"
     return response
 

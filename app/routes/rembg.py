@@ -13,7 +13,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import idempotency, images, metrics, submission
+from app import context, idempotency, images, metrics, submission
 from app.answer import prepare
 from app.auth import authenticate
 from app.billing import charge
@@ -66,7 +66,8 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     if pipeline is None:
         names = ", ".join(svc.registry.names)
         raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
-    request.state.model = model_name
+    logged = context.of_scope(request.scope)  # what the access log line says
+    logged.model = model_name
     # Options, the image_url fetch and the background's header check: refused before anything is reserved.
     answer = await prepare(request, svc.settings, sub, output)
     data = answer.image
@@ -105,8 +106,8 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
             raise client_closed_request()
     charged = 0 if reservation.replayed else reservation.amount
     metrics.observe_delivery(model_name, output, inference_s, charged)
-    request.state.inference_ms = round(inference_s * 1000, 1)
-    request.state.credits_charged = charged
+    logged.inference_ms = round(inference_s * 1000, 1)
+    logged.credits_charged = charged
 
     headers = {
         "X-Credits-Charged": str(reservation.amount),

@@ -21,17 +21,14 @@ lose no acknowledged charge on a crash).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hmac
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, ReadOnlyError, TimeoutError
 
+from app.redis_client import client_options, unavailable_on_redis_errors
 from app.store.base import (
     Account,
     IdempotencyClaim,
@@ -39,7 +36,6 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
-    StoreUnavailable,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -55,33 +51,6 @@ LEDGER_MAX = 1_000_000
 # A settled reservation is kept this long so that a retried commit/refund sees the outcome.
 SETTLED_TTL_S = 3600
 
-# Errors that mean "Redis cannot be reached or cannot write now", as opposed to a bug.
-UNREACHABLE = (ConnectionError, TimeoutError, ReadOnlyError)
-
-
-def client_options() -> dict[str, Any]:
-    """Connection settings for every Redis client of the service: fail fast, reconnect by itself.
-
-    A request must not hang on a dead Redis: connect and read time out in
-    seconds, and a failed command is retried twice within ~50 ms before the
-    request fails closed. Broken pooled connections are dropped and re-made on
-    the next command, so the service recovers when Redis is back.
-    """
-    return {
-        "socket_connect_timeout": 1.0,
-        "socket_timeout": 2.0,
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=2),
-        "health_check_interval": 15,
-    }
-
-
-@contextlib.contextmanager
-def unavailable_on_redis_errors() -> Iterator[None]:
-    """The one place where a Redis outage becomes StoreUnavailable (callers answer 503)."""
-    try:
-        yield
-    except UNREACHABLE as err:
-        raise StoreUnavailable(f"redis: {err}") from err
 
 
 def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
