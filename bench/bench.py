@@ -46,9 +46,8 @@ import requests
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-from conftest import LiveServer, concurrency_env, free_port  # noqa: E402  (the tests' server harness)
+from tests.harness import LiveServer, concurrency_env, free_port  # noqa: E402  (the tests' server harness)
 
 REMBG_VENV = ROOT / "bench" / ".venv-rembg"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import RedisServer  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.harness import RedisServer  # noqa: E402  (the tests' redis-server harness)
 
 from app.store import Store  # noqa: E402
 from app.store.redis import RedisStore  # noqa: E402

@@ -23,8 +23,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import LiveServer, subject_image  # noqa: E402  (the tests' server harness)
+sys.path.insert(0, str(ROOT))
+from tests.harness import LiveServer, subject_image  # noqa: E402  (the tests' server harness)
 
 
 def export(ref: str, dest: Path) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,28 @@ from app.services import Services
 from app.settings import Settings
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The shared fast app's limits: low, so that the error tests reach them with small uploads.
+MAX_BODY_BYTES = 1_000_000
+MAX_SIDE = 2000
+BODY_TIMEOUT_S = 0.3
 CLIENT = ("203.0.113.7", 50000)  # the address the app sees (rate limits count per address)
 BASE_URL = "http://cutout.test"
+
+
+class _AccessLog(logging.Handler):
+    """The access log lines this process wrote, by request id."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: dict[str, logging.LogRecord] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines[getattr(record, "request_id", "")] = record
+
+
+ACCESS_LOG = _AccessLog()
+logging.getLogger("cutout.access").addHandler(ACCESS_LOG)
+logging.getLogger("cutout.access").setLevel(logging.INFO)
 
 
 def fast_settings(data_dir: Path, models: tuple[str, ...] = ("ghost",), **overrides: Any) -> Settings:
@@ -76,6 +97,9 @@ def check_error(status: int, headers: httpx.Headers, body: bytes, code: str) -> 
     assert headers["x-request-id"] == error["request_id"]
     if spec.retry_after:
         assert int(headers["retry-after"]) >= 1
+    # The access log line (and the metrics beside it) got the code from the request's typed info.
+    line = ACCESS_LOG.lines[error["request_id"]]
+    assert (line.status, line.error_code) == (status, code)  # type: ignore[attr-defined]
     return document
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import LiveServer, assert_error, concurrency_env, png_of, subject_image
+from harness import LiveServer, assert_error, concurrency_env, png_of, subject_image
 
 MODELS = ["ghost", "falcon", "aurora"]
 COSTS = {"ghost": 1, "falcon": 1, "aurora": 2}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from conftest import ROOT, LiveServer, free_port, png_of, subject_image
+from harness import ROOT, LiveServer, free_port, png_of, subject_image
 
 EXAMPLES = ROOT / "examples"
 SAMPLES = {"curl.sh": "sh", "python_requests.py": "python", "php_curl.php": "php", "browser.js": "js"}

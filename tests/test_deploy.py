@@ -34,7 +34,9 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import ROOT, LiveServer, png_of, subject_image
+from harness import ROOT, LiveServer, png_of, subject_image
+
+pytestmark = pytest.mark.slow  # builds the Dockerfile's image tree and runs it
 
 DOCKERFILE = ROOT / "Dockerfile"
 BUILD_TIMEOUT_S = 900

@@ -26,7 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from app import images
 from app.errors import ApiError
-from conftest import SHARED_TESTDATA, LiveServer, assert_error, png_of, raw_request, subject_image
+from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
 

@@ -23,7 +23,7 @@ import requests
 import urllib3
 from PIL import Image, ImageDraw
 
-from conftest import LiveServer, assert_error, concurrency_env, subject_image
+from harness import LiveServer, assert_error, concurrency_env, subject_image
 
 CRAFTED_BYTES = 24 * 1024 * 1024  # under the 25 MB body limit: the probe, not the limit, must refuse it
 HEALTH_BUDGET_S = 0.1

@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3 import encode_multipart_formdata
 
-from conftest import LiveServer, RedisServer, assert_error, concurrency_env, png_of, subject_image
+from harness import LiveServer, RedisServer, assert_error, concurrency_env, png_of, subject_image
 
 
 def scrape(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -270,6 +270,7 @@ def test_sigterm_cancels_and_refunds_what_outlives_the_drain(start_server: Calla
     assert server.balance(key) == 10, "the cancelled request was refunded"
 
 
+@pytest.mark.slow  # starts the service as a process
 def test_a_failed_start_exits_with_a_failure_status(tmp_path) -> None:
     # Docker restart policies and supervisors read the exit status, not the log.
     server = LiveServer(tmp_path / "data", {"CUTOUT_MODELS_DIR": str(tmp_path / "no-weights")})

@@ -10,7 +10,7 @@ import anyio
 import pytest
 import requests
 
-from conftest import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
+from harness import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
 from app.store import StoreUnavailable
 from app.store.redis import RedisStore
 

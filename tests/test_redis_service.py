@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 import requests
 
-from conftest import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
+from harness import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
 
 TINY = subject_image(48, 36)  # ghost runs at 320x320 anyway: a small upload keeps the HTTP side cheap
 

@@ -27,7 +27,7 @@ from typing import Callable
 import pytest
 import requests
 
-from conftest import ROOT, LiveServer, RedisServer, concurrency_env, free_port, subject_image
+from harness import ROOT, LiveServer, RedisServer, concurrency_env, free_port, subject_image
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 DRAIN_DELAY_S = tomllib.loads((ROOT / "config" / "cutout.toml").read_text())["drain_delay_s"]

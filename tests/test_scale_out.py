@@ -20,7 +20,7 @@ import yaml
 
 from app.settings import Settings
 from app.shutdown import CANCEL_GRACE_S
-from conftest import ROOT
+from harness import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))

@@ -32,7 +32,9 @@ from app.inference.ov_engine import (
     split_concat_convolutions,
 )
 from app.settings import Settings
-from conftest import MODELS_DIR, ROOT, SHARED_TESTDATA, LiveServer, png_of, subject_image
+from harness import MODELS_DIR, ROOT, SHARED_TESTDATA, LiveServer, png_of, subject_image
+
+pytestmark = pytest.mark.slow  # compiles the networks in both runtimes and times them
 
 MIN_IOU = 0.99
 SHARED_PHOTOS = sorted(SHARED_TESTDATA.glob("*.jpg")) if SHARED_TESTDATA.is_dir() else []

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import MODELS_DIR, ROOT, LiveServer, assert_error
+from harness import MODELS_DIR, ROOT, LiveServer, assert_error
+
+pytestmark = pytest.mark.slow  # every test runs the service or its CLI as a process
 
 
 def run_app(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

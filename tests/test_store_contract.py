@@ -14,7 +14,7 @@ import anyio
 import pytest
 import redis
 
-from conftest import RedisServer
+from harness import RedisServer
 from app.store import (
     IdempotencyClaim,
     IdempotencyInFlight,

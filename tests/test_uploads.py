@@ -18,7 +18,7 @@ import requests
 from PIL import Image, ImageCms
 
 from app import images
-from conftest import LiveServer, assert_error, png_of, raw_request, subject_image
+from harness import LiveServer, assert_error, png_of, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
 

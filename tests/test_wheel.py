@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from harness import ROOT
+
+pytestmark = pytest.mark.slow  # builds a wheel and fresh virtualenvs
 
 PIP_TIMEOUT_S = 600
 
