@@ -1,7 +1,7 @@
 """The README's generated sections: tables rendered from the one home of each fact.
 
 Each section sits between `<!-- generated: NAME ... -->` and `<!-- end: NAME -->`
-lines. `python -m app docs` rewrites them in place; tests/test_docgen.py fails
+lines. `python -m app docs` rewrites them in place; tests/test_one_home.py fails
 when the README is stale.
 """
 

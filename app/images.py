@@ -99,8 +99,8 @@ _COLOUR_GRID = np.stack(np.meshgrid(_GRID_LEVELS, _GRID_LEVELS, _GRID_LEVELS, in
 def _is_srgb(icc: bytes) -> bool:
     """True when this profile is sRGB in all but name: converting moves no colour by more than one level.
 
-    Most phone and camera JPEGs carry an sRGB profile (the photos in our benchmark: 5 of 14), and
-    applying it costs ~12 ms per megapixel to change nothing. sRGB profiles are 0.5-3 KB; only
+    Most phone and camera JPEGs carry an sRGB profile, and applying it costs time per megapixel
+    to change nothing (measured: docs/performance.md). sRGB profiles are 0.5-3 KB; only
     profiles up to 64 KB are considered, which also bounds what the cache holds.
     """
     return len(icc) <= 65536 and _is_srgb_profile(icc)
@@ -155,8 +155,8 @@ def decode(data: bytes) -> Decoded:
 def encode_png(pixels: np.ndarray, compress_level: int, fast: bool = False) -> bytes:
     """Encode an H x W (L) or H x W x 4 (RGBA) uint8 array.
 
-    fast: colour images go through fpng, ~15x faster than Pillow at level 1 for files ~12% larger
-    (bench/png.py). fpng writes 24/32-bit pixels only, so grey masks always take Pillow.
+    fast: colour images go through fpng, much faster than Pillow for somewhat larger files
+    (bench/png.py; the figures: docs/performance.md). fpng writes 24/32-bit pixels only, so grey masks always take Pillow.
     """
     if fast and pixels.ndim == 3:
         return fpng.from_ndarray(pixels)

@@ -1,8 +1,8 @@
 """Which runtime runs the networks: one Engine per weights file, from the `runtime` setting.
 
-- openvino: the CPU default. In fp32 the same masks as onnxruntime (IoU 1.0 on the benchmark
-  photos) in 6-12% less time per inference here (bench/bench.py's floors), with ~90 MB of activations
-  per run where onnxruntime holds ~280 MB; with mixed precision (ov_engine.py) 15-17% less time again.
+- openvino: the CPU default. In fp32 the same masks as onnxruntime in less time per inference
+  here (bench/bench.py's floors) and with far fewer activations per run; with mixed precision
+  (ov_engine.py) less time again. The figures: docs/performance.md.
 - onnxruntime: the GPU path (CUDA execution provider, the [gpu] extra) and the fallback.
 
 "auto" takes onnxruntime when a non-CPU execution provider is configured, else OpenVINO when it

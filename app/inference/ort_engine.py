@@ -68,9 +68,9 @@ class OnnxRuntimeEngine:
 
     A lone inference runs on the wide session (`intra_op_threads`, every core by default): lowest
     latency. When another is already running, it takes the narrow one-thread session: two
-    single-thread runs keep two cores busy with no thread hand-offs, measured ~12% less CPU per
-    image than two runs sharing one wide pool. Each run in flight holds its own activations
-    (~280 MB for u2netp), hence the bound.
+    single-thread runs keep two cores busy with no thread hand-offs, measured less CPU per image
+    than two runs sharing one wide pool. Each run in flight holds its own activations (a lot for
+    u2netp: docs/performance.md), hence the bound.
     """
 
     runtime = "onnxruntime"

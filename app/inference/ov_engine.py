@@ -2,13 +2,12 @@
 
 One compiled model per weights file. With `concurrent_inferences` = 1 (the default) it is
 compiled for latency: each run uses every core. OpenVINO's threads scale almost perfectly on
-u2netp (2 threads: 95 ms, 1 thread: 190 ms here), so one run at a time over all cores gives the
-throughput of two single-thread runs side by side with one set of activations (~90 MB) instead
-of two. Higher values compile that many streams, each with its own threads and activations.
+u2netp, so one run at a time over all cores gives the throughput of two single-thread runs side
+by side with one set of activations instead of two (measured: docs/performance.md). Higher values compile that many streams, each with its own threads and activations.
 
 Precision: f32, except that with `mixed_precision` (the default) on a CPU with native bf16 the
 few convolutions that carry most of the work run in bf16 (bf16_heaviest_convolutions): a run
-takes 15-17% less time, masks within IoU 0.998 of the f32 ones on the benchmark photos.
+takes less time and the masks stay close to the f32 ones (how much of each: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -27,24 +26,24 @@ from app.settings import Settings
 
 log = logging.getLogger("cutout.inference")
 
-# bf16_heaviest_convolutions' cut: on u2netp it takes the two layers of 19% each and none of
-# the 5% ones. Measured one at a time, those saved 0-3 ms each in bf16 (the converts cost most
-# of what the layer saves), and several alone moved the masks more than the two big ones together.
+# bf16_heaviest_convolutions' cut: on u2netp it takes the two heaviest layers and none of the
+# much lighter next ones, which saved next to nothing each in bf16 (the converts cost most of what
+# the layer saves) and moved the masks more than the two big ones together (docs/performance.md).
 BF16_MIN_SHARE = 0.10
 
 
 def compile_config(settings: Settings) -> dict[str, object]:
     config: dict[str, object] = {
-        # Not bf16 throughout, which OpenVINO picks by itself on CPUs that have it: on u2netp those
-        # masks are ~2x faster but as far as IoU 0.89 from the f32 ones (ghost must match rembg's).
+        # Not bf16 throughout, which OpenVINO picks by itself on CPUs that have it: on u2netp that is
+        # faster, but its masks drift far from the f32 ones (docs/performance.md; ghost must match rembg's).
         # Layers converted by bf16_heaviest_convolutions keep bf16 under this hint.
         "INFERENCE_PRECISION_HINT": "f32",
     }
     # Every core this process may use (its affinity: a container's cpuset, not the host's cores).
     config["INFERENCE_NUM_THREADS"] = settings.intra_op_threads or len(os.sched_getaffinity(0))
     # Unpinned: a pinned inference thread cannot move when a request's decode or PNG encode lands
-    # on its core, and its partner thread idles at the next barrier (measured: 13% of the machine
-    # lost with a zlib thread running beside inference; unpinned, none).
+    # on its core, and its partner thread idles at the next barrier (measured with a zlib thread
+    # running beside inference: docs/performance.md).
     config["ENABLE_CPU_PINNING"] = False
     # A stream runs one inference at a time on its share of the threads.
     config["NUM_STREAMS"] = settings.concurrent_inferences
@@ -100,10 +99,9 @@ def bf16_heaviest_convolutions(network: ov.Model, min_share: float) -> int:
 
     The rest of the network stays f32. On u2netp the rule picks the two halves (after
     split_concat_convolutions) of its last decoder stage's input convolution, 64+64 -> 64 channels
-    at 320x320: 38% of the work in two layers. Measured (2-core EPYC): a run takes 81 ms instead
-    of 96; ghost's masks keep IoU >= 0.998 with the f32 ones on the 14 benchmark photos and
-    >= 0.990 on 56 flipped, cropped and rotated variants of them. Returns how many convolutions
-    were converted.
+    at 320x320: a large share of the work in two layers. The time saved and how close ghost's masks
+    stay to f32 (on the benchmark photos and variants of them): docs/performance.md. Returns how
+    many convolutions were converted.
     """
     convs = [op for op in network.get_ordered_ops() if op.get_type_name() == "Convolution"]
     if any(conv.get_output_partial_shape(0).is_dynamic for conv in convs):
