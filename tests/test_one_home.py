@@ -43,6 +43,8 @@ def test_cutout_toml_sets_only_what_differs_from_the_defaults() -> None:
 
 def test_dockerfile_sets_only_what_differs_from_the_defaults() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
+    exposed = re.search(r"^EXPOSE (\d+)", dockerfile, re.M)
+    assert exposed and int(exposed.group(1)) == Settings.model_fields["port"].default, "EXPOSE is the default port"
     for name, quoted, bare in re.findall(r"\bCUTOUT_([A-Z_]+)=(?:'([^']*)'|([^\s\\]+))", dockerfile):
         value = quoted or bare
         key = name.lower()

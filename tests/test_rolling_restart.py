@@ -3,7 +3,7 @@
 deploy/haproxy.cfg (its addresses rewritten to loopback) balances two replicas that share a real
 redis-server. Clients keep uploading through HAProxy while one replica gets SIGTERM, as a rolling
 restart or a scale-down sends it: its /ready turns 503, HAProxy's health checks take it out of
-rotation during the drain delay (config/cutout.toml's default, in which it still serves what
+rotation during the drain delay (its default in app/settings.py, in which it still serves what
 arrives), then it finishes what it holds and exits. Every response must be a 200, and the credits
 the responses report as charged plus the balance left must equal the credits bought.
 """
@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -27,10 +26,11 @@ from typing import Callable
 import pytest
 import requests
 
+from app.settings import Settings
 from harness import ROOT, LiveServer, RedisServer, concurrency_env, free_port, subject_image
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
-DRAIN_DELAY_S = tomllib.loads((ROOT / "config" / "cutout.toml").read_text())["drain_delay_s"]
+DRAIN_DELAY_S = Settings.model_fields["drain_delay_s"].default
 CLIENTS = 4
 CREDITS = 5000
 
