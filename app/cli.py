@@ -168,7 +168,8 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> None:
             state = "ok"
         except WeightsError as err:
             state = str(err)
-        print(f"{name:8} weights={model.weights:24} cost={model.cost} mask_cost={model.mask_cost}  {state}")
+        about = f"  ({model.description})" if model.description else ""
+        print(f"{name:8} weights={model.weights:24} cost={model.cost} mask_cost={model.mask_cost}  {state}{about}")
 
 
 def cmd_docs(args: argparse.Namespace, settings: Settings) -> None:

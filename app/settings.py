@@ -55,7 +55,7 @@ class WeightsSpec(BaseModel):
 class ModelSpec(BaseModel):
     """A public model name bound to a pipeline over one weights file."""
 
-    description: str = ""
+    description: str = ""  # for operators: `python -m app models list` shows it
     weights: str
     input_size: int = 320
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)

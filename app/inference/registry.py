@@ -13,7 +13,7 @@ class ModelRegistry:
         self._pipelines = pipelines
 
     @classmethod
-    def load(cls, settings: Settings, warm: bool = True) -> "ModelRegistry":
+    def load(cls, settings: Settings) -> "ModelRegistry":
         """Verify every weights file the models use, create one engine per file, warm each pipeline.
 
         Raises WeightsError (missing file, checksum mismatch) so the service refuses to start.
@@ -27,9 +27,8 @@ class ModelRegistry:
             name: Pipeline(name, spec, engines[spec.weights], settings.png_compress_level, settings.png_fast)
             for name, spec in settings.models.items()
         }
-        if warm:
-            for pipeline in pipelines.values():
-                pipeline.warm()
+        for pipeline in pipelines.values():
+            pipeline.warm()
         return cls(pipelines)
 
     def get(self, name: str) -> Pipeline | None:

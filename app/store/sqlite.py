@@ -7,7 +7,6 @@ processes sharing the file cannot overdraw an account. Writes are fsynced
 
 from __future__ import annotations
 
-import hmac
 import sqlite3
 import threading
 from pathlib import Path
@@ -128,12 +127,10 @@ class SqliteStore:
         digest = hash_api_key(api_key)
         row = await self._run(
             lambda db: db.execute(
-                f"SELECT {_ACCOUNT_COLUMNS}, key_hash FROM accounts WHERE key_hash = ?", (digest,)
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE key_hash = ?", (digest,)
             ).fetchone()
         )
-        if row is None or not hmac.compare_digest(row[6], digest):
-            return None
-        return _account(row)
+        return None if row is None else _account(row)
 
     async def get_account(self, account_id: str) -> Account | None:
         row = await self._run(
