@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from conftest import LiveServer, assert_error, subject_image
+from harness import LiveServer, assert_error, subject_image
 
 HEAD_TIMEOUT_S = 1.0
 KEEP_ALIVE_S = 1.0

@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from conftest import LiveServer, png_of, subject_image
+from harness import LiveServer, png_of, subject_image
 
 # From 167 files and 12,443 lines before the document was shaped for generators.
 MAX_GENERATED_FILES = 30
