@@ -38,6 +38,12 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _WIDE_GRAY_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int  # as stored; EXIF orientation may swap them, which no limit cares about
+    height: int
+
+
 @dataclass
 class Decoded:
     rgb: np.ndarray  # H x W x 3 uint8, upright, sRGB
@@ -57,7 +63,7 @@ def _open(data: bytes) -> Image.Image:
         raise invalid_image(f"The file is not an image we can read. Send {ACCEPTED_NAMES}.") from None
 
 
-def probe(data: bytes, *, max_pixels: int, max_side: int) -> None:
+def probe(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
     """Refuse (400/413) from the header alone, before any pixel is decoded: an unreadable or crafted
     file, no pixels, or a size over the limits (as stored: EXIF orientation only swaps the sides)."""
     check_structure(data)
@@ -71,6 +77,7 @@ def probe(data: bytes, *, max_pixels: int, max_side: int) -> None:
         raise image_too_large(
             f"The image is {width}x{height} = {width * height} pixels; at most {max_pixels} are accepted."
         )
+    return ImageInfo(width=width, height=height)  # memory admission sizes the job from it
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

@@ -20,12 +20,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from app.inference.memory import release_large_frees_to_os  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from conftest import subject_image  # noqa: E402
+from tests.harness import subject_image  # noqa: E402  (the tests' image maker)
 
 MIB = 1024 * 1024
 

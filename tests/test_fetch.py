@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from app.fetch import address_allowed, parse_networks
-from conftest import LiveServer, assert_error, free_port, png_of, subject_image
+from harness import LiveServer, assert_error, free_port, png_of, subject_image
 
 PHOTO = subject_image(96, 72)
 MAX_BODY = 300_000  # the fetch server's upload limit, also the limit of a fetched image

@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import LiveServer, assert_error, png_of, subject_image
+from harness import LiveServer, assert_error, png_of, subject_image
 
 PHOTO = subject_image(160, 120, "PNG")  # lossless input: the photo's own pixels are known exactly
 
