@@ -31,7 +31,9 @@ API_KEY_SCHEME = "ApiKey"
 # Any one of these authenticates (app/auth.py); ApiKey is the documented one.
 SECURITY_SCHEMES: JSON = {
     API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "ApiKey", "description": "Your API key."},
-    "XApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "The same key, as remove.bg clients send it."},
+    "XApiKey": {
+        "type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "The same key, as remove.bg clients send it."
+    },
     "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
 }
 SECURITY = [{name: []} for name in SECURITY_SCHEMES]

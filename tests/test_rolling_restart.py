@@ -44,9 +44,9 @@ class HAProxy:
         config = HAPROXY_CFG.read_text()
         config = config.replace("bind :8000", f"bind 127.0.0.1:{self.port}")
         config = config.replace("bind :8404", f"bind 127.0.0.1:{self.stats_port}")
-        config = re.sub(r"^\s*server .*\n", "", config, flags=re.M)
         servers = "".join(f"    server r{i} 127.0.0.1:{r.port}\n" for i, r in enumerate(replicas))
-        config = config.replace("default-server check inter 1s fall 2 rise 2\n", "default-server check inter 1s fall 2 rise 2\n" + servers)
+        config, replaced = re.subn(r"(^\s*server .*\n)+", servers, config, count=1, flags=re.M)
+        assert replaced == 1, "deploy/haproxy.cfg lists its replicas as `server` lines"
         self.config = workdir / "haproxy.cfg"
         self.config.write_text(config)
         self.log = workdir / "haproxy.log"
@@ -62,7 +62,8 @@ class HAProxy:
             text = requests.get(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5).text.lstrip("# ")
         except requests.ConnectionError:
             return {}
-        return {row["svname"]: row["status"] for row in csv.DictReader(io.StringIO(text)) if row["pxname"] == "cutout" and row["svname"].startswith("r")}
+        rows = csv.DictReader(io.StringIO(text))
+        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "cutout" and row["svname"].startswith("r")}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -100,7 +101,8 @@ class Load:
                         self.url + "/v2/rembg/", headers={"ApiKey": self.key},
                         files={"image": ("photo.jpg", self.image, "image/jpeg")}, data={"model": "ghost"}, timeout=60,
                     )
-                    result = (response.status_code, int(response.headers.get("X-Credits-Charged", 0)), response.text[:200] if response.status_code != 200 else "")
+                    charged = int(response.headers.get("X-Credits-Charged", 0))
+                    result = (response.status_code, charged, "" if response.ok else response.text[:200])
                 except requests.RequestException as err:
                     result = (0, 0, repr(err))
                 with self.lock:

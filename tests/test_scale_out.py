@@ -52,7 +52,8 @@ def test_manifests_validate_strictly() -> None:
 
 def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
-    broken.write_text((KUBERNETES / "cutout.yaml").read_text().replace("terminationGracePeriodSeconds:", "terminationGracePeriod:"))
+    manifest = (KUBERNETES / "cutout.yaml").read_text()
+    broken.write_text(manifest.replace("terminationGracePeriodSeconds:", "terminationGracePeriod:"))
     assert validate(broken).returncode != 0
 
 
