@@ -83,6 +83,11 @@ def test_deployment_follows_the_service() -> None:
     image_port = int(re.search(r"^EXPOSE (\d+)", dockerfile, re.M).group(1))
     assert container["ports"][0]["containerPort"] == image_port
 
+    # Jobs are admitted within the memory budget: the container's limit must sit above it.
+    budget_mb = float(env.get("CUTOUT_MEMORY_BUDGET_MB", DEFAULTS["memory_budget_mb"]))
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and float(limit[:-2]) * 1024 > budget_mb + 256, (limit, budget_mb)
+
     # Threads for the CPUs the pod gets, not for every core of its node.
     assert env["CUTOUT_INTRA_OP_THREADS"] == str(container["resources"]["requests"]["cpu"])
     assert env["CUTOUT_REDIS_URL"].startswith("redis://cutout-redis:")
@@ -107,4 +112,8 @@ def test_compose_replicas_are_haproxys_servers() -> None:
     replicas = {name for name in compose["services"] if name.startswith("cutout")}
     servers = set(re.findall(r"^\s*server (\S+) (\S+):8000\b", (ROOT / "deploy" / "haproxy.cfg").read_text(), re.M))
     assert {(name, name) for name in replicas} == servers
-    assert all(compose["services"][name]["environment"]["CUTOUT_REDIS_URL"].startswith("redis://redis:") for name in replicas)
+    for name in replicas:
+        service = compose["services"][name]
+        assert service["environment"]["CUTOUT_REDIS_URL"].startswith("redis://redis:")
+        budget_mb = float(service["environment"].get("CUTOUT_MEMORY_BUDGET_MB", DEFAULTS["memory_budget_mb"]))
+        assert service["mem_limit"].endswith("g") and float(service["mem_limit"][:-1]) * 1024 > budget_mb + 256
