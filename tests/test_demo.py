@@ -79,3 +79,47 @@ def test_demo_page_layout_slider_and_remembered_key(
     page.reload()
     expect(page.locator("#key")).to_have_value("")
     context.close()
+
+
+def test_demo_page_sends_output_options_and_shows_a_cropped_answer_alone(
+    browser: Browser, live_server: LiveServer, api_key: str, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(live_server.url + "/demo")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(subject_image(320, 240))
+    page.fill("#key", api_key)
+    page.select_option("#model", "ghost")
+    page.set_input_files("#file", str(photo))
+    page.click("#options summary")
+    page.select_option("#output_format", "webp")
+    page.select_option("#background", "color")
+    page.locator("#bg_color").fill("#ff8800")
+    page.check("#crop_to_bbox")
+    page.click("#submit")
+    download = page.locator("#download")
+    expect(download).to_be_visible(timeout=60_000)
+
+    expect(download).to_have_attribute("download", "photo-cutout.webp")
+    expect(download).to_have_text("Download WEBP")
+    answer = page.evaluate(
+        """async () => {
+          const blob = await (await fetch(document.getElementById("download").href)).blob();
+          const bitmap = await createImageBitmap(blob);
+          const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+          const context = canvas.getContext("2d");
+          context.drawImage(bitmap, 0, 0);
+          const corner = Array.from(context.getImageData(1, 1, 1, 1).data);
+          return { type: blob.type, width: bitmap.width, height: bitmap.height, corner };
+        }"""
+    )
+    # The options reached the API: WebP, cropped to the disc, on the chosen colour.
+    assert answer["type"] == "image/webp" and answer["width"] < 320 and answer["height"] < 240, answer
+    red, green, blue, alpha = answer["corner"]
+    assert abs(red - 255) < 12 and abs(green - 136) < 12 and blue < 12 and alpha == 255, answer
+    # Cropped: another size than the photo, so it is shown alone, without the slider.
+    expect(page.locator("#before")).to_be_hidden()
+    expect(page.locator("#after")).to_be_visible()
+    expect(page.locator("#split")).to_be_hidden()
+    page.screenshot(path=str(tmp_path / "options-result.png"), full_page=True)
+    page.close()

@@ -23,13 +23,24 @@ function setSplit(percent) {
   $("compare").style.setProperty("--split", `${percent}%`);
 }
 
+// Only the options that differ from the API's defaults are sent: a plain request stays plain.
+function outputOptions() {
+  const options = {};
+  if ($("output_format").value !== "png") options.output_format = $("output_format").value;
+  if ($("background").value === "color") options.bg_color = $("bg_color").value;
+  if ($("background").value === "blur") options.bg_blur = "20";
+  if ($("crop_to_bbox").checked) options.crop_to_bbox = "true";
+  if ($("shadow").checked) options.shadow = "true";
+  return options;
+}
+
 function choose(file) {
   if (!file) return;
   photo = file;
   $("drop-text").textContent = `${file.name} (${Math.round(file.size / 1024)} KB)`;
   $("before").src = URL.createObjectURL(file);
   $("after").removeAttribute("src");
-  $("compare").classList.remove("done");
+  $("compare").classList.remove("done", "alone");
   setSplit(100);
   $("split-label").hidden = true;
   $("download").hidden = true;
@@ -52,6 +63,7 @@ drop.addEventListener("drop", (event) => {
   choose(event.dataTransfer.files[0]);
 });
 $("split").addEventListener("input", () => setSplit(Number($("split").value)));
+$("background").addEventListener("change", () => { $("bg_color").disabled = $("background").value !== "color"; });
 
 const remembered = storage.get();
 if (remembered) $("key").value = remembered;
@@ -77,6 +89,7 @@ $("form").addEventListener("submit", async (event) => {
   const form = new FormData();
   form.append("image", photo);
   form.append("model", $("model").value);
+  for (const [name, value] of Object.entries(outputOptions())) form.append(name, value);
   try {
     const response = await fetch("v2/rembg/", { method: "POST", headers: { ApiKey: key }, body: form });
     if (!response.ok) {
@@ -87,15 +100,22 @@ $("form").addEventListener("submit", async (event) => {
     }
     storage.set(key);
     showRemembered(true);
-    const png = await response.blob();
+    const picture = await response.blob();
     if (resultUrl) URL.revokeObjectURL(resultUrl);
-    resultUrl = URL.createObjectURL(png);
+    resultUrl = URL.createObjectURL(picture);
     $("after").src = resultUrl;
+    await $("after").decode().catch(() => {});
+    // A crop changes the size: then the answer is shown alone, not over the photo.
+    const sameSize = $("after").naturalWidth === $("before").naturalWidth &&
+      $("after").naturalHeight === $("before").naturalHeight;
     $("compare").classList.add("done");
+    $("compare").classList.toggle("alone", !sameSize);
     setSplit(50);
-    $("split-label").hidden = false;
+    $("split-label").hidden = !sameSize;
+    const extension = { "image/webp": "webp", "image/jpeg": "jpg" }[picture.type] ?? "png";
     $("download").href = resultUrl;
-    $("download").download = photo.name.replace(/\.[^.]*$/, "") + "-cutout.png";
+    $("download").download = photo.name.replace(/\.[^.]*$/, "") + `-cutout.${extension}`;
+    $("download").textContent = `Download ${extension.toUpperCase()}`;
     $("download").hidden = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     $("status").textContent = `Done in ${seconds} s with ${response.headers.get("X-Model")}: ` +
