@@ -57,8 +57,8 @@ def subject_box(alpha: np.ndarray, options: Options) -> tuple[int, int, int, int
 
 
 def _gaussian(img: Image.Image, radius: float) -> Image.Image:
-    """Gaussian blur; wide radii on a reduced copy (a box-reduced image blurred by radius/f and scaled
-    back looks the same, at ~1/f^2 the cost: bg_blur=12 on 1 MP takes a third of the time)."""
+    """Gaussian blur; wide radii on a reduced copy: a box-reduced image blurred by radius/f and scaled
+    back looks the same at ~1/f^2 of the work (docs/performance.md, Output options)."""
     if radius <= 0:
         return img
     factor = int(radius // BLUR_REDUCE_STEP)
@@ -99,7 +99,7 @@ def _cover(image: np.ndarray, width: int, height: int) -> Image.Image:
 
 def _over(rgba: np.ndarray, background: Image.Image) -> np.ndarray:
     """Subject over an opaque RGB background: an RGB image. Pillow's masked paste rounds exactly as
-    (fg * a + bg * (255 - a)) / 255 and runs ~5x faster than the same in numpy."""
+    (fg * a + bg * (255 - a)) / 255, in one C loop instead of numpy's several passes."""
     subject = Image.fromarray(rgba)
     background.paste(subject, mask=subject.getchannel("A"))
     return np.asarray(background)
