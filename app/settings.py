@@ -146,10 +146,7 @@ class Settings(BaseSettings):
     )
     max_headers: int = Field(100, ge=10, description="header count before 431 `request_head_too_large`")
     head_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        description="a connection with no complete request head this long after opening (or after its last "
-        "response) is closed",
+        10.0, gt=0, description="no complete request head this long after opening (or the last response): closed"
     )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")

@@ -253,14 +253,15 @@ async def test_processing_timeout(tmp_path: Path) -> None:
 @answers("server_busy")
 @answers("concurrency_limit_exceeded")
 async def test_server_busy_and_concurrency_limit(tmp_path: Path) -> None:
-    """One worker, no queue. While one account's 12 MP job holds the worker, that account's next
-    request is over its plan's max_concurrent (1), and another account's finds no place."""
+    """One worker, no queue. While one account's 2 MP job holds the worker (for far longer than the two
+    in-process requests below take), that account's next request is over its plan's max_concurrent (1),
+    and another account's finds no place."""
     async with running(fast_settings(tmp_path, workers=1, queue_size=0)) as tight:
         greedy, other = await tight.key(), await tight.key()
         answered: dict[str, httpx.Response] = {}
 
         async def big_job() -> None:
-            photo = subject_image(4000, 3000)
+            photo = subject_image(1600, 1200)
             answered["big"] = await tight.client.post("/v2/rembg/", headers={"ApiKey": greedy}, **form(photo))
 
         async with anyio.create_task_group() as tasks:
