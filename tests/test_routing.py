@@ -16,6 +16,13 @@ from inprocess import InProcess, check_response
 pytestmark = pytest.mark.anyio
 
 
+def test_importing_main_builds_no_app() -> None:
+    """Only create_app() builds one (`python -m app serve`, `uvicorn --factory app.main:create_app`)."""
+    import app.main
+
+    assert not hasattr(app.main, "app")
+
+
 def served_routes(fast_app: InProcess) -> set[tuple[str, str]]:
     return {
         (route.path, method.lower())

@@ -7,12 +7,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from harness import MODELS_DIR, ROOT, LiveServer, assert_error
+from harness import MODELS_DIR, ROOT, STARTUP_TIMEOUT_S, LiveServer, assert_error, free_port
 
 pytestmark = pytest.mark.slow  # every test runs the service or its CLI as a process
 
@@ -89,3 +90,23 @@ def test_internal_error_is_json_without_traceback(start_server, tmp_path: Path) 
     body = assert_error(response, 500, "internal_error")
     assert "sqlite" not in body["error"]["message"].lower()
     assert "Traceback" in server.log() and body["error"]["request_id"] in server.log()
+
+
+def test_another_asgi_server_runs_the_factory(tmp_path: Path) -> None:
+    """The README's `uvicorn --factory app.main:create_app`: importing app.main builds no app."""
+    port = free_port()
+    env = {**os.environ, "CUTOUT_DATA_DIR": str(tmp_path), "CUTOUT_MODELS_DIR": str(MODELS_DIR)}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port), "--log-level", "warning"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert_error(requests.get(f"http://127.0.0.1:{port}/nope", timeout=10), 404, "not_found")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
