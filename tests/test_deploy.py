@@ -42,7 +42,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 BUILD_TIMEOUT_S = 900
 # The image's first start runs on a fresh venv and cold caches: slower than the tests' usual start.
 IMAGE_STARTUP_TIMEOUT_S = 240
-# `pip install ".[cpu]"` into a fresh venv (README, Deploy); measured 625 MB (du) when this was written.
+# `pip install ".[cpu]"` into a fresh venv; the README states the size measured here.
 MAX_SERVICE_VENV_MB = 650
 # rembg's tree: the tests' reference, never the service's (pyproject.toml, the `test` extra).
 TEST_ONLY_PACKAGES = {"rembg", "numba", "llvmlite", "scikit-image", "pymatting"}
