@@ -17,6 +17,21 @@ from app.settings import Settings, get_settings
 from app.store import Account, Store, UnknownAccount, open_store
 
 
+# Per command. Far above any real top-up, far below what 64-bit counters (SQLite, Redis) hold.
+MAX_CREDITS = 1_000_000_000
+
+
+def credit_amount(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of credits from `minimum` to MAX_CREDITS, else a one-line error."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or not minimum <= int(text) <= MAX_CREDITS:
+            raise argparse.ArgumentTypeError(f"{text[:30]!r} is not a whole number from {minimum} to {MAX_CREDITS}")
+        return int(text)
+
+    return parse
+
+
 def _run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[Any]]) -> Any:
     async def main() -> Any:
         store = open_store(settings)
@@ -93,8 +108,6 @@ def cmd_probe(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
-    if args.credits < 0:
-        sys.exit("--credits must be 0 or more")
     plan = args.plan or settings.default_plan
     _check_plan_and_rate(settings, plan, args.rate)
     account, key = _run_with_store(
@@ -199,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage API keys and credits").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create an account; prints its API key as the last line")
-    create.add_argument("--credits", type=int, required=True)
+    create.add_argument("--credits", type=credit_amount(minimum=0), required=True)
     create.add_argument("--plan")
     create.add_argument("--rate", help="rate limit overriding the plan's, e.g. 1000/minute")
     create.set_defaults(func=cmd_keys_create)
@@ -210,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, text in (("grant", _grant, "add credits"), ("deduct", _deduct, "remove credits (not below 0)")):
         p = keys.add_parser(name, help=f"{text}; prints the new balance")
         p.add_argument("account_id")
-        p.add_argument("amount", type=int)
+        p.add_argument("amount", type=credit_amount(minimum=1))
         p.set_defaults(func=_account_command(fn))
     set_plan = keys.add_parser("set-plan", help="change an account's plan (and optional rate override)")
     set_plan.add_argument("account_id")

@@ -173,16 +173,26 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
     return error_response(request_id_of(request), exc)
 
 
+ECHO_PATH_CHARS = 100
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (unknown route or method) in our shape."""
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code)
     if code is None:  # a status we never meant to answer: a bug, shown as one
         return await handle_unexpected(request, exc)
+    # The client's path and method are echoed cut short: a 60 KB path must not come back as a 60 KB body.
+    path = _cut(request.url.path, ECHO_PATH_CHARS)
+    method = _cut(request.method, 20)
     if exc.status_code == 404:
-        message = f"No such endpoint: {request.method} {request.url.path}. See /openapi.json."
+        message = f"No such endpoint: {method} {path}. See /openapi.json."
     elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}."
+        message = f"Method {method} is not allowed on {path}."
     else:
         message = str(exc.detail)
     err = ApiError(code, message, headers=dict(exc.headers or {}))

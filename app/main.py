@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 
 from app import metrics, openapi
@@ -19,7 +18,7 @@ from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
 from app.limits import RateLimits
-from app.middleware import BodyLimit, RequestContext
+from app.middleware import BodyLimit, Cors, RequestContext
 from app.routes import account, health, pages, rembg
 from app.services import Services
 from app.settings import Settings, get_settings
@@ -107,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     middleware = [
         Middleware(RequestContext, max_headers=settings.max_headers, trusted_proxies=settings.trusted_proxies),
         Middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["ApiKey", "X-Api-Key", "Authorization", "Content-Type", "Idempotency-Key"],

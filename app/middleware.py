@@ -11,7 +11,8 @@ import logging
 import secrets
 import time
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import context, metrics
@@ -174,3 +175,31 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS middleware, whose refused preflights answer in our error shape
+    (Starlette's own: a plain-text 400) so that a client can read why."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else None
+        is_preflight = (
+            headers is not None
+            and scope["method"] == "OPTIONS"
+            and "origin" in headers
+            and "access-control-request-method" in headers
+        )
+        if not is_preflight:
+            await super().__call__(scope, receive, send)
+            return
+        assert headers is not None
+        response = self.preflight_response(request_headers=headers)
+        if response.status_code == 400:
+            reason = bytes(response.body).decode(errors="replace")[:200]
+            err = ApiError(
+                "invalid_parameter",
+                f"The CORS preflight was refused ({reason}); the server's allowed origins are set by CUTOUT_CORS_ORIGINS.",
+                headers={"Vary": response.headers.get("vary", "Origin")},
+            )
+            response = error_response(scope.get("state", {}).get("request_id", ""), err)
+        await response(scope, receive, send)

@@ -98,8 +98,13 @@ class Settings(BaseSettings):
         description="Redis (`redis://host:6379/0`) for accounts, credits, idempotency and limits shared by replicas; "
         "empty: embedded SQLite and in-process limits",
     )
+    # The sweeper refunds a reservation this old and frees its Idempotency-Key: a request cut off by
+    # a crash is retryable under its key after ttl + one sweep interval (min(60 s, ttl/2)) = 180 s.
     reservation_ttl_s: float = Field(
-        600.0, gt=0, description="held credits older than this are refunded (crash/outage recovery)"
+        120.0,
+        gt=0,
+        description="held credits older than this are refunded (crash/outage recovery), freeing their "
+        "`Idempotency-Key`; keep it above `memory_wait_s` + `processing_timeout_s`",
     )
     idempotency_window_s: float = Field(86400.0, gt=0, description="how long a completed `Idempotency-Key` is remembered")
     auth_failure_limit: str = Field("30/minute", description="wrong API keys per client address before 429")

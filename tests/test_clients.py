@@ -136,10 +136,31 @@ def test_browser_fetch_from_another_origin(
     page.close()
 
 
-def open_demo(browser: Browser, server: LiveServer) -> Page:
+def check_security_headers(headers: dict[str, str]) -> None:
+    policy = headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def open_page(browser: Browser, url: str) -> tuple[Page, list[str]]:
+    """The page, and the console errors it logs: a policy violation (blocked script or style) lands there."""
     page = browser.new_page()
-    page.goto(server.url + "/demo")
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    response = page.goto(url)
+    assert response is not None
+    check_security_headers(response.headers)
+    return page, errors
+
+
+def open_demo(browser: Browser, server: LiveServer) -> Page:
+    page, errors = open_page(browser, server.url + "/demo")
+    page.on("close", lambda _: assert_no_policy_violation(errors))
     return page
+
+
+def assert_no_policy_violation(errors: list[str]) -> None:
+    assert not [e for e in errors if "Content Security Policy" in e], errors
 
 
 def test_demo_page_cuts_out_a_chosen_photo(browser: Browser, live_server: LiveServer, api_key: str, workdir: Path) -> None:
@@ -190,13 +211,14 @@ def test_demo_page_takes_a_dropped_photo_and_shows_api_errors(browser: Browser, 
 
 
 def test_docs_page_renders_openapi_offline(browser: Browser, live_server: LiveServer) -> None:
-    page = browser.new_page()
     requested: list[str] = []
+    page, errors = open_page(browser, live_server.url + "/docs")
     page.on("request", lambda request: requested.append(request.url))
-    page.goto(live_server.url + "/docs")
+    page.reload()
     operation = page.locator(".opblock-summary-path", has_text="/v2/rembg/mask/")
     expect(operation.first).to_be_visible(timeout=30_000)
     expect(page.locator(".opblock-summary-path", has_text="/v2/account").first).to_be_visible()
     assert f"{live_server.url}/openapi.json" in requested
     assert all(url.startswith(live_server.url) for url in requested), "no CDN, no online validator"
+    assert_no_policy_violation(errors)
     page.close()

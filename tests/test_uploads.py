@@ -310,6 +310,7 @@ def test_cors_preflight_allows_the_api_key_header(limited_server: LiveServer) ->
         limited_server.url + "/v2/rembg/", headers={**preflight, "Origin": "https://evil.example"}, timeout=10
     )
     assert "Access-Control-Allow-Origin" not in other.headers
+    assert_error(other, 400, "invalid_parameter")  # in our shape, not Starlette's plain text
 
 
 def test_cors_headers_on_results_and_errors(limited_server: LiveServer) -> None:

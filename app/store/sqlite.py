@@ -7,6 +7,8 @@ processes sharing the file cannot overdraw an account. Writes are fsynced
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -27,6 +29,8 @@ from app.store.base import (
     new_api_key,
     now,
 )
+
+log = logging.getLogger("cutout.store")
 
 T = TypeVar("T")
 
@@ -73,9 +77,26 @@ def _account(row: tuple[Any, ...]) -> Account:
     )
 
 
+def _private(path: Path) -> None:
+    """The data dir 0700 and the database files 0600: they hold key digests and balances.
+
+    The file is created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
+    database file's mode.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.parent.chmod(0o700)
+    except PermissionError:  # a directory we do not own (a mount point): leave it, say so
+        log.warning("cannot make %s private (0700): not its owner", path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists():
+            name.chmod(0o600)
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
