@@ -201,5 +201,5 @@ class Cors(CORSMiddleware):
                 f"The CORS preflight was refused ({reason}); the server's allowed origins are set by CUTOUT_CORS_ORIGINS.",
                 headers={"Vary": response.headers.get("vary", "Origin")},
             )
-            response = error_response(scope.get("state", {}).get("request_id", ""), err)
+            response = error_response(context.of_scope(scope).request_id, err)
         await response(scope, receive, send)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from conftest import LiveServer, assert_error, subject_image
+from harness import LiveServer, assert_error, subject_image
 
 # Reservations are swept this soon; a live job (a 12 MP mask, ~1 s) must stay well under it.
 TTL_S = 5.0
