@@ -217,7 +217,8 @@ def sigterm(server: LiveServer) -> None:
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones_after_the_delay(
     start_server: Callable[..., LiveServer], tmp_path
 ) -> None:
-    delay_s = 3.0
+    # Long enough that the request sent at once after the signal arrives within it on a busy box.
+    delay_s = 6.0
     server = start_server(data_dir=tmp_path / "drain", CUTOUT_DRAIN_DELAY_S=str(delay_s))
     key = server.create_key(10)
     upload = SlowUpload(server, key)
@@ -225,13 +226,12 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones_after_the_dela
 
     signalled = time.monotonic()
     sigterm(server)
+    # The delay: the load balancer has not seen /ready yet, so what it still sends is served.
+    during_delay = server.remove(key, model="ghost")
+    assert during_delay.status_code == 200, during_delay.text
     ready = requests.get(server.url + "/ready", timeout=5)
     assert ready.json() == {"status": "shutting_down"} and ready.headers["Retry-After"] == "1"
     assert requests.get(server.url + "/health", timeout=5).status_code == 200
-    # The delay: the load balancer has not seen /ready yet, so what it still sends is served.
-    during_delay = server.remove(key, model="ghost")
-    assert time.monotonic() - signalled < delay_s, "the box is too slow for this delay"
-    assert during_delay.status_code == 200, during_delay.text
     time.sleep(max(0.0, signalled + delay_s + 0.2 - time.monotonic()))
     refused = server.remove(key, model="ghost")
     assert_error(refused, 503, "shutting_down")
