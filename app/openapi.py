@@ -109,11 +109,13 @@ def json_response(description: str, schema: JSON, headers: JSON | None = None) -
 def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) -> JSON:
     models = sorted(settings.models)
     binary = {"schema": {"type": "string", "format": "binary"}}
+    resolutions = sorted({r for spec in settings.models.values() for r in spec.prices()}, key=lambda r: int(r.split("x")[0]))
     success_headers = {
         "X-Request-ID": _REQUEST_ID,
         "X-Credits-Charged": _INT_HEADER,
         "X-Credits-Remaining": _INT_HEADER,
         "X-Model": {"schema": {"type": "string", "enum": models}},
+        "X-Operating-Resolution": {"schema": {"type": "string", "enum": resolutions}},
         "X-RateLimit-Limit": _INT_HEADER,
         "X-RateLimit-Remaining": _INT_HEADER,
         "X-RateLimit-Reset": {"description": "Unix time when the window frees up.", **_INT_HEADER},
@@ -155,6 +157,14 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                                 ),
                             },
                             "model": {"type": "string", "enum": models, "default": settings.default_model},
+                            "operating_resolution": {
+                                "type": "string",
+                                "enum": resolutions,
+                                "description": (
+                                    "The size the network runs at (default: the model's own). Each model accepts "
+                                    "some of these (GET /v2/account lists them with their cost); another is a 400."
+                                ),
+                            },
                             **openapi_options.form_properties(mask),
                         },
                     },
@@ -224,7 +234,19 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
 
 
 def _account_schema() -> JSON:
-    cost = {"type": "object", "properties": {"cost": {"type": "integer"}, "mask_cost": {"type": "integer"}}}
+    price = {"cost": {"type": "integer"}, "mask_cost": {"type": "integer"}}
+    cost = {
+        "type": "object",
+        "properties": {
+            **price,
+            "operating_resolution": {"type": "string", "description": "The default, e.g. 1024x1024."},
+            "resolutions": {
+                "type": "object",
+                "description": "Each operating resolution the model accepts, with its cost.",
+                "additionalProperties": {"type": "object", "properties": price},
+            },
+        },
+    }
     option_costs = {
         "type": "object",
         "description": "Extra credits per option, added to the model's cost when a request uses it.",

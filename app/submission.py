@@ -28,7 +28,7 @@ from app.errors import client_closed_request, invalid_image, invalid_parameter
 MAX_FIELD_BYTES = 1024
 MAX_FORM_PARTS = 32
 MAX_JSON_URL_CHARS = 8192
-INPUT_FIELDS = frozenset({"image", "image_url", "model"})
+INPUT_FIELDS = frozenset({"image", "image_url", "model", "operating_resolution"})
 FORM_FILES = frozenset({"image", "bg_image"})
 FORM_FIELDS = INPUT_FIELDS | options.FIELDS
 JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (options.FIELDS - {"bg_image"})
@@ -47,6 +47,7 @@ class Submission:
     model: str | None
     fields: dict[str, object] = field(default_factory=dict)  # the option fields, as sent
     bg_image: bytes | None = None
+    operating_resolution: str | None = None  # "1024x1024"; None: the model's default
 
 
 def _names(names: list[str]) -> str:
@@ -103,6 +104,7 @@ async def _extract(form: FormData) -> Submission:
         image=await upload.read() if upload is not None else None,
         image_url=text.pop("image_url", None),
         model=text.pop("model", None),
+        operating_resolution=text.pop("operating_resolution", None),
         fields=text,
         bg_image=await bg_upload.read() if bg_upload is not None else None,
     )
@@ -159,4 +161,9 @@ def _parse_json(raw: bytes) -> Submission:
     bg_image = None
     if "bg_image_data_uri" in body:
         bg_image = decode_data_uri(body.pop("bg_image_data_uri"), "bg_image_data_uri")
-    return Submission(image=image, image_url=image_url, model=model, fields=body, bg_image=bg_image)
+    resolution = body.pop("operating_resolution", None)
+    if resolution is not None and not isinstance(resolution, str):
+        raise invalid_parameter('"operating_resolution" must be a string, e.g. "1024x1024".')
+    return Submission(
+        image=image, image_url=image_url, model=model, fields=body, bg_image=bg_image, operating_resolution=resolution
+    )

@@ -83,8 +83,8 @@ def _weights_present() -> None:
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
     servers: list[LiveServer] = []
 
-    def start(data_dir: Path | None = None, **env: str) -> LiveServer:
-        server = LiveServer(data_dir or tmp_path_factory.mktemp("data"), env)
+    def start(data_dir: Path | None = None, isnet: bool = False, **env: str) -> LiveServer:
+        server = LiveServer(data_dir or tmp_path_factory.mktemp("data"), env, isnet=isnet)
         servers.append(server)
         return server.start()
 

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Iterable
@@ -27,6 +28,47 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
 SHARED_TESTDATA = ROOT.parent / "shared" / "testdata" / "rembg"
 STARTUP_TIMEOUT_S = 90
+# A server with IS-Net compiles it at two sizes and warms four runs of it first.
+ISNET_STARTUP_TIMEOUT_S = 300
+
+
+def _lean_config() -> str:
+    """A config folder whose models.toml keeps the shipped model names and prices, all on U2-Netp.
+
+    Most tests exercise the HTTP contract, billing, limits and shutdown, not the networks: their
+    servers skip IS-Net (88 MB of weights, ~1 GB of RSS per server, ~0.4 s a run at 1024x1024).
+    Each model keeps its name, its default resolution's cost, its memory figures and its
+    foreground step, on U2-Netp at 320x320 with falcon's guided filter. The folder holds
+    models.toml only (the other files come from the defaults). Tests of the real bindings start
+    a server with `isnet=True` (config/models.toml as shipped).
+    """
+    from app.settings import Settings
+
+    shipped = (ROOT / "config" / "models.toml").read_text()
+    start = shipped.index("[weights.u2netp]")
+    lines = [shipped[start : shipped.index("\n[", start + 1)].strip(), ""]
+    for name, spec in Settings(models_dir=MODELS_DIR).models.items():
+        price = spec.prices()[next(iter(spec.prices()))]
+        on_isnet = spec.weights != "u2netp"
+        lines += [
+            f"[models.{name}]",
+            f"description = {json.dumps(spec.description)}",
+            'weights = "u2netp"',
+            f'refine = "{"guided" if on_isnet else spec.refine}"',
+            f"edge_contrast = {2.0 if on_isnet else spec.edge_contrast}",
+            f'foreground = "{spec.foreground}"',
+            f"cost = {price.cost}",
+            f"mask_cost = {price.mask_cost}",
+            f"peak_mb = {spec.peak_mb}",
+            f"peak_bytes_per_pixel = {spec.peak_bytes_per_pixel}",
+            "",
+        ]
+    folder = Path(tempfile.mkdtemp(prefix="cutout-lean-config-"))
+    (folder / "models.toml").write_text("\n".join(lines))
+    return str(folder)
+
+
+LEAN_CONFIG_DIR = _lean_config()
 
 
 def concurrency_env(max_concurrent: int) -> dict[str, str]:
@@ -113,8 +155,10 @@ class LiveServer:
         python: str = sys.executable,
         cwd: Path = ROOT,
         user: int | None = None,
+        isnet: bool = False,
     ) -> None:
         self.python = python
+        self.isnet = isnet
         self.cwd = cwd
         self.user = user
         self.port = free_port()
@@ -127,12 +171,15 @@ class LiveServer:
             "CUTOUT_LOG_LEVEL": "warning",
             # No load balancer to wait for when a test stops its server; tests of the delay set it.
             "CUTOUT_DRAIN_DELAY_S": "0",
+            **({} if isnet else {"CUTOUT_CONFIG_DIR": LEAN_CONFIG_DIR}),
             **env,
         }
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "LiveServer":
+    def start(self, timeout_s: float | None = None) -> "LiveServer":
+        if timeout_s is None:
+            timeout_s = ISNET_STARTUP_TIMEOUT_S if self.isnet else STARTUP_TIMEOUT_S
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -200,11 +247,12 @@ class LiveServer:
         model: str | None = None,
         path: str = "/v2/rembg/",
         headers: dict[str, str] | None = None,
+        fields: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         headers = {**({"ApiKey": key} if key is not None else {}), **(headers or {})}
         files = {"image": ("photo.jpg", image if image is not None else subject_image(), "image/jpeg")}
-        data = {"model": model} if model is not None else {}
+        data = {**({"model": model} if model is not None else {}), **(fields or {})}
         return requests.post(self.url + path, headers=headers, files=files, data=data, timeout=120, **kwargs)
 
 

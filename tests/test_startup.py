@@ -67,10 +67,11 @@ def test_fetch_reports_every_unreachable_source(tmp_path: Path) -> None:
 def test_fetch_verifies_present_weights(tmp_path: Path) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copy(MODELS_DIR / "u2netp.onnx", models / "u2netp.onnx")
+    for weights in ("u2netp.onnx", "isnet.onnx"):
+        (models / weights).symlink_to(MODELS_DIR / weights)
     result = run_app("models", "fetch", env={"CUTOUT_MODELS_DIR": str(models)})
     assert result.returncode == 0, result.stderr
-    assert "present and verified" in result.stdout
+    assert result.stdout.count("present and verified") == 2, result.stdout
 
 
 def test_keys_create_prints_the_key_last(live_server: LiveServer) -> None:

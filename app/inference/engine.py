@@ -55,12 +55,24 @@ def missing_runtime(settings: Settings) -> str | None:
     )
 
 
-def create_engine(settings: Settings, weights_name: str) -> Engine:
+class FixedSize(Exception):
+    """The runtime cannot run this network at another input size than the one it was exported with."""
+
+
+def create_engine(settings: Settings, weights_name: str, side: int | None = None) -> Engine:
+    """An engine for the weights at `side` x `side` (None: the size the network was exported with).
+
+    Raises FixedSize where the runtime cannot change the network's size (onnxruntime: IS-Net's
+    upsamplings have their sizes baked in; only OpenVINO's graph API rewrites them).
+    """
     # Imported here: a process loads only the runtime it uses (each is tens of MB of libraries).
     if choose_runtime(settings) == "openvino":
         from app.inference.ov_engine import OpenVinoEngine
 
-        return OpenVinoEngine.create(settings, weights_name)
+        return OpenVinoEngine.create(settings, weights_name, side)
     from app.inference.ort_engine import OnnxRuntimeEngine
 
-    return OnnxRuntimeEngine.create(settings, weights_name)
+    engine = OnnxRuntimeEngine.create(settings, weights_name)
+    if side is not None and engine.input_side not in (None, side):
+        raise FixedSize(f"{weights_name} runs only at {engine.input_side}x{engine.input_side} on onnxruntime")
+    return engine

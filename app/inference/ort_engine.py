@@ -82,6 +82,9 @@ class OnnxRuntimeEngine:
         self._narrow = narrow or wide
         self._input = wide.get_inputs()[0].name
         self._output = wide.get_outputs()[0].name
+        height = wide.get_inputs()[0].shape[2]
+        # The exported input side, or None where the network takes any size.
+        self.input_side: int | None = height if isinstance(height, int) else None
         self._slots = threading.BoundedSemaphore(concurrent_inferences)
         self._lock = threading.Lock()
         self._running = 0

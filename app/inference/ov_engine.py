@@ -1,6 +1,6 @@
 """The OpenVINO engine: the CPU default (see engine.py for why).
 
-One compiled model per weights file. With `concurrent_inferences` = 1 (the default) it is
+One compiled model per weights file and operating resolution (scale_resize_sizes). With `concurrent_inferences` = 1 (the default) it is
 compiled for latency: each run uses every core. OpenVINO's threads scale almost perfectly on
 u2netp, so one run at a time over all cores gives the throughput of two single-thread runs side
 by side with one set of activations instead of two (measured: docs/performance.md). Higher values compile that many streams, each with its own threads and activations.
@@ -8,6 +8,8 @@ by side with one set of activations instead of two (measured: docs/performance.m
 Precision: f32, except that with `mixed_precision` (the default) on a CPU with native bf16 the
 few convolutions that carry most of the work run in bf16 (bf16_heaviest_convolutions): a run
 takes less time and the masks stay close to the f32 ones (how much of each: docs/performance.md).
+Weights marked `precision = "bf16"` (IS-Net) run in bf16 throughout: there the masks stay within
+IoU 0.99 of f32 on every benchmark photo at the resolutions offered (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ log = logging.getLogger("cutout.inference")
 BF16_MIN_SHARE = 0.10
 
 
-def compile_config(settings: Settings) -> dict[str, object]:
+def compile_config(settings: Settings, bf16_throughout: bool = False) -> dict[str, object]:
     config: dict[str, object] = {
-        # Not bf16 throughout, which OpenVINO picks by itself on CPUs that have it: on u2netp that is
-        # faster, but its masks drift far from the f32 ones (docs/performance.md; ghost must match rembg's).
-        # Layers converted by bf16_heaviest_convolutions keep bf16 under this hint.
-        "INFERENCE_PRECISION_HINT": "f32",
+        # f32 unless the weights allow bf16 throughout (IS-Net). Not on u2netp, where OpenVINO would
+        # pick bf16 by itself on CPUs that have it: faster, but its masks drift far from the f32 ones
+        # (docs/performance.md; ghost must match rembg's). Layers converted by
+        # bf16_heaviest_convolutions keep bf16 under an f32 hint.
+        "INFERENCE_PRECISION_HINT": "bf16" if bf16_throughout else "f32",
     }
     # Every core this process may use (its affinity: a container's cpuset, not the host's cores).
     config["INFERENCE_NUM_THREADS"] = settings.intra_op_threads or len(os.sched_getaffinity(0))
@@ -88,6 +91,36 @@ def split_concat_convolutions(network: ov.Model) -> int:
     return split
 
 
+def scale_resize_sizes(network: ov.Model, side: int) -> None:
+    """Make a square network whose upsamplings were exported with fixed sizes run at `side` x `side`.
+
+    IS-Net's ONNX export resizes each decoder feature to a constant size (Concat(shape[:2], [32, 32]));
+    scaling those constants with the input lets the same weights run at a lower resolution. Raises
+    ValueError when a size would not stay a whole number (the pyramid would not line up).
+    """
+    parameter = network.get_parameters()[0]
+    native = parameter.get_partial_shape()[2].get_length()
+    if side == native:
+        return
+    # The new input shape and the scaled sizes must be in place together before shapes are inferred
+    # again (Model.reshape would check every concat against the old sizes first).
+    parameter.set_partial_shape(ov.PartialShape([1, 3, side, side]))
+    for op in network.get_ordered_ops():
+        if op.get_type_name() != "Interpolate":
+            continue
+        sizes = op.input_value(1).get_node()
+        for part in sizes.input_values() if sizes.get_type_name() == "Concat" else []:
+            node = part.get_node()
+            if node.get_type_name() != "Constant" or node.get_element_type() != ov.Type.i64:
+                continue
+            hw = node.get_data()
+            scaled = hw * side // native
+            if (scaled * native != hw * side).any():
+                raise ValueError(f"{side} does not divide the network's pyramid (a resize to {hw.tolist()})")
+            part.replace(ops.constant(scaled.astype(np.int64)).output(0))
+    network.validate_nodes_and_infer_types()
+
+
 def convolution_macs(conv: ov.Node) -> int:
     """Multiply-adds of one Convolution: output elements x kernel size x input channels."""
     kernel = conv.input_value(1).get_shape()
@@ -129,39 +162,53 @@ def has_native_bf16(core: ov.Core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def prepare_network(core: ov.Core, weights: Path, mixed_precision: bool) -> tuple[ov.Model, int]:
-    """The graph the service compiles, and how many of its convolutions run in bf16."""
+def prepare_network(
+    core: ov.Core, weights: Path, mixed_precision: bool, precision: str = "mixed", side: int | None = None
+) -> tuple[ov.Model, int, bool]:
+    """The graph the service compiles at `side` (None: the exported size), how many of its
+    convolutions run in bf16, and whether all of it does (precision "bf16" on a CPU with native bf16)."""
     network = core.read_model(str(weights))
-    # Only the first output is used (u2netp's fused mask; the other six are its side outputs):
-    # dropping them saves their sigmoids and copies, ~1% per run, the first output unchanged.
+    # Only the first output is used (the fused mask; the others are side outputs for training):
+    # dropping them saves their sigmoids and copies, ~1% per run on u2netp, the first output unchanged.
     network = ov.Model([network.get_results()[0]], network.get_parameters(), weights.stem)
+    if side is not None:
+        scale_resize_sizes(network, side)
     split_concat_convolutions(network)
-    bf16 = 0
-    if mixed_precision and has_native_bf16(core):
-        bf16 = bf16_heaviest_convolutions(network, BF16_MIN_SHARE)
-    return network, bf16
+    if not (mixed_precision and has_native_bf16(core)):
+        return network, 0, False
+    if precision == "bf16":
+        return network, 0, True
+    return network, bf16_heaviest_convolutions(network, BF16_MIN_SHARE), False
 
 
 class OpenVinoEngine:
     runtime = "openvino"
 
-    def __init__(self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0) -> None:
+    def __init__(
+        self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0,
+        bf16_throughout: bool = False,
+    ) -> None:
         self.bf16_convolutions = bf16_convolutions
+        self.bf16_throughout = bf16_throughout
         # One infer request per run in flight; a run waits here for a free one (the bound on memory).
         self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
         for _ in range(concurrent_inferences):
             self._requests.put(compiled.create_infer_request())
 
     @classmethod
-    def create(cls, settings: Settings, weights_name: str) -> "OpenVinoEngine":
+    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> "OpenVinoEngine":
         core = ov.Core()
-        network, bf16 = prepare_network(core, settings.weights_path(weights_name), settings.mixed_precision)
-        config = compile_config(settings)
+        spec = settings.weights[weights_name]
+        network, bf16, throughout = prepare_network(
+            core, settings.weights_path(weights_name), settings.mixed_precision, spec.precision, side
+        )
+        config = compile_config(settings, throughout)
         compiled = core.compile_model(network, "CPU", config)
         log.info(
-            "%s: OpenVINO %s on CPU, %s, %d convolutions in bf16", weights_name, ov.get_version(), config, bf16
+            "%s at %s: OpenVINO %s on CPU, %s, %d convolutions in bf16",
+            weights_name, side or "its exported size", ov.get_version(), config, bf16,
         )
-        return cls(compiled, settings.concurrent_inferences, bf16)
+        return cls(compiled, settings.concurrent_inferences, bf16, throughout)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()

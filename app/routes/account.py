@@ -7,7 +7,19 @@ from starlette.responses import JSONResponse
 
 from app.answer import PRICED_OPTIONS
 from app.auth import authenticate
+from app.inference.pipeline import Pipeline
 from app.services import services
+
+
+def _model_prices(pipeline: Pipeline) -> dict[str, object]:
+    """Cost at the model's default operating resolution, and at each one it accepts."""
+    default = pipeline.price()
+    return {
+        "cost": default.cost,
+        "mask_cost": default.mask_cost,
+        "operating_resolution": pipeline.resolutions[0],
+        "resolutions": {r: pipeline.price(r).model_dump() for r in pipeline.resolutions},
+    }
 
 
 async def account(request: Request) -> JSONResponse:
@@ -23,9 +35,7 @@ async def account(request: Request) -> JSONResponse:
             "rate_limit_remaining": rate.remaining,
             "rate_limit_reset": int(rate.reset_at),
             "models": {
-                name: {"cost": p.spec.cost, "mask_cost": p.spec.mask_cost}
-                for name in svc.registry.names
-                if (p := svc.registry.get(name)) is not None
+                name: _model_prices(p) for name in svc.registry.names if (p := svc.registry.get(name)) is not None
             },
             # Extra credits per option, added to the model's cost when the request uses it.
             "option_costs": {name: svc.settings.option_costs.get(name, 0) for name in PRICED_OPTIONS},

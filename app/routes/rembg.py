@@ -19,11 +19,24 @@ from app.auth import authenticate
 from app.billing import charge
 from app.errors import ApiError, client_closed_request, invalid_parameter, processing_timeout, request_id_of
 from app.inference.gate import Busy, Expired
-from app.inference.pipeline import Output
+from app.inference.pipeline import Output, Pipeline
 from app.services import services
 from app.store import Account
 
 T = TypeVar("T")
+
+
+def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
+    """The resolution asked for (default: the model's own), or a 400 naming those the model accepts."""
+    if value is None:
+        return pipeline.resolutions[0]
+    if value.strip().lower() in pipeline.resolutions:
+        return value.strip().lower()
+    accepted = ", ".join(pipeline.resolutions)
+    raise invalid_parameter(
+        f"Model {pipeline.name!r} cannot run at operating_resolution {value[:40]!r}; it accepts: {accepted}."
+    )
+
 
 async def _until_disconnected(request: Request) -> None:
     # The body has been read: the next message uvicorn delivers is the disconnect.
@@ -69,6 +82,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     logged = context.of_scope(request.scope)  # what the access log line says
     logged.model = model_name
     # Options, the image_url fetch and the background's header check: refused before anything is reserved.
+    resolution = _operating_resolution(pipeline, sub.operating_resolution)
     answer = await prepare(request, svc.settings, sub, output)
     data = answer.image
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
@@ -77,16 +91,19 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost.
     memory_bytes = pipeline.spec.peak_bytes(info.width * info.height)
 
-    render_body = answer.renderer(pipeline, output)
+    render_body = answer.renderer(pipeline, output, resolution)
 
     def render() -> tuple[object, float]:
         # Timed in the worker, so the inference metric leaves out the queue wait.
         started = time.perf_counter()
         return render_body(data), time.perf_counter() - started
 
-    cost = (pipeline.spec.mask_cost if output == "mask" else pipeline.spec.cost) + answer.extra_cost
+    price = pipeline.price(resolution)
+    cost = (price.mask_cost if output == "mask" else price.cost) + answer.extra_cost
+    # Another resolution is another request; the default keeps the fingerprint it always had.
+    asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
     claim = await idempotency.claim_for(
-        request, account, svc.settings.idempotency_window_s, output=output, model=model_name, image=data,
+        request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
         options=answer.fingerprint,
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
@@ -113,6 +130,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         "X-Credits-Charged": str(reservation.amount),
         "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": model_name,
+        "X-Operating-Resolution": resolution,
     }
     if reservation.replayed:
         headers[idempotency.REPLAYED_HEADER] = "true"

@@ -1,0 +1,70 @@
+"""The shipped model bindings, end to end: aurora on IS-Net, operating resolutions and their prices.
+
+The one server here runs config/models.toml as shipped (IS-Net included); every other test
+server binds all names to U2-Netp (harness.LEAN_CONFIG_DIR). Small images: IS-Net runs at its
+operating resolution whatever the photo's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import pytest
+import requests
+
+from app.inference.ov_engine import scale_resize_sizes
+from app.settings import Settings
+from harness import MODELS_DIR, LiveServer, assert_error, png_of, subject_image
+
+SHIPPED = Settings(models_dir=MODELS_DIR).models
+
+
+@pytest.fixture(scope="module")
+def server(start_server) -> LiveServer:
+    return start_server(isnet=True)
+
+
+def test_aurora_runs_isnet_end_to_end(server: LiveServer) -> None:
+    key = server.create_key(10)
+    response = server.remove(key, subject_image(160, 120), model="aurora")
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Operating-Resolution"] == "1024x1024"
+    assert response.headers["X-Credits-Charged"] == str(SHIPPED["aurora"].cost)
+    alpha = np.asarray(png_of(response.content).getchannel("A"))
+    assert alpha.shape == (120, 160)
+    assert alpha[60, 80] > 200 and alpha[3, 3] < 40 and alpha[-3, -3] < 40
+
+
+def test_every_offered_resolution_runs_and_costs_its_price(server: LiveServer) -> None:
+    key = server.create_key(100)
+    account = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()
+    for name, spec in SHIPPED.items():
+        listed = account["models"][name]
+        assert listed["operating_resolution"] == f"{spec.input_size}x{spec.input_size}"
+        assert listed["resolutions"] == {r: p.model_dump() for r, p in spec.prices().items()}
+        for resolution, price in spec.prices().items():
+            response = server.remove(
+                key, subject_image(96, 64), model=name, path="/v2/rembg/mask/", fields={"operating_resolution": resolution}
+            )
+            assert response.status_code == 200, (name, resolution, response.text)
+            assert response.headers["X-Operating-Resolution"] == resolution
+            assert response.headers["X-Credits-Charged"] == str(price.mask_cost)
+            mask = np.asarray(png_of(response.content))
+            assert mask.shape == (64, 96) and mask[32, 48] > 200, (name, resolution)
+
+
+def test_a_resolution_the_model_cannot_run_is_400_naming_what_it_accepts(server: LiveServer) -> None:
+    key = server.create_key(5)
+    response = server.remove(key, model="ghost", fields={"operating_resolution": "1024x1024"})
+    body = assert_error(response, 400, "invalid_parameter")
+    assert "320x320" in body["error"]["message"]
+    assert server.balance(key) == 5
+
+
+def test_isnet_graph_runs_only_at_sizes_its_pyramid_divides() -> None:
+    core = ov.Core()
+    network = core.read_model(str(MODELS_DIR / "isnet.onnx"))
+    scale_resize_sizes(network, 768)
+    assert network.get_results()[0].get_output_partial_shape(0) == ov.PartialShape([1, 1, 768, 768])
+    with pytest.raises(ValueError, match="does not divide"):
+        scale_resize_sizes(core.read_model(str(MODELS_DIR / "isnet.onnx")), 700)
