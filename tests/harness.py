@@ -59,8 +59,10 @@ def _lean_config() -> str:
             f'foreground = "{spec.foreground}"',
             f"cost = {price.cost}",
             f"mask_cost = {price.mask_cost}",
-            f"peak_mb = {spec.peak_mb}",
-            f"peak_bytes_per_pixel = {spec.peak_bytes_per_pixel}",
+            # U2-Netp with the guided filter measured 32 MiB + 28 B/px (bench/memory.py) before
+            # falcon and aurora moved to IS-Net: never less than that here.
+            f"peak_mb = {max(spec.peak_mb, 32) if on_isnet else spec.peak_mb}",
+            f"peak_bytes_per_pixel = {max(spec.peak_bytes_per_pixel, 28) if on_isnet else spec.peak_bytes_per_pixel}",
             "",
         ]
     folder = Path(tempfile.mkdtemp(prefix="cutout-lean-config-"))
