@@ -158,15 +158,21 @@ def test_fetching_can_be_switched_off(live_server: LiveServer, photos: str) -> N
     assert live_server.balance(key) == 5
 
 
-def test_a_slow_fetch_does_not_block_the_event_loop(fetching_server: LiveServer, photos: str) -> None:
-    key = fetching_server.create_key(5)
+def test_a_slow_fetch_does_not_block_the_event_loop_and_holds_its_accounts_slot(
+    fetching_server: LiveServer, photos: str
+) -> None:
+    key, other = fetching_server.create_key(5), fetching_server.create_key(5)
     thread = threading.Thread(target=fetch, args=(fetching_server, key, f"http://{photos}/slow"))
     thread.start()
-    time.sleep(0.3)
+    time.sleep(0.5)
     started = time.perf_counter()
     assert requests.get(fetching_server.url + "/health", timeout=5).status_code == 200
     assert time.perf_counter() - started < 0.5
+    # The fetch counts as one of the account's requests (free plan: one at once); others are served.
+    assert_error(fetch(fetching_server, key, f"http://{photos}/photo.jpg"), 429, "concurrency_limit_exceeded")
+    assert fetch(fetching_server, other, f"http://{photos}/photo.jpg").status_code == 200
     thread.join()
+    assert fetching_server.balance(key) == 5
 
 
 FORBIDDEN = [

@@ -83,7 +83,9 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     logged.model = model_name
     # Options, the image_url fetch and the background's header check: refused before anything is reserved.
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
-    answer = await prepare(request, svc.settings, sub, output)
+    # A fetch holds one of the account's concurrent-request slots, so slow URLs cannot pile up fetches.
+    with svc.slots.hold(account):
+        answer = await prepare(request, svc.settings, sub, output)
     data = answer.image
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
     probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
