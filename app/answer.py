@@ -79,13 +79,15 @@ def wants_json(request: Request) -> bool:
     return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
 
 
-def _probe_background(data: bytes, settings: Settings) -> None:
+def _probe_background(data: bytes, settings: Settings) -> str:
+    """The background's header checked like an upload's; its digest for the Idempotency-Key fingerprint."""
     try:
         images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
             raise ApiError("image_too_large", f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
+    return hashlib.sha256(data).hexdigest()
 
 
 async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
@@ -95,9 +97,10 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
         )
+    background_digest = ""
     if chosen.bg_image is not None:
-        # Off the event loop, as the photo's own probe.
-        await anyio.to_thread.run_sync(_probe_background, chosen.bg_image, settings)
+        # Off the event loop, as the photo's own probe and hash.
+        background_digest = await anyio.to_thread.run_sync(_probe_background, chosen.bg_image, settings)
     if sub.image is not None:
         image = sub.image
     else:
@@ -118,7 +121,5 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
         "shadow": chosen.shadow,
     }
     extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
-    fingerprint = chosen.fingerprint()
-    if chosen.bg_image is not None:
-        fingerprint += "\n" + hashlib.sha256(chosen.bg_image).hexdigest()
+    fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
     return Answer(image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=fingerprint)
