@@ -5,6 +5,7 @@ in fixtures) and by bench/.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -66,6 +67,7 @@ def _lean_config() -> str:
             "",
         ]
     folder = Path(tempfile.mkdtemp(prefix="cutout-lean-config-"))
+    atexit.register(shutil.rmtree, folder, True)  # servers outlive no test run
     (folder / "models.toml").write_text("\n".join(lines))
     return str(folder)
 
