@@ -5,9 +5,11 @@ folder (look at them after a change to the page)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from harness import LiveServer, subject_image
@@ -68,6 +70,21 @@ def test_demo_page_layout_slider_and_remembered_key(
     if viewport == "phone":
         assert after["width"] <= VIEWPORTS["phone"]["width"] - 20, "the picture fits the phone's width"
     page.screenshot(path=str(tmp_path / f"{viewport}-result.png"), full_page=True)
+
+    # Live preview: a background colour shows behind the transparent cut-out at once, with no new request.
+    requests_sent: list[str] = []
+    page.on("request", lambda request: requests_sent.append(request.url))
+    page.click("#options summary")
+    page.select_option("#background", "color")
+    page.locator("#bg_color").fill("#00ff00")
+    shot = Image.open(io.BytesIO(page.locator("#after").screenshot()))
+    red, green, blue = shot.convert("RGB").getpixel((shot.width - 3, 2))  # a background corner, right of the slider
+    assert green > 240 and red < 20 and blue < 20, (red, green, blue)
+    page.select_option("#background", "transparent")
+    shot = Image.open(io.BytesIO(page.locator("#after").screenshot()))
+    assert shot.convert("RGB").getpixel((shot.width - 3, 2))[0] > 200, "the (grey or white) checkerboard is back"
+    assert requests_sent == [], requests_sent
+    page.click("#options summary")
 
     # The key that worked is remembered across a reload, until the user forgets it.
     page.reload()

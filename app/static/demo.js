@@ -63,7 +63,16 @@ drop.addEventListener("drop", (event) => {
   choose(event.dataTransfer.files[0]);
 });
 $("split").addEventListener("input", () => setSplit(Number($("split").value)));
-$("background").addEventListener("change", () => { $("bg_color").disabled = $("background").value !== "color"; });
+// Live preview: the chosen colour is painted behind the transparent cut-out already shown, at once and
+// free of charge; "Remove background" then returns it composited, as the file to download.
+function previewBackground() {
+  $("after").style.background = $("background").value === "color" ? $("bg_color").value : "";  // "": checkerboard
+}
+$("background").addEventListener("change", () => {
+  $("bg_color").disabled = $("background").value !== "color";
+  previewBackground();
+});
+$("bg_color").addEventListener("input", previewBackground);
 
 const remembered = storage.get();
 if (remembered) $("key").value = remembered;
