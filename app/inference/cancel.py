@@ -29,21 +29,23 @@ class CancelToken:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
+        # Hooks run under the lock (they only set a flag or call InferRequest.cancel(), which returns
+        # at once): a hook removed after its block can never fire late, on an InferRequest that the
+        # engine has since handed to another job's run.
         with self._lock:
             self._cancelled.set()
-            hooks = list(self._hooks)
-        for hook in hooks:
-            hook()
+            for hook in self._hooks:
+                hook()
 
     @contextlib.contextmanager
     def interrupts(self, hook: Callable[[], None]) -> Iterator[None]:
-        """While the block runs, cancelling calls `hook` (at once if already cancelled)."""
+        """While the block runs, cancelling calls `hook`; a job already cancelled does not enter it
+        (an interrupt before the run starts would be lost, and the whole inference wasted)."""
         with self._lock:
+            if self._cancelled.is_set():
+                raise Cancelled()
             self._hooks.append(hook)
-            already = self._cancelled.is_set()
         try:
-            if already:
-                hook()
             yield
         finally:
             with self._lock:
