@@ -113,7 +113,10 @@ def _number(field: str, value: object, lo: float, hi: float, *, integer: bool = 
     pattern = (SIGNED_INTEGER if lo < 0 else INTEGER) if integer else DECIMAL
     if isinstance(value, str) and not re.fullmatch(pattern, value):
         raise _bad(field, value, accepts)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        raise _bad(field, value, accepts) from None
     if not math.isfinite(number) or not lo <= number <= hi or (integer and number != int(number)):
         raise _bad(field, value, accepts)
     return number
@@ -124,7 +127,8 @@ def _margin(value: object) -> tuple[float, bool]:
     if isinstance(value, bool):
         raise _bad("crop_margin", value, accepts)
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value < 0 or value > 10000:
+        # Compared first: math.isfinite() overflows on a JSON integer of hundreds of digits.
+        if value < 0 or value > 10000 or not math.isfinite(value):
             raise _bad("crop_margin", value, accepts)
         return float(value), False
     match = re.fullmatch(MARGIN, value) if isinstance(value, str) else None

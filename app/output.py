@@ -77,7 +77,8 @@ def add_shadow(rgba: np.ndarray, options: Options) -> np.ndarray:
     blur = options.shadow_blur if options.shadow_blur is not None else side * SHADOW_BLUR_SHARE
     alpha = rgba[..., 3]
     shifted = np.zeros_like(alpha)
-    src = alpha[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
+    # Clamped at 0: an offset past the image's side leaves nothing to shift (a negative end would wrap).
+    src = alpha[max(0, -dy) : max(0, height - dy), max(0, -dx) : max(0, width - dx)]
     shifted[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
     opacity = options.shadow_opacity
     shadow_alpha = _gaussian(Image.fromarray(shifted), blur).point(lambda v: round(v * opacity))
