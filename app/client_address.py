@@ -37,19 +37,18 @@ def _strip_port(entry: str) -> str:
     return entry
 
 
-def _hops(headers: dict[str, str]) -> list[str]:
-    """Forwarded-for addresses, oldest first. `Forwarded` (standard) wins over X-Forwarded-For."""
-    if forwarded := headers.get("forwarded"):
-        return [_strip_port(match) for match in _FORWARDED_FOR.findall(forwarded)]
-    if xff := headers.get("x-forwarded-for"):
-        return [_strip_port(part) for part in xff.split(",") if part.strip()]
-    return []
+def _hops(header: str, value: str) -> list[str]:
+    """Forwarded-for addresses, oldest first, from the one header the proxy writes."""
+    if header == "forwarded":
+        return [_strip_port(match) for match in _FORWARDED_FOR.findall(value)]
+    return [_strip_port(part) for part in value.split(",") if part.strip()]
 
 
-def client_address(peer: str, headers: dict[str, str], trusted: list[Network]) -> str:
+def client_address(peer: str, header: str, value: str, trusted: list[Network]) -> str:
+    """`value`: the proxy's header (`header`, "x-forwarded-for" or "forwarded"), repeated lines joined."""
     if not trusted or not _is_trusted(peer, trusted):
         return peer
-    hops = _hops(headers)
+    hops = _hops(header, value)
     for hop in reversed(hops):
         if not _is_trusted(hop, trusted):
             return hop if _valid(hop) else peer

@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", pages.static_files()),
     ]
     middleware = [
-        Middleware(RequestContext, max_headers=settings.max_headers, trusted_proxies=settings.trusted_proxies),
+        Middleware(RequestContext, max_headers=settings.max_headers, trusted_proxies=settings.trusted_proxies,
+                   proxy_header=settings.proxy_header),
         Middleware(
             Cors,
             allow_origins=settings.cors_origins,

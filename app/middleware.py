@@ -33,21 +33,26 @@ class RequestContext:
     model, the inference time, the credits charged, the error code.
     """
 
-    def __init__(self, app: ASGIApp, max_headers: int = 100, trusted_proxies: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_headers: int = 100,
+        trusted_proxies: list[str] | None = None,
+        proxy_header: str = "x-forwarded-for",
+    ) -> None:
         self.app = app
         self.max_headers = max_headers
         self.trusted_proxies = parse_networks(trusted_proxies or [])
+        self.proxy_header = proxy_header
 
     def _client_address(self, scope: Scope) -> str:
         peer = scope["client"][0] if scope.get("client") else "unknown"
         if not self.trusted_proxies:
             return peer
-        forwarding: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            if name in (b"forwarded", b"x-forwarded-for"):  # repeated lines form one list
-                key = name.decode()
-                forwarding[key] = f"{forwarding[key]}, {value.decode('latin-1')}" if key in forwarding else value.decode("latin-1")
-        return client_address(peer, forwarding, self.trusted_proxies)
+        wanted = self.proxy_header.encode()
+        # Repeated lines of the header form one list.
+        value = ", ".join(v.decode("latin-1") for name, v in scope["headers"] if name == wanted)
+        return client_address(peer, self.proxy_header, value, self.trusted_proxies)
 
     def _too_many_headers(self, request_id: str) -> ASGIApp:
         err = ApiError(

@@ -199,8 +199,13 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="proxies (JSON list of addresses or networks, e.g. `[\"10.0.0.0/8\"]`) whose `Forwarded` / "
-        "`X-Forwarded-For` names the client; empty: the peer address is the client (anyone can write those headers)",
+        description="proxies (JSON list of addresses or networks, e.g. `[\"10.0.0.0/8\"]`) whose `proxy_header` "
+        "names the client; empty: the peer address is the client (anyone can write those headers)",
+    )
+    proxy_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for",
+        description="the one header a trusted proxy writes the client into; the other is ignored, since a proxy "
+        "passes a client's own copy of the header it does not write through untouched",
     )
     drain_delay_s: float = Field(
         5.0,
