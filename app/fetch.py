@@ -17,12 +17,13 @@ Failures are 400s with their own codes and are never charged (nothing is reserve
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import anyio
 import httpcore
@@ -33,6 +34,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_REDIRECTS = 3
+# Characters a URL's path and query keep as they are; anything else (non-ASCII) is percent-encoded.
+_URL_SAFE = "/%:@!$&'()*+,;=?~"
 USER_AGENT = "Cutout-ImageFetcher/1"
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
@@ -124,8 +127,8 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await anyio.sleep(seconds)
 
 
-def _check_url(url: str) -> bytes:
-    """The Host header of a URL we may request, or a 400."""
+def _check_url(url: str) -> tuple[str, bytes]:
+    """The URL in ASCII (IDNA host, percent-encoded path) and its Host header, or a 400."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -138,7 +141,18 @@ def _check_url(url: str) -> bytes:
     if parts.username is not None or parts.password is not None:
         raise invalid_url("image_url may not carry a user name or password.")
     host = parts.netloc.rpartition("@")[2]
-    return host.encode("idna") if not host.isascii() else host.encode()
+    try:
+        ascii_host = host.encode("idna") if not host.isascii() else host.encode()
+    except UnicodeError:  # an empty or over-long label
+        raise invalid_url("image_url's host name is not valid.") from None
+    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+    return urlunsplit((parts.scheme, ascii_host.decode(), path, query, "")), ascii_host
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Built once: loading the CA bundle takes tens of ms, and a context is shared safely.
+    return ssl.create_default_context()
 
 
 def invalid_url(message: str) -> ApiError:
@@ -173,13 +187,13 @@ async def fetch_image(
     """The bytes at url (following up to MAX_REDIRECTS checked redirects), or a 400 ApiError."""
     timeouts = {"connect": connect_timeout_s, "read": total_timeout_s, "write": total_timeout_s, "pool": total_timeout_s}
     pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl.create_default_context(), network_backend=_GuardedBackend(allow), retries=0, max_connections=1
+        ssl_context=_ssl_context(), network_backend=_GuardedBackend(allow), retries=0, max_connections=1
     )
     try:
         with anyio.fail_after(total_timeout_s):
             async with pool:
                 for _ in range(MAX_REDIRECTS + 1):
-                    host = _check_url(url)
+                    url, host = _check_url(url)
                     result = await _get(pool, url, host, max_bytes, timeouts)
                     if isinstance(result, bytes):
                         return result

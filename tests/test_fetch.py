@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from app.fetch import address_allowed, parse_networks
+from app.errors import ApiError
+from app.fetch import _check_url, address_allowed, parse_networks
 from harness import LiveServer, assert_error, free_port, png_of, subject_image
 
 PHOTO = subject_image(96, 72)
@@ -203,3 +204,13 @@ def test_allowlist_opens_exactly_its_networks() -> None:
         assert address_allowed(ipaddress.ip_address(address), allow), address
     for address in ("127.0.0.2", "10.2.0.1", "169.254.169.254", "::1", "fc00::1"):
         assert not address_allowed(ipaddress.ip_address(address), allow), address
+
+
+def test_a_url_in_unicode_is_requested_in_ascii_and_a_broken_host_is_a_400() -> None:
+    # httpcore takes ASCII only: a raw IDN host or path reached it as a TypeError (a 500).
+    url, host = _check_url("https://bücher.example:8443/straße/foto.jpg?q=ä#top")
+    assert url == "https://xn--bcher-kva.example:8443/stra%C3%9Fe/foto.jpg?q=%C3%A4" and host == b"xn--bcher-kva.example:8443"
+    assert _check_url("http://127.0.0.1:8080/a%20b.jpg?x=1&y=2") == ("http://127.0.0.1:8080/a%20b.jpg?x=1&y=2", b"127.0.0.1:8080")
+    with pytest.raises(ApiError) as refused:
+        _check_url("http://ä..com/photo.jpg")
+    assert refused.value.code == "invalid_parameter"
