@@ -136,6 +136,9 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     }
     if reservation.replayed:
         headers[idempotency.REPLAYED_HEADER] = "true"
+    if answer.json:
+        # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
+        return await anyio.to_thread.run_sync(answer.response, result, output, headers)
     return answer.response(result, output, headers)
 
 
