@@ -103,6 +103,10 @@ class DrainGate:
         async def tracking_send(message: Message) -> None:
             nonlocal started
             started = True
+            if message["type"] == "http.response.start" and self.drain.draining:
+                # A keep-alive client would send its next request here until we refuse; closing
+                # makes it reconnect, and the balancer sends it to a replica still ready.
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         cancel_scope = anyio.CancelScope()

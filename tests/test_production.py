@@ -229,6 +229,8 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones_after_the_dela
     # The delay: the load balancer has not seen /ready yet, so what it still sends is served.
     during_delay = server.remove(key, model="ghost")
     assert during_delay.status_code == 200, during_delay.text
+    # ... and closed after its answer: a keep-alive client reconnects, through the balancer, elsewhere.
+    assert during_delay.headers["Connection"] == "close"
     ready = requests.get(server.url + "/ready", timeout=5)
     assert ready.json() == {"status": "shutting_down"} and ready.headers["Retry-After"] == "1"
     assert requests.get(server.url + "/health", timeout=5).status_code == 200
