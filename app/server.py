@@ -33,7 +33,9 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, which also:
 
     - closes a connection that has not sent a complete request head within `head_timeout_s` of
-      being opened or of its previous response (slow or absent heads hold no connection);
+      being opened or of its previous response (slow or absent heads hold no connection), or
+      whose body is still coming in that long after an early answer (a 4xx sent before the
+      body was read: nobody reads the rest, and trickling it would hold the connection);
     - closes new connections at once while `max_connections` are open;
     - answers a head over the size limit with 431 in our error shape (uvicorn: a plain-text 400).
     """
@@ -66,19 +68,25 @@ class GuardedH11Protocol(H11Protocol):
             self._head_deadline.cancel()
             self._head_deadline = None
 
+    def _waiting_on_client(self) -> bool:
+        """No request to answer: before a head, or a body still arriving after its answer."""
+        return self.conn.their_state is h11.IDLE or (
+            self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.DONE
+        )
+
     def _head_timed_out(self) -> None:
         self._head_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()  # nothing to answer: the client has not asked anything yet
+        if self._waiting_on_client() and not self.transport.is_closing():
+            self.transport.close()  # nothing left to answer
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:
+        if not self._waiting_on_client():
             self._head_received()  # a whole head arrived: the body has its own timeouts (BodyLimit)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if not self.transport.is_closing() and self._waiting_on_client():
             self._await_head()
 
     def send_400_response(self, msg: str) -> None:

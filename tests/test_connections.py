@@ -158,3 +158,27 @@ def test_forwarding_headers_count_only_from_a_trusted_proxy(
     assert_error(wrong_key(plain, {"X-Forwarded-For": "203.0.113.99"}), 429, "rate_limit_exceeded")
     victim = plain.create_key(5)
     assert plain.remove(victim, model="ghost").status_code == 200
+
+
+def test_a_body_left_unread_after_an_early_answer_cannot_hold_the_connection(guarded: LiveServer) -> None:
+    # A wrong key is answered 401 before the body is read; the client then trickles the body in.
+    sock = connect(guarded)
+    head = (
+        "POST /v2/rembg/ HTTP/1.1\r\nHost: x\r\nApiKey: co_not-a-key\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    sock.settimeout(5)
+    assert sock.recv(65536).startswith(b"HTTP/1.1 401"), "answered before the body"
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < 8 * HEAD_TIMEOUT_S:
+            sock.sendall(b"x")
+            time.sleep(0.2)
+        closed = False
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, "a trickled body nobody reads kept the connection open"
+    assert time.monotonic() - started < 3 * HEAD_TIMEOUT_S + 1
