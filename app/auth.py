@@ -43,8 +43,7 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
         # Only wrong keys are limited, so a valid key is served even from an address (or a proxy
         # shared with others) that sent many wrong ones. The address: app.client_address.
         client_ip = context.of_scope(request.scope).client_address
-        await limits.check_auth_failures(client_ip)
-        await limits.record_auth_failure(client_ip)
+        await limits.auth_failed(client_ip)
         raise invalid_api_key("The API key is unknown or revoked.")
     context.of_scope(request.scope).account_id = account.id  # for the access log
     return account

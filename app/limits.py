@@ -95,13 +95,14 @@ class RateLimits:
         with self._guard():
             return await self._state(parse(self.limit_for(account)), "key", account.id)
 
-    async def check_auth_failures(self, client_ip: str) -> None:
-        """429 for a wrong key once this address has sent too many. Checked only after the key
+    async def auth_failed(self, client_ip: str) -> None:
+        """Counts a wrong key from this address; 429 once it has sent too many. Only after the key
         failed: a valid key is always served, so a victim whose address a guesser shares (a NAT,
         an untrusted proxy) is not locked out. Keys carry 256 random bits, so what this bounds
-        is the flood of wrong keys, not the odds of guessing one."""
+        is the flood of wrong keys, not the odds of guessing one. One atomic hit: concurrent
+        wrong keys cannot slip past the limit between a test and a count."""
         with self._guard():
-            if await self._limiter.test(self._auth_failures, "authfail", client_ip):
+            if await self._limiter.hit(self._auth_failures, "authfail", client_ip):
                 return
             state = await self._state(self._auth_failures, "authfail", client_ip)
         raise rate_limited(
@@ -109,7 +110,3 @@ class RateLimits:
             str(self._auth_failures),
             why="Too many requests with a wrong API key from this address. ",
         )
-
-    async def record_auth_failure(self, client_ip: str) -> None:
-        with self._guard():
-            await self._limiter.hit(self._auth_failures, "authfail", client_ip)
