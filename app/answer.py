@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import fetch, images, options
+from app.client_address import parse_networks
 from app.errors import ApiError, invalid_image, invalid_parameter
 from app.inference.pipeline import Output, Pipeline
 from app.output import Rendered
@@ -109,7 +110,7 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
             raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
         image = await fetch.fetch_image(
             sub.image_url,
-            allow=fetch.parse_networks(settings.fetch_allow),
+            allow=parse_networks(settings.fetch_allow),
             max_bytes=settings.max_body_bytes,
             connect_timeout_s=settings.fetch_connect_timeout_s,
             total_timeout_s=settings.fetch_timeout_s,

@@ -53,11 +53,6 @@ def too_large(limit: int) -> ApiError:
     return ApiError("image_url_too_large", f"The image at image_url is larger than the limit of {limit} bytes.")
 
 
-def parse_networks(cidrs: Sequence[str]) -> list[IPNetwork]:
-    """The allowlist; a malformed entry stops the service at start (settings validation)."""
-    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
-
-
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped

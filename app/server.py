@@ -13,18 +13,18 @@ protocol class adds both. Granian and Hypercorn have such settings too, but the 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.errors import ApiError, error_response
+from app.middleware import new_request_id
 from app.settings import Settings
 
 
 def _error_bytes(err: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    response = error_response("req_" + secrets.token_hex(12), err)
+    response = error_response(new_request_id(), err)
     headers = [(name, value) for name, value in response.raw_headers if name != b"content-length"]
     return response.status_code, headers + [(b"connection", b"close")], bytes(response.body)
 
