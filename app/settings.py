@@ -90,6 +90,11 @@ class ModelSpec(BaseModel):
     # symmetric). On IS-Net at 1024, bench/quality.py: composite IoU 0.7355 -> 0.7616; averaging
     # the two instead scored 0.7511 but left an arm half transparent on girl-1.jpg.
     mirror: Literal["none", "max"] = "none"
+    # Another model's name: its mask is computed too and, per pixel, the larger of the two kept (its
+    # mask is scaled to this model's operating resolution first). Two networks trained apart miss
+    # different things: falcon = IS-Net 768 with ghost (U2-Netp) keeps what IS-Net drops on flat,
+    # textured backgrounds, for ghost's inference time on top (README, Models).
+    union: str | None = None
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)
     foreground: Literal["none", "estimate"] = "none"
@@ -250,6 +255,12 @@ class Settings(BaseSettings):
         for name, model in self.models.items():
             if model.weights not in self.weights:
                 raise ValueError(f"model {name!r} uses unknown weights {model.weights!r}")
+            if model.union is not None:
+                partner = self.models.get(model.union)
+                if partner is None or model.union == name or partner.union is not None:
+                    raise ValueError(
+                        f"model {name!r}: union names {model.union!r}, which must be another model without a union"
+                    )
         if self.models and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         for cidr in self.fetch_allow:

@@ -11,8 +11,11 @@ import numpy as np
 import openvino as ov
 import pytest
 import requests
+from PIL import Image
 
+from app.inference.engine import create_engine
 from app.inference.ov_engine import scale_resize_sizes
+from app.inference.pipeline import Pipeline
 from app.settings import Settings
 from harness import MODELS_DIR, LiveServer, assert_error, png_of, subject_image
 
@@ -68,3 +71,30 @@ def test_isnet_graph_runs_only_at_sizes_its_pyramid_divides() -> None:
     assert network.get_results()[0].get_output_partial_shape(0) == ov.PartialShape([1, 1, 768, 768])
     with pytest.raises(ValueError, match="does not divide"):
         scale_resize_sizes(core.read_model(str(MODELS_DIR / "isnet.onnx")), 700)
+
+
+@pytest.mark.parametrize(
+    ("model", "union"),
+    [("falcon", "nope"), ("falcon", "falcon"), ("ghost", "aurora")],  # unknown, itself, a chain (falcon -> ghost -> aurora)
+)
+def test_a_union_names_another_model_without_one(model: str, union: str) -> None:
+    with pytest.raises(ValueError, match="union names"):
+        Settings(models_dir=MODELS_DIR, models={model: {"union": union}})
+
+
+def test_falcon_keeps_per_pixel_the_larger_of_isnet_and_ghost() -> None:
+    """falcon = IS-Net at 768 joined with ghost's mask (scaled to 768): what either network keeps stays."""
+    settings = Settings(models_dir=MODELS_DIR)
+    ghost_spec, falcon_spec = settings.models["ghost"], settings.models["falcon"]
+    assert falcon_spec.union == "ghost"
+    ghost = Pipeline("ghost", ghost_spec, {"320x320": create_engine(settings, "u2netp", 320)}, 1)
+    isnet = {"768x768": create_engine(settings, "isnet", 768)}
+    falcon = Pipeline("falcon", falcon_spec, isnet, 1, union=ghost)
+    alone = Pipeline("falcon", falcon_spec.model_copy(update={"union": None}), isnet, 1)
+
+    rgb = np.asarray(png_of(subject_image(160, 120, fmt="PNG")).convert("RGB"))
+    joined, own = falcon.predict(rgb), alone.predict(rgb)
+    theirs = np.asarray(Image.fromarray(ghost.predict(rgb).astype(np.float32)).resize((768, 768), Image.Resampling.BILINEAR))
+    assert joined.shape == own.shape == (768, 768)
+    np.testing.assert_allclose(joined, np.maximum(own, theirs), atol=1e-6)
+    assert (theirs > own + 0.1).any(), "on this image ghost must keep something IS-Net drops, or the test shows nothing"

@@ -135,13 +135,20 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 class Pipeline:
     def __init__(
-        self, name: str, spec: ModelSpec, engines: dict[str, Engine], png_compress_level: int, png_fast: bool = True
+        self,
+        name: str,
+        spec: ModelSpec,
+        engines: dict[str, Engine],
+        png_compress_level: int,
+        png_fast: bool = True,
+        union: "Pipeline | None" = None,
     ) -> None:
         """`engines`: operating resolution ("1024x1024") -> the engine running the network at that size;
-        the first is the default."""
+        the first is the default. `union`: the pipeline spec.union names, whose mask joins this one's."""
         self.name = name
         self.spec = spec
         self._engines = engines
+        self._union = union
         self._mean = np.asarray(spec.mean, np.float32)
         self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
         self._png_level = png_compress_level
@@ -178,9 +185,13 @@ class Pipeline:
             checkpoint()
             pred = np.maximum(pred, self._infer(small[:, ::-1], engine)[:, ::-1])
         lo, hi = float(pred.min()), float(pred.max())
-        if hi - lo < 1e-6:
-            return np.zeros_like(pred)
-        return (pred - lo) / (hi - lo)
+        pred = (pred - lo) / (hi - lo) if hi - lo >= 1e-6 else np.zeros_like(pred)
+        if self._union is not None:
+            checkpoint()
+            other = self._union.predict(rgb).astype(np.float32)
+            other = np.asarray(Image.fromarray(other).resize((side, side), Image.Resampling.BILINEAR))
+            pred = np.maximum(pred, other)
+        return pred
 
     def mask(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """Full-size uint8 mask (255 = subject)."""

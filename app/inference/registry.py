@@ -26,8 +26,9 @@ class ModelRegistry:
         for weights in {spec.weights for spec in settings.models.values()}:
             verify(settings.weights_path(weights), settings.weights[weights])
         engines: dict[tuple[str, str], Engine | None] = {}
-        pipelines = {}
-        for name, spec in settings.models.items():
+        pipelines: dict[str, Pipeline] = {}
+        # A model another one joins (spec.union) is built first; settings allow no chains.
+        for name, spec in sorted(settings.models.items(), key=lambda item: item[1].union is not None):
             chosen: dict[str, Engine] = {}
             for resolution in spec.prices():
                 key = (spec.weights, resolution)
@@ -41,7 +42,9 @@ class ModelRegistry:
                     chosen[resolution] = engine
             if not chosen:
                 raise RuntimeError(f"model {name!r}: this runtime can run none of its operating resolutions")
-            pipelines[name] = Pipeline(name, spec, chosen, settings.png_compress_level, settings.png_fast)
+            union = pipelines[spec.union] if spec.union is not None else None
+            pipelines[name] = Pipeline(name, spec, chosen, settings.png_compress_level, settings.png_fast, union)
+        pipelines = {name: pipelines[name] for name in settings.models}  # the config's order
         for pipeline in pipelines.values():
             pipeline.warm()
         return cls(pipelines)
