@@ -1,14 +1,13 @@
 """Side-by-side benchmark: this service against rembg's own server (`rembg s`), same weights, same box.
 
-    .venv/bin/python bench/bench.py --quick              # ~2-3 minutes
-    .venv/bin/python bench/bench.py                      # full, ~5-8 minutes
+    .venv/bin/python bench/bench.py                      # ghost vs rembg u2netp: 10 rounds x 12 requests
+    .venv/bin/python bench/bench.py --quick              # fewer rounds and requests (help: --quick)
     .venv/bin/python bench/bench.py --model aurora       # aurora vs rembg's dis_custom on the same IS-Net file
     .venv/bin/python bench/bench.py --images DIR         # photos to send (default ../shared/testdata/rembg)
 
 One run:
 1. makes (once) a separate virtualenv `bench/.venv-rembg` with `rembg[cpu,cli]` at the version our
-   venv has: its server's pins (fastapi, gradio, older uvicorn and python-multipart) conflict
-   with ours, so it cannot live in .venv;
+   venv has (servers.py: its pins conflict with ours);
 2. starts both servers on 127.0.0.1 with the same weights (--model ghost: u2netp, U2NET_HOME
    points rembg at our models/ folder, so it downloads nothing; --model aurora: models/isnet.onnx,
    which rembg's dis_custom session loads from extras={"model_path": ...}) and warms both up;
@@ -35,13 +34,12 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +49,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.harness import LiveServer, concurrency_env, free_port  # noqa: E402  (the tests' server harness)
+from servers import Server, Summary, drive, start_ours, start_rembg  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
 
-REMBG_VENV = ROOT / "bench" / ".venv-rembg"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIN_IOU = 0.99
 # Peak RSS with all three models loaded under load (IS-Net at 1024 included).
 MAX_RSS_MB = 1536
@@ -73,137 +69,38 @@ class Pair:
     concurrency: tuple[int, ...]
     throughput_target: float  # ours / rembg at the highest concurrency, at least
     p50_target: float  # ours / rembg at concurrency 1, at most
-    rounds: tuple[int, int]  # (rounds, requests per round) for the full run; --quick halves both
+    rounds: tuple[int, int]  # (rounds, requests per round) for the full run; fewer with --quick
     floor_runs: int
-    # Our model[@resolution] whose masks must match rembg's: aurora averages two runs (the photo
-    # and its mirror), so the single 1024x1024 run of the same network is falcon at 1024x1024.
-    parity: str
+    # Our model whose masks must match rembg's. None: one added for the run (PARITY_MODEL), our
+    # model's network alone, once, at `side`: aurora keeps per pixel the larger of two runs (the
+    # photo and its mirror) and falcon joins ghost's mask, so neither is what rembg runs.
+    parity: str | None
+
+
+PARITY_MODEL = "parity"
+
+
+def parity_env(pair: Pair) -> dict[str, str]:
+    """Server environment adding PARITY_MODEL (merged into config/models.toml's models) where the pair needs it."""
+    if pair.parity is not None:
+        return {}
+    alone = Settings().models[pair.ours].model_copy(
+        update={
+            "description": f"{pair.ours}'s network alone, once, at {pair.side}x{pair.side}",
+            "input_size": pair.side, "resolutions": {}, "mirror": "none", "union": None, "foreground": "none",
+        }
+    )
+    return {"CUTOUT_MODELS": json.dumps({PARITY_MODEL: alone.model_dump(mode="json")})}
 
 
 PAIRS = {
     "ghost": Pair("ghost", "u2netp", "u2netp.onnx", 320, (1, 4), 1.3, 0.8, (10, 12), 30, "ghost"),
     # rembg's dis_custom session takes any IS-Net file through extras={"model_path": ...}. Its runs
     # take seconds each in onnxruntime here, hence fewer, shorter rounds.
-    "aurora": Pair("aurora", "dis_custom", "isnet.onnx", 1024, (1, 2), 1.5, 0.7, (4, 6), 5, "falcon@1024x1024"),
+    "aurora": Pair("aurora", "dis_custom", "isnet.onnx", 1024, (1, 2), 1.5, 0.7, (4, 6), 5, None),
 }
 # Memory "returns to baseline" when RSS after the big uploads is within this of before.
 RSS_SLACK_MB = 40
-
-
-# ---------------------------------------------------------------- servers
-
-
-def _proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen[bytes]
-    # (session, image, mask_only, model) -> response; model None: the ghost / u2netp pipeline.
-    post: Callable[[requests.Session, bytes, bool, str | None], requests.Response]
-    stop: Callable[[], None]
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
-
-    def rss_mb(self) -> float:
-        return _proc_status_kb(self.process.pid, "VmRSS") / 1024
-
-    def peak_rss_mb(self) -> float:
-        return _proc_status_kb(self.process.pid, "VmHWM") / 1024
-
-    def reset_peak_rss(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    sys.exit(f"server at {url} not ready after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def ensure_rembg_venv() -> Path:
-    """rembg's CLI server lives in its own venv; built once, reused after."""
-    exe = REMBG_VENV / "bin" / "rembg"
-    version = importlib.metadata.version("rembg")
-    marker = REMBG_VENV / f".installed-{version}"
-    if exe.exists() and marker.exists():
-        return exe
-    print(f"making {REMBG_VENV.relative_to(ROOT)} with rembg[cpu,cli]=={version} (once)...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(REMBG_VENV)], check=True)
-    pip = [str(REMBG_VENV / "bin" / "python"), "-m", "pip", "install", "-q", f"rembg[cpu,cli]=={version}"]
-    installed = subprocess.run(pip, capture_output=True, text=True)
-    if installed.returncode != 0:
-        sys.exit(f"installing rembg's server failed:\n{installed.stderr[-3000:]}")
-    marker.touch()
-    return exe
-
-
-def start_ours(workdir: Path, models_dir: Path, env_overrides: dict[str, str], pair: Pair) -> Server:
-    # One key sends every request at once: lift the per-account concurrency limit for it.
-    env = {"CUTOUT_MODELS_DIR": str(models_dir), **concurrency_env(1024), **env_overrides}
-    # The shipped models; compiling and warming IS-Net takes minutes on a busy box.
-    server = LiveServer(workdir / "data", env, isnet=True).start(timeout_s=900)
-    key = server.create_key(10_000_000, "--rate", "1000000/minute")
-    assert server.process is not None
-
-    def post(session: requests.Session, image: bytes, mask: bool, model: str | None) -> requests.Response:
-        path = "/v2/rembg/mask/" if mask else "/v2/rembg/"
-        name, _, resolution = (model or pair.ours).partition("@")
-        data = {"model": name, **({"operating_resolution": resolution} if resolution else {})}
-        return session.post(
-            server.url + path, headers={"ApiKey": key}, files={"image": ("photo.jpg", image)}, data=data, timeout=300
-        )
-
-    return Server("cutout", server.process, post, server.stop)
-
-
-def start_rembg(workdir: Path, models_dir: Path, pair: Pair) -> Server:
-    exe = ensure_rembg_venv()
-    port = free_port()
-    # BROWSER=true: its start-up hook "opens a browser"; make that a no-op.
-    env = {**os.environ, "U2NET_HOME": str(models_dir), "BROWSER": "true"}
-    log = workdir / "rembg.log"
-    proc = subprocess.Popen(
-        [str(exe), "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    # Its imports (gradio, fastapi, ...) take minutes on a busy box, more on the first run of a fresh venv.
-    _wait_ready(proc, url + "/api", log, timeout=900)
-
-    # rembg takes extras in the query string, the rest as form fields.
-    extras = json.dumps({"model_path": str(models_dir / pair.weights)}) if pair.rembg_model == "dis_custom" else None
-    query = {"extras": extras} if extras else None
-
-    def post(session: requests.Session, image: bytes, mask: bool, model: str | None) -> requests.Response:
-        assert model is None, f"rembg s runs {pair.rembg_model} only here"
-        data = {"model": pair.rembg_model, "om": "true" if mask else "false"}
-        return session.post(
-            url + "/api/remove", params=query, files={"file": ("photo.jpg", image)}, data=data, timeout=600
-        )
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()  # uvicorn exits on SIGTERM
-            proc.wait(timeout=30)
-
-    return Server("rembg s", proc, post, stop)
 
 
 # ---------------------------------------------------------------- images
@@ -238,83 +135,6 @@ def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 def generated_images() -> list[tuple[str, bytes]]:
     sizes = [(1000, 667), (640, 480), (1440, 1080), (800, 1200)]
     return [(f"generated-{i}.jpg", jpeg(synthetic_photo(*sizes[i % 4], seed=i))) for i in range(8)]
-
-
-# ---------------------------------------------------------------- load
-
-
-@dataclass
-class Run:
-    wall_s: float
-    latencies_s: list[float]
-    cpu_s: float
-    peak_rss_mb: float
-    response_bytes: list[int]
-
-
-def drive(server: Server, images: list[bytes], count: int, concurrency: int) -> Run:
-    """Closed loop: `concurrency` clients, each sends its next request as soon as the last one returns."""
-    server.reset_peak_rss()
-    lock = threading.Lock()
-    next_index = 0
-    latencies: list[float] = []
-    sizes: list[int] = []
-    failures: list[str] = []
-
-    def client() -> None:
-        nonlocal next_index
-        with requests.Session() as session:
-            while True:
-                with lock:
-                    if next_index >= count or failures:
-                        return
-                    i = next_index
-                    next_index += 1
-                t0 = time.perf_counter()
-                response = server.post(session, images[i % len(images)], False, None)
-                elapsed = time.perf_counter() - t0
-                with lock:
-                    if response.status_code != 200 or not response.content.startswith(b"\x89PNG"):
-                        failures.append(f"{response.status_code} {response.text[:200]}")
-                    latencies.append(elapsed)
-                    sizes.append(len(response.content))
-
-    cpu0 = server.cpu_seconds()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if failures:
-        sys.exit(f"{server.name}: request failed: {failures[0]}")
-    return Run(wall, latencies, server.cpu_seconds() - cpu0, server.peak_rss_mb(), sizes)
-
-
-@dataclass
-class Summary:
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def throughput(self) -> float:
-        return statistics.median(len(r.latencies_s) / r.wall_s for r in self.runs)
-
-    def latency_ms(self, q: float) -> float:
-        pooled = [x for r in self.runs for x in r.latencies_s]
-        return float(np.percentile(pooled, q)) * 1000
-
-    @property
-    def cpu_per_image(self) -> float:
-        return sum(r.cpu_s for r in self.runs) / sum(len(r.latencies_s) for r in self.runs)
-
-    @property
-    def peak_rss(self) -> float:
-        return max(r.peak_rss_mb for r in self.runs)
-
-    @property
-    def median_bytes(self) -> float:
-        return statistics.median(b for r in self.runs for b in r.response_bytes)
 
 
 # ---------------------------------------------------------------- floor
@@ -417,11 +237,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_parity(ours: Server, rembg: Server, images: list[tuple[str, bytes]], pair: Pair) -> bool:
-    print(f"\nSame cut-outs: {pair.parity} mask vs rembg {pair.rembg_model} mask, IoU >= {MIN_IOU} on every image")
+    parity = pair.parity or PARITY_MODEL
+    print(f"\nSame cut-outs: {parity} mask vs rembg {pair.rembg_model} mask, IoU >= {MIN_IOU} on every image")
     ok = True
     with requests.Session() as session:
         for name, data in images:
-            ours_mask = mask_of(ours.post(session, data, True, pair.parity))
+            ours_mask = mask_of(ours.post(session, data, True, parity))
             score = iou(ours_mask, mask_of(rembg.post(session, data, True, None)))
             ok &= score >= MIN_IOU
             print(f"  {name:24} IoU {score:.4f}{'' if score >= MIN_IOU else '  FAIL'}")
@@ -483,7 +304,8 @@ def check_memory(ours: Server, images: list[bytes], count: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
-    parser.add_argument("--quick", action="store_true", help="4 rounds of 8 requests instead of 10 of 12")
+    parser.add_argument("--quick", action="store_true",
+                        help="half the rounds, 2/3 of the requests: ghost 5 x 8 instead of 10 x 12, aurora 2 x 4 instead of 4 x 6")
     parser.add_argument("--model", choices=sorted(PAIRS), default="ghost",
                         help="ghost: vs rembg u2netp; aurora: vs rembg dis_custom on the same IS-Net file")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default: 1 4 (ghost), 1 2 (aurora)")
@@ -511,9 +333,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cutout-bench-") as tmp:
         workdir = Path(tmp)
-        servers = [start_ours(workdir, models_dir, overrides, pair)]
+        servers = [start_ours(workdir, models_dir, {**parity_env(pair), **overrides}, pair.ours)]
         try:
-            servers.append(start_rembg(workdir, models_dir, pair))
+            servers.append(start_rembg(workdir, models_dir, pair.rembg_model, pair.weights))
             for server in servers:  # warm-up: rembg builds its session on the first request
                 drive(server, images, len(images) if pair.side < 1024 else 2, 2)
             x = preprocessed(images[0], pair.side)
