@@ -84,10 +84,15 @@ def parity_env(pair: Pair) -> dict[str, str]:
     """Server environment adding PARITY_MODEL (merged into config/models.toml's models) where the pair needs it."""
     if pair.parity is not None:
         return {}
+    # Normalised as rembg's sessions do (pixels / the image's maximum, then (x - 0.5) / 1 for IS-Net),
+    # so that the check compares the engines on the same input. The shipped models normalise as
+    # the export was made, (pixel - 128) / 256: on a photo whose brightest pixel is far from 255
+    # the two inputs differ, and so do the masks (docs/performance.md).
     alone = Settings().models[pair.ours].model_copy(
         update={
-            "description": f"{pair.ours}'s network alone, once, at {pair.side}x{pair.side}",
+            "description": f"{pair.ours}'s network alone, once, at {pair.side}x{pair.side}, rembg's input",
             "input_size": pair.side, "resolutions": {}, "mirror": "none", "union": None, "foreground": "none",
+            "scale": "image_max", "mean": (0.5, 0.5, 0.5), "std": (1.0, 1.0, 1.0),
         }
     )
     return {"CUTOUT_MODELS": json.dumps({PARITY_MODEL: alone.model_dump(mode="json")})}
