@@ -91,7 +91,9 @@ def test_installed_package_reads_its_own_config_and_the_override(bare_venv: Path
     override = elsewhere / "config"
     override.mkdir()
     models_toml = (ROOT / "config" / "models.toml").read_text()
-    (override / "models.toml").write_text(models_toml.replace("[models.ghost]", "[models.phantom]"))
+    # falcon joins ghost's mask by name: the rename carries over to its reference.
+    renamed = models_toml.replace("[models.ghost]", "[models.phantom]").replace('union = "ghost"', 'union = "phantom"')
+    (override / "models.toml").write_text(renamed)
     overridden = run(
         [str(bare_venv), "-m", "app", "models", "list"], elsewhere,
         CUTOUT_MODELS_DIR=str(elsewhere), CUTOUT_CONFIG_DIR=str(override),
