@@ -23,6 +23,7 @@ from servers import ROOT, Summary, drive, start_ours
 FALCON_P50_TARGET = 2.5
 DEFAULT_MODELS = "ghost,falcon,falcon@1024x1024,aurora"
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
@@ -62,6 +63,7 @@ def main() -> None:
         met = ratio <= FALCON_P50_TARGET
         print(f"\ntarget: falcon p50 <= {FALCON_P50_TARGET}x ghost's: {ratio:.2f}x {'met' if met else 'MISSED'}")
         sys.exit(0 if met else 1)
+
 
 if __name__ == "__main__":
     main()
