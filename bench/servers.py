@@ -44,7 +44,8 @@ def _proc_status_kb(pid: int, key: str) -> int:
 class Server:
     name: str
     process: subprocess.Popen[bytes]
-    # (session, image, mask_only, model) -> response; model None: the ghost / u2netp pipeline.
+    # (session, image, mask_only, model) -> response; model None: the server's default (ours:
+    # start_ours's default_model; rembg: the one session it was started for).
     post: Callable[[requests.Session, bytes, bool, str | None], requests.Response]
     stop: Callable[[], None]
 
