@@ -21,7 +21,7 @@ from app import fetch, images, options
 from app.client_address import parse_networks
 from app.errors import ApiError, invalid_image, invalid_parameter
 from app.inference.pipeline import Output, Pipeline
-from app.output import Rendered
+from app.output import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
 from app.settings import Settings
 from app.submission import Submission
 
@@ -36,6 +36,8 @@ class Answer:
     json: bool
     extra_cost: int
     fingerprint: str  # what the Idempotency-Key fingerprint adds ("" for a plain request)
+    # Peak memory the options add to the model's own estimate (a bg_image's decode), for the admission.
+    memory_bytes: int = 0
 
     @property
     def plain(self) -> bool:
@@ -80,15 +82,16 @@ def wants_json(request: Request) -> bool:
     return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
 
 
-def _probe_background(data: bytes, settings: Settings) -> str:
-    """The background's header checked like an upload's; its digest for the Idempotency-Key fingerprint."""
+def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
+    """The background's header checked like an upload's: its digest for the Idempotency-Key
+    fingerprint, and its pixels for the memory admission."""
     try:
-        images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        info = images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
             raise ApiError("image_too_large", f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
-    return hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
 async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
@@ -98,10 +101,12 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
         )
-    background_digest = ""
+    background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
         # Off the event loop, as the photo's own probe and hash.
-        background_digest = await anyio.to_thread.run_sync(_probe_background, chosen.bg_image, settings)
+        background_digest, background_pixels = await anyio.to_thread.run_sync(
+            _probe_background, chosen.bg_image, settings
+        )
     if sub.image is not None:
         image = sub.image
     else:
@@ -123,4 +128,7 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
     }
     extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
     fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
-    return Answer(image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=fingerprint)
+    return Answer(
+        image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=fingerprint,
+        memory_bytes=background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
+    )

@@ -30,6 +30,11 @@ JPEG_BACKGROUND = (255, 255, 255, 255)
 # Blurs wider than twice this radius run on a copy reduced by radius // BLUR_REDUCE_STEP.
 BLUR_REDUCE_STEP = 4
 
+# A bg_image's decode and its scaling to the cut-out, peak bytes per pixel of the background (PIL's
+# 4-byte RGB, the decoded array, the cover crop): the memory admission adds it to the model's
+# estimate. Measured by `bench/memory.py --background`: 10.0 B/px from 2000^2 to 6000^2, JPEG or PNG.
+BACKGROUND_PEAK_BYTES_PER_PIXEL = 10
+
 
 @dataclass(frozen=True)
 class Rendered:

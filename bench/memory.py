@@ -8,6 +8,10 @@ A least-squares line through the points gives the fixed part and the part per pi
 takes the fixed part and the steepest slope among adjacent points, rounded up.
 
     .venv/bin/python bench/memory.py [--sides 1000 3000 5000 7000] [--models aurora]
+    .venv/bin/python bench/memory.py --background [--sides 2000 4000 6000]
+
+--background measures instead what a bg_image adds (its decode and its scaling to a small cut-out),
+per pixel of the background, JPEG and PNG: app/output.py's BACKGROUND_PEAK_BYTES_PER_PIXEL.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app import options  # noqa: E402
 from app.inference.memory import release_large_frees_to_os  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
+from app.output import finish_cutout  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.harness import subject_image  # noqa: E402  (the tests' image maker)
 
@@ -43,12 +49,27 @@ def peak_above_rest(run: object) -> float:
     return (status_kib("VmHWM") - rest) * 1024 / MIB
 
 
+def measure_background(sides: list[int]) -> None:
+    cutout = np.zeros((200, 200, 4), np.uint8)
+    cutout[50:150, 50:150] = 200
+    photo = np.zeros((200, 200, 3), np.uint8)
+    for side in sides:
+        for fmt in ("JPEG", "PNG"):
+            chosen = options.parse({}, subject_image(side, side, fmt=fmt), mask=False)
+            peak = peak_above_rest(lambda: finish_cutout(cutout, photo, chosen, 1, True))
+            print(f"bg_image {side}x{side} {fmt}: peak {peak:.0f} MiB above rest, {peak * MIB / side / side:.1f} B/px")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[1000, 3000, 5000, 7000])
     parser.add_argument("--models", nargs="+")
+    parser.add_argument("--background", action="store_true", help="a bg_image's cost, not the models'")
     args = parser.parse_args()
     release_large_frees_to_os()
+    if args.background:
+        measure_background(args.sides)
+        return
     settings = Settings()
     names = args.models or list(settings.models)
     # A model another one joins (union) is loaded too, not measured.

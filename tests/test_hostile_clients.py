@@ -241,3 +241,40 @@ def test_four_huge_uploads_stay_within_the_memory_budget(start_server: Callable[
             assert_error(response, 503, "server_busy")
             assert int(response.headers["Retry-After"]) >= 1
     assert server.balance(key) == 20 - 2 * statuses.count(200)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_a_huge_background_counts_in_the_memory_budget(start_server: Callable[..., LiveServer]) -> None:
+    """A small photo over a 36 MP bg_image: the background's decode is admitted with the job, so two
+    such jobs (each estimated near 350 MB) do not run side by side within a 512 MB budget."""
+    budget_mb = 512
+    server = start_server(
+        CUTOUT_MEMORY_BUDGET_MB=str(budget_mb),
+        CUTOUT_MEMORY_WAIT_S="60",  # the second job waits for the first, it is not refused
+        CUTOUT_PROCESSING_TIMEOUT_S="300",
+        **concurrency_env(2),
+    )
+    key = server.create_key(10, "--rate", "1000/minute")
+    background = flat_photo(6000)
+    files = {"image": ("photo.jpg", subject_image(200, 150), "image/jpeg"), "bg_image": ("bg.png", background, "image/png")}
+
+    def post(_: int) -> requests.Response:
+        return requests.post(server.url + "/v2/rembg/", headers={"ApiKey": key}, files=files, data={"model": "ghost"}, timeout=300)
+
+    assert server.process is not None
+    pid = server.process.pid
+    rest = rss_mb(pid)
+    with open(f"/proc/{pid}/clear_refs", "w") as refs:
+        refs.write("5")  # the peak mark starts from now, not from start-up
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(post, range(2)))
+    growth = peak_rss_mb(pid) - rest
+    print(f"2 x small photo over 6000x6000 bg_image at once: peak {growth:.0f} MB above rest, budget {budget_mb} MB")
+    assert [r.status_code for r in responses] == [200, 200], [r.text[:200] for r in responses]
+    assert growth <= budget_mb
+    assert server.balance(key) == 8

@@ -90,8 +90,9 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
     probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
     info = await anyio.to_thread.run_sync(probe)
-    # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost.
-    memory_bytes = pipeline.spec.peak_bytes(info.width * info.height)
+    # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost,
+    # plus what its options add (a background image's decode).
+    memory_bytes = pipeline.spec.peak_bytes(info.width * info.height) + answer.memory_bytes
 
     render_body = answer.renderer(pipeline, output, resolution)
 
