@@ -25,19 +25,18 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.harness import LiveServer, concurrency_env, free_port  # noqa: E402  (the tests' server harness)
+from tests.harness import (  # noqa: E402  (the tests' server harness)
+    LiveServer,
+    concurrency_env,
+    cpu_seconds,
+    free_port,
+    proc_status_mb,
+    reset_peak_rss,
+)
 
 REMBG_VENV = ROOT / "bench" / ".venv-rembg"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- servers
-
-
-def _proc_status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
 
 
 @dataclass
@@ -50,17 +49,16 @@ class Server:
     stop: Callable[[], None]
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+        return cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
-        return _proc_status_kb(self.process.pid, "VmRSS") / 1024
+        return proc_status_mb(self.process.pid, "VmRSS")
 
     def peak_rss_mb(self) -> float:
-        return _proc_status_kb(self.process.pid, "VmHWM") / 1024
+        return proc_status_mb(self.process.pid, "VmHWM")
 
     def reset_peak_rss(self) -> None:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        reset_peak_rss(self.process.pid)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 180) -> None:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,51 @@ def concurrency_env(max_concurrent: int) -> dict[str, str]:
     with many requests at once on purpose (queueing, ledger races), not the per-account limit."""
     plans = tomllib.loads((ROOT / "config" / "plans.toml").read_text())["plans"]
     return {"CUTOUT_PLANS": json.dumps({name: {**plan, "max_concurrent": max_concurrent} for name, plan in plans.items()})}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def proc_status_mb(pid: int, field: str) -> float:
+    """A memory line of /proc/PID/status (VmRSS now, VmHWM its peak) in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := VmRSS: the peak mark starts from now
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def hang_up_after_upload(server: "LiveServer", key: str, image: bytes, model: str, after_s: float) -> None:
+    """Send a whole request on a raw socket, wait `after_s`, then close it before the answer comes."""
+    prepared = requests.Request(
+        "POST", server.url + "/v2/rembg/", headers={"ApiKey": key}, files={"image": ("photo.jpg", image)},
+        data={"model": model},
+    ).prepare()
+    head = f"POST /v2/rembg/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in prepared.headers.items()
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + b"\r\n" + prepared.body)  # type: ignore[operator]
+        time.sleep(after_s)
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ import random
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pillow_heif
@@ -26,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from app import images
 from app.errors import ApiError
-from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, raw_request, subject_image
+from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, proc_status_mb, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
 
@@ -288,19 +287,12 @@ def test_any_valid_image_comes_back_at_its_displayed_size(
 # --- memory -------------------------------------------------------------------------------------
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_concurrent_bombs_and_oversized_uploads_leave_peak_rss_bounded(start_server: Callable[..., LiveServer]) -> None:
     server = start_server()  # default limits: 25 MB bodies, 50 MP, 12000 px
     assert server.process is not None
     key = server.create_key(1000, "--rate", "100000/minute")
     assert server.remove(key, subject_image(320, 240), model="aurora").status_code == 200  # warm every code path
-    baseline = peak_rss_mb(server.process.pid)
+    baseline = proc_status_mb(server.process.pid, "VmHWM")
 
     limit = 25 * 1024 * 1024
     oversized = b"\xff\xd8\xff" + bytes(limit + 1024 * 1024)
@@ -333,7 +325,7 @@ def test_concurrent_bombs_and_oversized_uploads_leave_peak_rss_bounded(start_ser
     assert set(statuses) <= {400, 413}, statuses
     assert statuses.count(413) >= 12 + 4 + 16
 
-    growth = peak_rss_mb(server.process.pid) - baseline
+    growth = proc_status_mb(server.process.pid, "VmHWM") - baseline
     print(f"peak RSS {baseline:.0f} MB before, grew {growth:.1f} MB under {len(statuses)} hostile uploads")
     # Buffering the 16 oversized bodies would cost 400+ MB, decoding one bomb 144 MB or more.
     assert growth < 120, f"peak RSS grew by {growth:.0f} MB"

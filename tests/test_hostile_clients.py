@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import os
 import re
-import socket
 import struct
 import threading
 import time
@@ -23,7 +21,7 @@ import requests
 import urllib3
 from PIL import Image, ImageDraw
 
-from harness import LiveServer, assert_error, concurrency_env, subject_image
+from harness import LiveServer, assert_error, concurrency_env, cpu_seconds, hang_up_after_upload, proc_status_mb, reset_peak_rss, subject_image
 
 CRAFTED_BYTES = 24 * 1024 * 1024  # under the 25 MB body limit: the probe, not the limit, must refuse it
 HEALTH_BUDGET_S = 0.1
@@ -128,13 +126,6 @@ def photo_12mp() -> bytes:
     return subject_image(4000, 3000, quality=90)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def jobs_in_flight(server: LiveServer) -> float:
     text = requests.get(server.url + "/metrics", timeout=10).text
     return float(re.search(r"^cutout_jobs_in_flight (\S+)$", text, re.M).group(1))
@@ -149,17 +140,6 @@ def settle(server: LiveServer) -> None:
         if jobs_in_flight(server) == 0 and cpu_seconds(server.process.pid) - before < 0.05:
             return
     raise AssertionError("the server did not settle")
-
-
-def hang_up_after_upload(server: LiveServer, key: str, image: bytes, model: str, after_s: float) -> None:
-    body, content_type = urllib3.encode_multipart_formdata({"image": ("photo.jpg", image, "image/jpeg"), "model": model})
-    head = (
-        f"POST /v2/rembg/ HTTP/1.1\r\nHost: x\r\nApiKey: {key}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(head.encode() + body)
-        time.sleep(after_s)
 
 
 def test_a_client_that_hangs_up_stops_costing_cpu(server: LiveServer, photo_12mp: bytes) -> None:
@@ -204,12 +184,6 @@ def test_one_account_cannot_occupy_every_worker(server: LiveServer) -> None:
 MEMORY_BUDGET_MB = 2048
 
 
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 def flat_photo(side: int) -> bytes:
     """A 7000x7000 PNG of a few hundred KB: the pixel count of a big photo, little to upload."""
     img = Image.new("RGB", (side, side), (235, 235, 228))
@@ -231,7 +205,7 @@ def test_four_huge_uploads_stay_within_the_memory_budget(start_server: Callable[
     photo = flat_photo(7000)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(lambda _: server.remove(key, photo, model="aurora"), range(4)))
-    peak = peak_rss_mb(server.process.pid)
+    peak = proc_status_mb(server.process.pid, "VmHWM")
     statuses = sorted(r.status_code for r in responses)
     print(f"4 x 7000x7000 aurora at once: {statuses}, peak RSS {peak:.0f} MB, budget {MEMORY_BUDGET_MB} MB")
     assert peak <= MEMORY_BUDGET_MB
@@ -241,12 +215,6 @@ def test_four_huge_uploads_stay_within_the_memory_budget(start_server: Callable[
             assert_error(response, 503, "server_busy")
             assert int(response.headers["Retry-After"]) >= 1
     assert server.balance(key) == 20 - 2 * statuses.count(200)
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 def test_a_huge_background_counts_in_the_memory_budget(start_server: Callable[..., LiveServer]) -> None:
@@ -268,12 +236,11 @@ def test_a_huge_background_counts_in_the_memory_budget(start_server: Callable[..
 
     assert server.process is not None
     pid = server.process.pid
-    rest = rss_mb(pid)
-    with open(f"/proc/{pid}/clear_refs", "w") as refs:
-        refs.write("5")  # the peak mark starts from now, not from start-up
+    rest = proc_status_mb(pid, "VmRSS")
+    reset_peak_rss(pid)  # the peak mark starts from now, not from start-up
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(post, range(2)))
-    growth = peak_rss_mb(pid) - rest
+    growth = proc_status_mb(pid, "VmHWM") - rest
     print(f"2 x small photo over 6000x6000 bg_image at once: peak {growth:.0f} MB above rest, budget {budget_mb} MB")
     assert [r.status_code for r in responses] == [200, 200], [r.text[:200] for r in responses]
     assert growth <= budget_mb

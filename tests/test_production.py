@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from urllib3 import encode_multipart_formdata
 
-from harness import LiveServer, RedisServer, assert_error, concurrency_env, png_of, subject_image
+from harness import LiveServer, RedisServer, assert_error, concurrency_env, png_of, subject_image, wait_until
 
 
 def scrape(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -35,15 +35,6 @@ def scrape(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], f
 
 def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_health_and_ready(live_server: LiveServer) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ from typing import Callable
 import pytest
 import requests
 
-from harness import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
+from harness import LiveServer, RedisServer, assert_error, concurrency_env, hang_up_after_upload, subject_image
 
 TINY = subject_image(48, 36)  # ghost runs at 320x320 anyway: a small upload keeps the HTTP side cheap
 
@@ -156,20 +155,6 @@ def test_same_idempotency_key_sent_twice_concurrently_charges_once(pair: list[Li
     assert pair[1].balance(key) == 9
 
 
-def _send_and_hang_up(server: LiveServer, key: str, image: bytes, model: str, after_s: float) -> None:
-    """Send a whole request on a raw socket, then close it before the answer comes."""
-    prepared = requests.Request(
-        "POST", server.url + "/v2/rembg/", headers={"ApiKey": key}, files={"image": ("a.jpg", image)},
-        data={"model": model},
-    ).prepare()
-    head = f"POST /v2/rembg/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n" + "".join(
-        f"{name}: {value}\r\n" for name, value in prepared.headers.items()
-    )
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(head.encode() + b"\r\n" + prepared.body)  # type: ignore[operator]
-        time.sleep(after_s)
-
-
 def _wait_until_idle(server: LiveServer, key: str) -> None:
     """Ghost requests until one gets through (the single worker is free again); each costs 1 then."""
     deadline = time.monotonic() + 30
@@ -198,7 +183,7 @@ def test_every_failure_path_refunds(start_server: Callable[..., LiveServer], red
 
     # The client hangs up while its job runs: the result is never delivered, so never charged.
     # A big aurora job (~1 s) so that the hang-up surely comes first, however fast the model gets.
-    _send_and_hang_up(server, key, subject_image(3000, 2250), "aurora", after_s=0.3)
+    hang_up_after_upload(server, key, subject_image(3000, 2250), "aurora", after_s=0.3)
     _wait_until_idle(server, key)
     spent += 1
 

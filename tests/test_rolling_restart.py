@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from app.settings import Settings
-from harness import ROOT, LiveServer, RedisServer, concurrency_env, free_port, subject_image
+from harness import ROOT, LiveServer, RedisServer, concurrency_env, free_port, subject_image, wait_until
 
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 DRAIN_DELAY_S = Settings.model_fields["drain_delay_s"].default
@@ -69,15 +69,6 @@ class HAProxy:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Load:
@@ -145,25 +136,25 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
         replicas = list(pool.map(lambda i: start_server(data_dir=tmp_path / f"replica{i}", **env), range(2)))
     key = replicas[0].create_key(CREDITS, "--rate", "100000/minute")
     proxy = haproxy_factory(replicas)
-    wait_for(lambda: proxy.states() == {"r0": "UP", "r1": "UP"}, 30, "HAProxy to see both replicas up")
+    wait_until(lambda: proxy.states() == {"r0": "UP", "r1": "UP"}, 30, "HAProxy to see both replicas up")
 
     load = Load(proxy.url, key)
     taken_out_s: list[float] = []
     try:
-        wait_for(lambda: load.count() >= 10, 60, "the load to get going")
+        wait_until(lambda: load.count() >= 10, 60, "the load to get going")
         for index, replica in enumerate(replicas):
             name = f"r{index}"
             assert replica.process is not None
             replica.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            wait_for(lambda: proxy.states()[name] != "UP", DRAIN_DELAY_S, f"HAProxy to take {name} out")
+            wait_until(lambda: proxy.states()[name] != "UP", DRAIN_DELAY_S, f"HAProxy to take {name} out")
             taken_out_s.append(time.monotonic() - signalled)
             assert replica.process.wait(timeout=DRAIN_DELAY_S + 30) == 0, replica.log()
             replica.start()
-            wait_for(lambda: proxy.states()[name] == "UP", 30, f"HAProxy to put {name} back")
+            wait_until(lambda: proxy.states()[name] == "UP", 30, f"HAProxy to put {name} back")
         # The last replica restarted serves alongside the first: the load carries on through both.
         served = load.count()
-        wait_for(lambda: load.count() >= served + 10, 60, "the load to carry on after the restart")
+        wait_until(lambda: load.count() >= served + 10, 60, "the load to carry on after the restart")
     finally:
         results = load.stop()
 
