@@ -21,12 +21,11 @@ class AccountSlots:
     a client that fans out should see it, not wait behind itself)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._limits = {name: plan.max_concurrent for name, plan in settings.plans.items()}
-        self._default = self._limits.get(settings.default_plan, 1)
+        self._settings = settings
         self._held: Counter[str] = Counter()
 
     def limit_for(self, account: Account) -> int:
-        return self._limits.get(account.plan, self._default)
+        return self._settings.plan_for(account.plan).max_concurrent
 
     @contextlib.contextmanager
     def hold(self, account: Account) -> Iterator[None]:

@@ -12,12 +12,14 @@ calls are synchronous, which would block the event loop on every Redis round tri
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from limits import RateLimitItem, parse
+from limits import RateLimitItem
+from limits import parse as parse_uncached
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
@@ -26,6 +28,9 @@ from app.settings import Settings
 from app.store import Account
 
 KEY_PREFIX = "cutout:limits"
+
+# A limit's text ("60/minute") parsed once: every request looks one up (the plan's or the account's own).
+parse = functools.lru_cache(maxsize=256)(parse_uncached)
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,13 @@ def _storage(settings: Settings) -> tuple[Storage, Callable[[], AbstractContextM
 
 class RateLimits:
     def __init__(self, settings: Settings) -> None:
-        self._plans = {name: plan.rate_limit for name, plan in settings.plans.items()}
-        self._default = self._plans[settings.default_plan]  # Settings checks that the plan exists
+        self._settings = settings
         self._auth_failures = parse(settings.auth_failure_limit)
         storage, self._guard = _storage(settings)
         self._limiter = MovingWindowRateLimiter(storage)
 
     def limit_for(self, account: Account) -> str:
-        return account.rate_limit or self._plans.get(account.plan, self._default)
+        return account.rate_limit or self._settings.plan_for(account.plan).rate_limit
 
     async def _state(self, item: RateLimitItem, *identifiers: str) -> RateState:
         stats = await self._limiter.get_window_stats(item, *identifiers)

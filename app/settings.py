@@ -70,6 +70,11 @@ def resolution_name(side: int) -> str:
     return f"{side}x{side}"
 
 
+def resolution_side(name: str) -> int:
+    """The side of a square operating resolution, e.g. "1024x1024" -> 1024 (ModelSpec checks the form)."""
+    return int(name.partition("x")[0])
+
+
 class ModelSpec(BaseModel):
     """A public model name bound to a pipeline over one weights file."""
 
@@ -287,6 +292,18 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.data_dir / "cutout.sqlite3"
+
+    def plan_for(self, name: str) -> PlanSpec:
+        """The named plan; an account on a plan the config no longer has gets the default plan."""
+        return self.plans.get(name) or self.plans[self.default_plan]  # the default exists (checked)
+
+    def only_models(self, names: list[str] | tuple[str, ...]) -> "Settings":
+        """These settings with only the named models loaded, and the models they join (`union`)."""
+        chosen = {name: self.models[name] for name in names}
+        for spec in list(chosen.values()):
+            if spec.union is not None:
+                chosen.setdefault(spec.union, self.models[spec.union])
+        return self.model_copy(update={"models": chosen})
 
     def weights_path(self, weights_name: str) -> Path:
         return self.models_dir / self.weights[weights_name].file

@@ -73,11 +73,7 @@ def main() -> None:
     settings = Settings()
     names = args.models or list(settings.models)
     # A model another one joins (union) is loaded too, not measured.
-    chosen = {name: settings.models[name] for name in names}
-    for spec in list(chosen.values()):
-        if spec.union is not None:
-            chosen.setdefault(spec.union, settings.models[spec.union])
-    registry = ModelRegistry.load(settings.model_copy(update={"models": chosen}))
+    registry = ModelRegistry.load(settings.only_models(names))
     photos = {side: subject_image(side, side, quality=90) for side in args.sides}
     for name in names:
         pipeline = registry.get(name)

@@ -34,6 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from app import fetch, images, options, output  # noqa: E402
+from app.client_address import parse_networks  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -78,7 +79,7 @@ def loopback_fetch_ms(data: bytes, rounds: int) -> float:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Serve)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
-    allow = fetch.parse_networks(["127.0.0.1/32"])
+    allow = parse_networks(["127.0.0.1/32"])
 
     async def one() -> float:
         started = time.perf_counter()
@@ -101,7 +102,7 @@ def main() -> None:
 
     settings = Settings()
     model = args.model or settings.default_model
-    settings = settings.model_copy(update={"models": {model: settings.models[model]}})
+    settings = settings.only_models([model])
     pipeline = ModelRegistry.load(settings).get(model)
     assert pipeline is not None
     data, size = photo_bytes(args.image)

@@ -1,7 +1,8 @@
 """The fast layer's harness: the app in this process (`create_app` and its lifespan, real weights),
 spoken to through httpx's ASGITransport: no server process, no socket.
 
-Settings keep one model (ghost) so that an app starts in about a second.
+Settings keep the models a test names (ghost by default, which starts in about a second; falcon
+adds IS-Net's compile and ghost, which it joins).
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ def fast_settings(data_dir: Path, models: tuple[str, ...] = ("ghost",), **overri
     """The configured settings with the given data dir and overrides, and only the named models."""
     settings = Settings(data_dir=data_dir, models_dir=MODELS_DIR, **overrides)
     # Not through the constructor: pydantic-settings merges a dict given there into the TOML's.
-    chosen = {name: settings.models[name] for name in models}
-    return settings.model_copy(update={"models": chosen, "default_model": models[0] if models else ""})
+    return settings.only_models(models).model_copy(update={"default_model": models[0] if models else ""})
 
 
 def client_for(app: Starlette) -> httpx.AsyncClient:

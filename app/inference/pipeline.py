@@ -19,7 +19,7 @@ from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
 from app.options import Options
 from app.output import Rendered, finish_cutout, finish_mask
-from app.settings import ModelSpec, Price
+from app.settings import ModelSpec, Price, resolution_side
 
 Output = Literal["cutout", "mask"]
 
@@ -177,7 +177,7 @@ class Pipeline:
     def predict(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """The model's mask at the operating resolution, scaled to [0, 1]."""
         resolution = resolution or self.resolutions[0]
-        side = int(resolution.partition("x")[0])
+        side = resolution_side(resolution)
         small = _resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP)
         engine = self._engines[resolution]
         pred = self._infer(small, engine)

@@ -7,7 +7,7 @@ import logging
 from app.inference.engine import Engine, FixedSize, create_engine
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
-from app.settings import Settings
+from app.settings import Settings, resolution_side
 
 log = logging.getLogger("cutout.inference")
 
@@ -34,7 +34,7 @@ class ModelRegistry:
                 key = (spec.weights, resolution)
                 if key not in engines:
                     try:
-                        engines[key] = create_engine(settings, spec.weights, int(resolution.partition("x")[0]))
+                        engines[key] = create_engine(settings, spec.weights, resolution_side(resolution))
                     except FixedSize as err:
                         log.warning("%s; operating resolution %s is not offered", err, resolution)
                         engines[key] = None
