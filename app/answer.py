@@ -89,7 +89,7 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
         info = images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
-            raise ApiError("image_too_large", f"bg_image: {err.message}") from None
+            raise images.image_too_large(f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 

@@ -115,7 +115,7 @@ def invalid_parameter(message: str) -> ApiError:
     return ApiError("invalid_parameter", message)
 
 
-def invalid_api_key(message: str = "Send a valid API key in the ApiKey header.") -> ApiError:
+def invalid_api_key(message: str) -> ApiError:
     return ApiError("invalid_api_key", message)
 
 

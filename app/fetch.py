@@ -128,18 +128,18 @@ def _check_url(url: str) -> tuple[str, bytes]:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise invalid_url("image_url is not a valid URL.") from None
+        raise invalid_parameter("image_url is not a valid URL.") from None
     if parts.scheme not in ("http", "https"):
         raise forbidden(f"image_url must be an http or https URL; got {parts.scheme[:10] or 'no'} scheme.")
     if not parts.hostname:
-        raise invalid_url("image_url has no host.")
+        raise invalid_parameter("image_url has no host.")
     if parts.username is not None or parts.password is not None:
-        raise invalid_url("image_url may not carry a user name or password.")
+        raise invalid_parameter("image_url may not carry a user name or password.")
     host = parts.netloc.rpartition("@")[2]
     try:
         ascii_host = host.encode("idna") if not host.isascii() else host.encode()
     except UnicodeError:  # an empty or over-long label
-        raise invalid_url("image_url's host name is not valid.") from None
+        raise invalid_parameter("image_url's host name is not valid.") from None
     path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
     return urlunsplit((parts.scheme, ascii_host.decode(), path, query, "")), ascii_host
 
@@ -148,10 +148,6 @@ def _check_url(url: str) -> tuple[str, bytes]:
 def _ssl_context() -> ssl.SSLContext:
     # Built once: loading the CA bundle takes tens of ms, and a context is shared safely.
     return ssl.create_default_context()
-
-
-def invalid_url(message: str) -> ApiError:
-    return invalid_parameter(message)
 
 
 async def _get(pool: httpcore.AsyncConnectionPool, url: str, host: bytes, max_bytes: int, timeouts: dict[str, float]) -> bytes | str:

@@ -11,8 +11,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
-from app import metrics, openapi
+from app import idempotency, metrics, openapi
 from app.admission import AccountSlots
+from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.errors import EXCEPTION_HANDLERS
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
@@ -110,7 +111,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Cors,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["ApiKey", "X-Api-Key", "Authorization", "Content-Type", "Idempotency-Key"],
+            allow_headers=[API_KEY_HEADER, X_API_KEY_HEADER, "Authorization", "Content-Type", idempotency.HEADER],
             expose_headers=[
                 "X-Request-ID",
                 "X-Credits-Charged",
@@ -119,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "X-RateLimit-Remaining",
                 "X-RateLimit-Reset",
                 "Retry-After",
-                "Idempotent-Replayed",
+                idempotency.REPLAYED_HEADER,
             ],
             max_age=600,
         ),

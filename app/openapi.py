@@ -21,7 +21,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import openapi_options
+from app import idempotency, openapi_options
+from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.errors import ERROR_CODES, error_table
 from app.settings import Settings
 
@@ -30,9 +31,9 @@ JSON = dict[str, Any]
 API_KEY_SCHEME = "ApiKey"
 # Any one of these authenticates (app/auth.py); ApiKey is the documented one.
 SECURITY_SCHEMES: JSON = {
-    API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": "ApiKey", "description": "Your API key."},
+    API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER, "description": "Your API key."},
     "XApiKey": {
-        "type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "The same key, as remove.bg clients send it."
+        "type": "apiKey", "in": "header", "name": X_API_KEY_HEADER, "description": "The same key, as remove.bg clients send it."
     },
     "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
 }
@@ -119,7 +120,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
         "X-RateLimit-Limit": _INT_HEADER,
         "X-RateLimit-Remaining": _INT_HEADER,
         "X-RateLimit-Reset": {"description": "Unix time when the window frees up.", **_INT_HEADER},
-        "Idempotent-Replayed": {
+        idempotency.REPLAYED_HEADER: {
             "description": "`true` when this is a retry of a request already paid for (then X-Credits-Charged is 0).",
             "schema": {"type": "string", "enum": ["true"]},
         },
@@ -129,7 +130,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
         "security": SECURITY,
         "parameters": [
             {
-                "name": "Idempotency-Key",
+                "name": idempotency.HEADER,
                 "in": "header",
                 "required": False,
                 "description": "Retries with the same key (same account, image, model, endpoint) are charged once.",

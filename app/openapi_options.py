@@ -99,43 +99,6 @@ IMAGE_URL_IN_FORM = (
 )
 
 
-IMAGE_URL_IN_FORM = (
-    " Or leave this part out and send a text field `image_url` (up to 1 KB): the photo is fetched from there, "
-    "as with `image_url` in a JSON body."
-)
-
-
-def _not_false(json_body: bool) -> JSON:
-    return {"not": {"enum": [*options.FALSE_WORDS, *([False] if json_body else [])]}}
-
-
-def rules(mask: bool, json_body: bool) -> list[JSON]:
-    """The contradictions the service refuses with a 400, as JSON Schema (clients and schemathesis read them)."""
-    truthy = {"enum": [*options.TRUE_WORDS, *([True] if json_body else [])]}
-    lossy = {"enum": ["webp", "jpeg", "jpg"]}
-    found: list[JSON] = [
-        {"if": {"required": ["crop_margin"]}, "then": {"properties": {"crop_to_bbox": _not_false(json_body)}}},
-        {"if": {"required": ["quality"]}, "then": {"required": ["output_format"], "properties": {"output_format": lossy}}},
-    ]
-    if mask:
-        return found
-    backgrounds = ["bg_color", "bg_blur", "bg_image_data_uri" if json_body else "bg_image"]
-    found += [
-        {"not": {"required": [a, b]}} for i, a in enumerate(backgrounds) for b in backgrounds[i + 1 :]
-    ]
-    found += [
-        {"if": {"required": [name]}, "then": {"properties": {"shadow": _not_false(json_body)}}}
-        for name in ("shadow_offset_x", "shadow_offset_y", "shadow_blur", "shadow_opacity")
-    ]
-    found.append(
-        {
-            "if": {"required": ["output_mask"], "properties": {"output_mask": truthy}},
-            "then": {"required": ["sync_mode"], "properties": {"sync_mode": truthy}},
-        }
-    )
-    return found
-
-
 def form_properties(mask: bool) -> JSON:
     """Multipart fields beyond `image` and `model` (`image_url` is told in `image`'s description:
     a form carries one of the two, and this schema lists the upload)."""

@@ -5,7 +5,7 @@ background, shadow, size, JSON answer). Values come from multipart text fields
 (strings) or JSON bodies (strings, numbers, booleans) and are parsed alike.
 Every bad value is a 400 `invalid_parameter` naming the field and what it
 accepts; contradictory choices are a 400 that says why. With no option given,
-`Options.is_default()` holds and the routes answer exactly as before.
+`Options.changes_pixels()` is false and the routes answer exactly as before.
 """
 
 from __future__ import annotations
@@ -73,9 +73,6 @@ class Options:
         """False when the picture is the plain full-size PNG of today (answer fields aside)."""
         plain = Options(sync_mode=self.sync_mode, output_mask=self.output_mask)
         return self != plain
-
-    def is_default(self) -> bool:
-        return self == Options()
 
     def fingerprint(self) -> str:
         """What the Idempotency-Key fingerprint adds for these options ("" for none, as before)."""

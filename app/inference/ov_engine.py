@@ -184,12 +184,8 @@ def prepare_network(
 class OpenVinoEngine:
     runtime = "openvino"
 
-    def __init__(
-        self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0,
-        bf16_throughout: bool = False,
-    ) -> None:
+    def __init__(self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0) -> None:
         self.bf16_convolutions = bf16_convolutions
-        self.bf16_throughout = bf16_throughout
         # One infer request per run in flight; a run waits here for a free one (the bound on memory).
         self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
         for _ in range(concurrent_inferences):
@@ -208,7 +204,7 @@ class OpenVinoEngine:
             "%s at %s: OpenVINO %s on CPU, %s, %d convolutions in bf16",
             weights_name, side or "its exported size", ov.get_version(), config, bf16,
         )
-        return cls(compiled, settings.concurrent_inferences, bf16, throughout)
+        return cls(compiled, settings.concurrent_inferences, bf16)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()

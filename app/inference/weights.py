@@ -116,9 +116,10 @@ def _from_npm_chunks(spec: str, manifest: str, resource: str, dest: Path) -> Non
                 expected = end
             folder = posixpath.dirname(manifest_member)
             wanted = {posixpath.join(folder, chunk["hash"]): chunk for chunk in chunks}
-            # One pass over the tarball in its own order, each chunk written at its offset: reading
-            # members by name in offset order instead makes gzip decompress again from the start
-            # at every backward seek (the package does not store the chunks in offset order).
+            # The chunks read in the tarball's own order, each written at its offset: reading them by
+            # name in offset order instead makes gzip decompress again from the start at every
+            # backward seek (the package does not store the chunks in offset order). Finding the
+            # manifest by name has already read the member list: two passes in all, not one per chunk.
             with dest.open("wb") as out:
                 for member in tar:
                     chunk = wanted.pop(member.name, None)
