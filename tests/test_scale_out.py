@@ -97,6 +97,7 @@ def test_deployment_follows_the_service() -> None:
 
 
 def test_configmap_loads_into_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = Settings()
     data = resources()["ConfigMap/cutout-config"]["data"]
     for name, text in data.items():
         (tmp_path / name).write_text(text)
@@ -105,6 +106,8 @@ def test_configmap_loads_into_settings(tmp_path: Path, monkeypatch: pytest.Monke
     assert settings.plans and settings.models, "files it leaves out come from the defaults"
     if "plans.toml" in data:
         assert set(settings.plans) == set(tomllib.loads(data["plans.toml"])["plans"])
+        # A sample to edit, not a change: the plans as shipped, max_concurrent included.
+        assert settings.plans == shipped.plans
 
 
 def test_compose_replicas_are_haproxys_servers() -> None:
