@@ -100,6 +100,9 @@ class ModelSpec(BaseModel):
     # different things: falcon = IS-Net 768 with ghost (U2-Netp) keeps what IS-Net drops on flat,
     # textured backgrounds, for ghost's inference time on top (README, Models).
     union: str | None = None
+    # "drop": regions of the mask where no pixel is decided subject (a half-transparent second
+    # subject) are left out (app/inference/pipeline.py, drop_undecided).
+    undecided: Literal["keep", "drop"] = "keep"
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)
     # "estimate": blur-fusion foreground colour on soft edges (no halo of the old background);
