@@ -11,19 +11,21 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
-from app import idempotency, metrics, openapi
-from app.admission import AccountSlots
-from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
-from app.errors import EXCEPTION_HANDLERS
+from app.accounts import idempotency
+from app.accounts.admission import AccountSlots
+from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
+from app.accounts.limits import RateLimits
+from app.http import metrics
+from app.http.errors import EXCEPTION_HANDLERS
+from app.http.middleware import BodyLimit, Cors, RequestContext
+from app.http.shutdown import Drain, DrainGate
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
-from app.limits import RateLimits
-from app.middleware import BodyLimit, Cors, RequestContext
+from app.openapi import document
 from app.routes import account, health, pages, rembg
 from app.services import Services
 from app.settings import Settings, get_settings
-from app.shutdown import Drain, DrainGate
 from app.store import open_store
 
 log = logging.getLogger("cutout")
@@ -61,7 +63,7 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
-    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.shutdown)
+    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.http.shutdown)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,7 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v2/account", account.account, methods=["GET"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
-        Route("/openapi.json", openapi.endpoint(settings), methods=["GET"]),
+        Route("/openapi.json", document.endpoint(settings), methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/docs", pages.docs, methods=["GET"]),
         Route("/demo", pages.demo, methods=["GET"]),

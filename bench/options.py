@@ -33,8 +33,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app import fetch, images, options, output  # noqa: E402
-from app.client_address import parse_networks  # noqa: E402
+from app.imaging import codec, compose  # noqa: E402
+from app.removal import fetch, options  # noqa: E402
+from app.http.client_address import parse_networks  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -110,15 +111,15 @@ def main() -> None:
 
     # The model's part is the same for every option: run it once, then time only what differs
     # (finishing and encoding), interleaved; the plain request's full time is the yardstick.
-    decoded = images.decode(data)
+    decoded = codec.decode(data)
     rgba = pipeline.cutout(decoded)
     level, fast = settings.png_compress_level, settings.png_fast
-    work: dict[str, Callable[[], object]] = {"plain PNG (today)": lambda: images.encode_png(rgba, level, fast)}
+    work: dict[str, Callable[[], object]] = {"plain PNG (today)": lambda: codec.encode_png(rgba, level, fast)}
     for name, fields in CASES.items():
         chosen = options.parse(fields, background if name == "bg_image" else None, mask=False)
 
         def finish(chosen: options.Options = chosen) -> object:
-            rendered = output.finish_cutout(rgba, decoded.rgb, chosen, level, fast)
+            rendered = compose.finish_cutout(rgba, decoded.rgb, chosen, level, fast)
             if chosen.sync_mode:  # what the route adds for a JSON answer
                 url = "data:image/png;base64," + base64.b64encode(rendered.body).decode("ascii")
                 return json.dumps({"image": {"url": url, "file_size": len(rendered.body)}})

@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app import images  # noqa: E402
+from app.imaging import codec  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -45,11 +45,11 @@ def main() -> None:
     if not photos:
         sys.exit(f"no .jpg photos in {args.images}")
     falcon = ModelRegistry.load(Settings(models_dir=ROOT / "models")).get("falcon")
-    cutouts = [falcon.cutout(images.decode(p.read_bytes())) for p in photos]
+    cutouts = [falcon.cutout(codec.decode(p.read_bytes())) for p in photos]
     print(f"{len(cutouts)} falcon cut-outs from {args.images}")
     for level in (1, 6):
-        measure(f"Pillow zlib level {level}", lambda px, lv=level: images.encode_png(px, lv), cutouts)
-    measure("fpng", lambda px: images.encode_png(px, 1, fast=True), cutouts)
+        measure(f"Pillow zlib level {level}", lambda px, lv=level: codec.encode_png(px, lv), cutouts)
+    measure("fpng", lambda px: codec.encode_png(px, 1, fast=True), cutouts)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from app import idempotency, openapi
-from app.errors import _HTTP_CODES, ERROR_CODES, ApiError
+from app.accounts import idempotency
+from app.openapi import document as openapi
+from app.errors import ERROR_CODES, ApiError
+from app.http.errors import _HTTP_CODES
 from app.main import create_app
 from harness import free_port, subject_image
 from inprocess import MAX_BODY_BYTES, MAX_SIDE, InProcess, check_error, check_response, client_for, fast_settings, running
@@ -180,7 +182,7 @@ async def test_image_too_large(app: InProcess) -> None:
 @answers("request_head_too_large")
 async def test_request_head_too_large(app: InProcess) -> None:
     """Over max_headers (100). A head over max_head_bytes gets the same code from the server's protocol
-    (app/server.py), which only a socket reaches: tests/test_connections.py."""
+    (app/http/server.py), which only a socket reaches: tests/test_connections.py."""
     headers = {f"X-Filler-{i}": "x" for i in range(150)}
     response = await app.client.get("/health", headers=headers)
     check_response(response, "request_head_too_large")

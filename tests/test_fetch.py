@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from app.errors import ApiError
-from app.client_address import parse_networks
-from app.fetch import _check_url, address_allowed
+from app.http.client_address import parse_networks
+from app.removal.fetch import _check_url, address_allowed
 from harness import LiveServer, assert_error, free_port, png_of, subject_image
 
 PHOTO = subject_image(96, 72)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from app import images
+from app.imaging import codec
 from app.errors import ApiError
 from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, proc_status_mb, raw_request, subject_image
 
@@ -227,8 +227,8 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 def test_probe_and_decode_fail_only_with_api_errors(data: bytes) -> None:
     """In process, many examples: any input is decoded or refused with a 4xx ApiError, never another exception."""
     try:
-        info = images.probe(data, max_pixels=4_000_000, max_side=4000)
-        decoded = images.decode(data)
+        info = codec.probe(data, max_pixels=4_000_000, max_side=4000)
+        decoded = codec.decode(data)
     except ApiError as err:
         assert err.status in (400, 413) and err.message
         return

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from starlette.routing import Route
 
-from app import openapi
+from app.openapi import document as openapi
 from harness import subject_image
 from inprocess import InProcess, check_response
 

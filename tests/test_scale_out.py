@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
-from app.shutdown import CANCEL_GRACE_S
+from app.http.shutdown import CANCEL_GRACE_S
 from harness import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"

@@ -20,7 +20,7 @@ import openvino as ov
 import pytest
 from PIL import Image
 
-from app.images import encode_png
+from app.imaging.codec import encode_png
 from app.inference.engine import choose_runtime, create_engine
 from app.inference.ort_engine import OnnxRuntimeEngine, _providers, create_session
 from app.inference.ov_engine import (

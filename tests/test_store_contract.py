@@ -23,7 +23,7 @@ from app.store import (
     Store,
     UnknownAccount,
 )
-from app.idempotency import idempotency_digest
+from app.accounts.idempotency import idempotency_digest
 from app.store.base import hash_api_key
 from app.store.redis import RedisStore
 from app.store.sqlite import SqliteStore

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image, ImageCms
 
-from app import images
+from app.imaging import codec
 from harness import LiveServer, assert_error, png_of, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
@@ -115,17 +115,17 @@ def _with_red_primary(profile: bytes, xyz: tuple[float, float, float]) -> bytes:
 
 def test_srgb_profiles_are_not_applied_and_other_profiles_are() -> None:
     # decode() is the unit here: the skip is a speed lever, so the pixels must say it changed nothing.
-    plain = images.decode(subject_image(160, 120, "JPEG")).rgb
-    tagged_srgb = images.decode(subject_image(160, 120, "JPEG", icc_profile=SRGB_ICC)).rgb
+    plain = codec.decode(subject_image(160, 120, "JPEG")).rgb
+    tagged_srgb = codec.decode(subject_image(160, 120, "JPEG", icc_profile=SRGB_ICC)).rgb
     np.testing.assert_array_equal(tagged_srgb, plain)
     wide_red = _with_red_primary(SRGB_ICC, P3_RED_XYZ)
-    converted = images.decode(subject_image(160, 120, "JPEG", icc_profile=wide_red)).rgb
+    converted = codec.decode(subject_image(160, 120, "JPEG", icc_profile=wide_red)).rgb
     assert np.abs(converted.astype(int) - plain).max() > 10, "a non-sRGB profile must still be applied"
-    assert images._is_srgb(SRGB_ICC) and not images._is_srgb(wide_red)
+    assert codec._is_srgb(SRGB_ICC) and not codec._is_srgb(wide_red)
     # A vendor's sRGB with its own rounding of the primaries is still sRGB; junk is not.
-    assert images._is_srgb(_with_red_primary(SRGB_ICC, (0.4361, 0.2225, 0.0139)))
-    assert not images._is_srgb(b"not a profile" * 10)
-    assert not images._is_srgb(b"x" * 70_000), "oversized profiles are never taken for sRGB (nor cached)"
+    assert codec._is_srgb(_with_red_primary(SRGB_ICC, (0.4361, 0.2225, 0.0139)))
+    assert not codec._is_srgb(b"not a profile" * 10)
+    assert not codec._is_srgb(b"x" * 70_000), "oversized profiles are never taken for sRGB (nor cached)"
 
 
 def test_transparent_pixels_of_the_upload_stay_transparent(live_server: LiveServer, api_key: str) -> None:
@@ -345,7 +345,7 @@ def test_openapi_lists_every_route_the_app_serves(live_server: LiveServer) -> No
     from starlette.routing import Route
 
     from app.main import create_app
-    from app.openapi import UNDOCUMENTED
+    from app.openapi.document import UNDOCUMENTED
 
     document = requests.get(live_server.url + "/openapi.json", timeout=10).json()
     assert document["openapi"].startswith("3.1")

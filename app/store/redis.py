@@ -27,7 +27,6 @@ from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 
-from app.redis_client import client_options, unavailable_on_redis_errors
 from app.store.base import (
     Account,
     IdempotencyClaim,
@@ -41,6 +40,7 @@ from app.store.base import (
     new_api_key,
     now,
 )
+from app.store.redis_client import client_options, unavailable_on_redis_errors
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -1,6 +1,6 @@
-"""The OpenAPI text of the rembg routes' output options, image_url and JSON bodies (app/openapi.py uses it).
+"""The OpenAPI text of the rembg routes' output options, image_url and JSON bodies (app/openapi/document.py uses it).
 
-Kept next to app/options.py's names: a field added there is described here.
+Kept next to app/removal/options.py's names: a field added there is described here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from app import options
-from app.output import SHADOW_BLUR_SHARE, SHADOW_OFFSET_X_SHARE, SHADOW_OFFSET_Y_SHARE
+from app.imaging.compose import (
+    SHADOW_BLUR_SHARE,
+    SHADOW_OFFSET_X_SHARE,
+    SHADOW_OFFSET_Y_SHARE,
+)
+from app.removal import options
 
 JSON = dict[str, Any]
 

@@ -21,15 +21,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import idempotency, openapi_options
-from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
+from app.accounts import idempotency
+from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.errors import ERROR_CODES, error_table
+from app.openapi import options as option_schemas
 from app.settings import Settings
 
 JSON = dict[str, Any]
 
 API_KEY_SCHEME = "ApiKey"
-# Any one of these authenticates (app/auth.py); ApiKey is the documented one.
+# Any one of these authenticates (app/accounts/auth.py); ApiKey is the documented one.
 SECURITY_SCHEMES: JSON = {
     API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER, "description": "Your API key."},
     "XApiKey": {
@@ -154,7 +155,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                                     f"At most {settings.max_body_bytes} bytes in the body, "
                                     f"{settings.max_pixels} pixels and {settings.max_side} px a side. "
                                     "EXIF orientation is applied."
-                                    + openapi_options.IMAGE_URL_IN_FORM
+                                    + option_schemas.IMAGE_URL_IN_FORM
                                 ),
                             },
                             "model": {"type": "string", "enum": models, "default": settings.default_model},
@@ -166,14 +167,14 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                                     "some of these (GET /v2/account lists them with their cost); another is a 400."
                                 ),
                             },
-                            **openapi_options.form_properties(mask),
+                            **option_schemas.form_properties(mask),
                         },
                     },
                     "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
                 },
                 "application/json": {
-                    "schema": openapi_options.json_request(models, settings.default_model, mask),
-                    "example": openapi_options.json_example(mask),
+                    "schema": option_schemas.json_request(models, settings.default_model, mask),
+                    "example": option_schemas.json_example(mask),
                 },
             },
         },
@@ -185,7 +186,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                     **{media_type: binary for media_type in PNG_MEDIA_TYPES},
                     "image/webp": binary,
                     "image/jpeg": binary,
-                    "application/json": {"schema": openapi_options.json_answer()},
+                    "application/json": {"schema": option_schemas.json_answer()},
                 },
             },
             **{
@@ -287,7 +288,7 @@ def build(settings: Settings) -> JSON:
         "paths": operations(settings),
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
-            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema(), **openapi_options.COMPONENTS},
+            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema(), **option_schemas.COMPONENTS},
         },
     }
 
