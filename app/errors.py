@@ -32,8 +32,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
         "malformed multipart, bad `Idempotency-Key`",
     ),
     "image_url_forbidden": ErrorCode(
-        400, "`image_url` is not http(s), or points at a loopback, private, link-local or reserved address "
-        "(not in `fetch_allow`), or fetching is off (`fetch_enabled`)"
+        400,
+        "`image_url` is not http(s), or points at a loopback, private, link-local or reserved address "
+        "(not in `fetch_allow`), or fetching is off (`fetch_enabled`)",
     ),
     "image_url_unreachable": ErrorCode(
         400, "`image_url` failed: no such host, no connection, not HTTP 200, over 3 redirects or `fetch_timeout_s`"
@@ -44,14 +45,19 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "not_found": ErrorCode(404, "unknown route"),
     "method_not_allowed": ErrorCode(405, "wrong method"),
     "request_timeout": ErrorCode(408, "the upload stalled or took too long (`body_timeout_s`, `body_deadline_s`)"),
-    "idempotency_key_in_use": ErrorCode(409, "a request with this `Idempotency-Key` is still running", retry_after=True),
+    "idempotency_key_in_use": ErrorCode(
+        409, "a request with this `Idempotency-Key` is still running", retry_after=True
+    ),
     "payload_too_large": ErrorCode(413, "body over `max_body_bytes`"),
     "image_too_large": ErrorCode(413, "more than `max_pixels` pixels or a side over `max_side` (read from the header)"),
     "idempotency_key_reused": ErrorCode(422, "this `Idempotency-Key` was used for a different request"),
-    "request_head_too_large": ErrorCode(431, "the request line and headers are over `max_head_bytes`, or over `max_headers` headers"),
+    "request_head_too_large": ErrorCode(
+        431, "the request line and headers are over `max_head_bytes`, or over `max_headers` headers"
+    ),
     "rate_limit_exceeded": ErrorCode(429, "rate limit spent; the body has `retry_after` (s)", retry_after=True),
     "concurrency_limit_exceeded": ErrorCode(
-        429, "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
+        429,
+        "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
         retry_after=True,
     ),
     "client_closed_request": ErrorCode(499, "the client hung up before the answer", public=False),

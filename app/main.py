@@ -54,8 +54,12 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
         return None
     at_rest = resident_bytes()
     budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024 - at_rest, settings.memory_wait_s)
-    log.info("memory budget %d MiB: %d MiB at rest, %d MiB for jobs",
-             settings.memory_budget_mb, at_rest >> 20, budget.capacity >> 20)
+    log.info(
+        "memory budget %d MiB: %d MiB at rest, %d MiB for jobs",
+        settings.memory_budget_mb,
+        at_rest >> 20,
+        budget.capacity >> 20,
+    )
     if budget.capacity <= 0:
         log.warning("memory_budget_mb is below the RSS at rest: jobs run one at a time")
     return budget
@@ -107,8 +111,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", pages.static_files()),
     ]
     middleware = [
-        Middleware(RequestContext, max_headers=settings.max_headers, trusted_proxies=settings.trusted_proxies,
-                   proxy_header=settings.proxy_header),
+        Middleware(
+            RequestContext,
+            max_headers=settings.max_headers,
+            trusted_proxies=settings.trusted_proxies,
+            proxy_header=settings.proxy_header,
+        ),
         Middleware(
             Cors,
             allow_origins=settings.cors_origins,
@@ -142,4 +150,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.drain = drain
     return app
-

@@ -151,17 +151,25 @@ def main() -> None:
     request, request_cpu = statistics.median(full), statistics.median(full_cpu)
     plain = statistics.median(times["plain PNG (today)"])
     plain_cpu = statistics.median(cpu["plain PNG (today)"])
-    print(f"photo {args.image.name} scaled to {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.2f} MP), model {model}, "
-          f"{args.rounds} interleaved rounds")
-    print(f"plain cut-out, whole worker time (decode, model, PNG): median {request * 1000:.1f} ms wall, "
-          f"{request_cpu * 1000:.1f} ms CPU; of which the PNG encode {plain * 1000:.1f} ms wall")
+    print(
+        f"photo {args.image.name} scaled to {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.2f} MP), model {model}, "
+        f"{args.rounds} interleaved rounds"
+    )
+    print(
+        f"plain cut-out, whole worker time (decode, model, PNG): median {request * 1000:.1f} ms wall, "
+        f"{request_cpu * 1000:.1f} ms CPU; of which the PNG encode {plain * 1000:.1f} ms wall"
+    )
     print(f"{'option':40} {'added wall ms':>13} {'x wall':>7} {'added CPU ms':>13} {'x CPU':>6}")
     for name in times:
         added = statistics.median(times[name]) - plain
         added_cpu = statistics.median(cpu[name]) - plain_cpu
-        print(f"{name:40} {added * 1000:13.1f} {(request + added) / request:6.2f}x "
-              f"{added_cpu * 1000:13.1f} {(request_cpu + added_cpu) / request_cpu:5.2f}x")
-    print(f"{'image_url fetch (loopback, same JPEG)':40} {loopback_fetch_ms(data, args.rounds):10.1f}   (before the worker)")
+        print(
+            f"{name:40} {added * 1000:13.1f} {(request + added) / request:6.2f}x "
+            f"{added_cpu * 1000:13.1f} {(request_cpu + added_cpu) / request_cpu:5.2f}x"
+        )
+    print(
+        f"{'image_url fetch (loopback, same JPEG)':40} {loopback_fetch_ms(data, args.rounds):10.1f}   (before the worker)"
+    )
 
 
 if __name__ == "__main__":

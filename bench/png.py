@@ -33,8 +33,10 @@ def measure(name: str, encode: Callable[[np.ndarray], bytes], cutouts: list[np.n
             t0 = time.perf_counter()
             size += len(encode(pixels))
             times.append((time.perf_counter() - t0) * 1000)
-    print(f"{name:24} mean {statistics.mean(times):6.1f} ms  median {statistics.median(times):6.1f} ms  "
-          f"total {size / 3 / 1024:7.0f} KiB")
+    print(
+        f"{name:24} mean {statistics.mean(times):6.1f} ms  median {statistics.median(times):6.1f} ms  "
+        f"total {size / 3 / 1024:7.0f} KiB"
+    )
 
 
 def main() -> None:

@@ -147,7 +147,9 @@ def score(render, samples: list[Sample], repeat: int) -> Score:
         errors.append(float(np.abs(alpha - sample.alpha).mean()))
     worst_iou, worst_name = min(ious)
     return Score(
-        statistics.mean(i for i, _ in ious), statistics.mean(errors), f"{worst_name} ({worst_iou:.3f})",
+        statistics.mean(i for i, _ in ious),
+        statistics.mean(errors),
+        f"{worst_name} ({worst_iou:.3f})",
         statistics.median(times),
     )
 

@@ -82,7 +82,9 @@ def test_oversized_heads_get_431_in_our_shape(guarded: LiveServer) -> None:
             check_431(*answer(sock))
     # Under the size limit but over max_headers (100): refused by count.
     with connect(guarded) as sock:
-        sock.sendall(("GET /health HTTP/1.1\r\nHost: x\r\n" + "".join(f"h{i}: v\r\n" for i in range(150)) + "\r\n").encode())
+        sock.sendall(
+            ("GET /health HTTP/1.1\r\nHost: x\r\n" + "".join(f"h{i}: v\r\n" for i in range(150)) + "\r\n").encode()
+        )
         check_431(*answer(sock))
     assert requests.get(guarded.url + "/health", timeout=5).status_code == 200
 

@@ -53,7 +53,9 @@ class HAProxy:
         binary = shutil.which("haproxy")
         assert binary, "haproxy is missing: scripts/setup installs it"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
 
     def states(self) -> dict[str, str]:
         """Server name -> UP / DOWN / ..., from HAProxy's own stats; {} until it listens."""
@@ -63,7 +65,9 @@ class HAProxy:
         except requests.ConnectionError:
             return {}
         rows = csv.DictReader(io.StringIO(text))
-        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "cutout" and row["svname"].startswith("r")}
+        return {
+            row["svname"]: row["status"] for row in rows if row["pxname"] == "cutout" and row["svname"].startswith("r")
+        }
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -89,8 +93,11 @@ class Load:
             while not self.stopping.is_set():
                 try:
                     response = session.post(
-                        self.url + "/v2/rembg/", headers={"ApiKey": self.key},
-                        files={"image": ("photo.jpg", self.image, "image/jpeg")}, data={"model": "ghost"}, timeout=60,
+                        self.url + "/v2/rembg/",
+                        headers={"ApiKey": self.key},
+                        files={"image": ("photo.jpg", self.image, "image/jpeg")},
+                        data={"model": "ghost"},
+                        timeout=60,
                     )
                     charged = int(response.headers.get("X-Credits-Charged", 0))
                     result = (response.status_code, charged, "" if response.ok else response.text[:200])
@@ -161,7 +168,8 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
     failures = [r for r in results if r[0] != 200]
     print(
         f"{len(results)} requests, {len(failures)} not 200; out of rotation "
-        + ", ".join(f"{s:.1f}" for s in taken_out_s) + " s after SIGTERM"
+        + ", ".join(f"{s:.1f}" for s in taken_out_s)
+        + " s after SIGTERM"
     )
     assert not failures, failures[:5]
     charged = sum(r[1] for r in results)

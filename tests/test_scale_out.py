@@ -45,8 +45,13 @@ def test_manifests_validate_strictly() -> None:
     result = validate(*MANIFESTS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert {
-        "Deployment/cutout", "Service/cutout", "HorizontalPodAutoscaler/cutout", "PodDisruptionBudget/cutout",
-        "StatefulSet/cutout-redis", "Service/cutout-redis", "ConfigMap/cutout-config",
+        "Deployment/cutout",
+        "Service/cutout",
+        "HorizontalPodAutoscaler/cutout",
+        "PodDisruptionBudget/cutout",
+        "StatefulSet/cutout-redis",
+        "Service/cutout-redis",
+        "ConfigMap/cutout-config",
     } <= set(resources())
 
 

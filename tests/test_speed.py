@@ -292,6 +292,8 @@ print(rss_mb() - before)
 
 def test_large_buffers_go_back_to_the_os_when_freed() -> None:
     # A fresh interpreter: mallopt is process-wide and pytest's own heap history would blur the number.
-    result = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", FREE_AND_MEASURE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 5, f"{result.stdout.strip()} MB still held after the buffers were freed"

@@ -208,7 +208,9 @@ def test_form_messages_name_the_problem(live_server: LiveServer, api_key: str) -
     message = assert_error(post_form(live_server, api_key, files={"file": ("a.jpg", image)}), 400, "invalid_image")
     assert "'file'" in message["error"]["message"]
     message = assert_error(
-        post_form(live_server, api_key, files={"image": ("a.jpg", image)}, data={"size": "full"}), 400, "invalid_parameter"
+        post_form(live_server, api_key, files={"image": ("a.jpg", image)}, data={"size": "full"}),
+        400,
+        "invalid_parameter",
     )
     assert "'size'" in message["error"]["message"]
     message = assert_error(post_form(live_server, api_key, json={}), 400, "invalid_image")
@@ -227,7 +229,9 @@ def test_image_part_without_content_type_or_odd_filename_is_sniffed(live_server:
 def test_empty_file_and_text_renamed(live_server: LiveServer, api_key: str) -> None:
     body = assert_error(live_server.remove(api_key, b""), 400, "invalid_image")
     assert "empty" in body["error"]["message"]
-    body = assert_error(live_server.remove(api_key, b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"), 400, "invalid_image")
+    body = assert_error(
+        live_server.remove(api_key, b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"), 400, "invalid_image"
+    )
     assert "JPEG" in body["error"]["message"], "the message lists what to send"
     assert live_server.balance(api_key) == 100
 
@@ -332,7 +336,11 @@ def test_cors_headers_on_results_and_errors(limited_server: LiveServer) -> None:
 def test_cors_default_allows_any_origin(live_server: LiveServer) -> None:
     response = requests.options(
         live_server.url + "/v2/rembg/",
-        headers={"Origin": "https://anything.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "ApiKey"},
+        headers={
+            "Origin": "https://anything.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "ApiKey",
+        },
         timeout=10,
     )
     assert response.status_code == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
@@ -368,7 +376,9 @@ def test_openapi_lists_every_route_the_app_serves(live_server: LiveServer) -> No
     assert {"400", "401", "402", "408", "413", "429", "500", "503"} <= set(upload["responses"])
 
 
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_server: LiveServer, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     # Enough credits and rate that the run explores the API instead of collecting 402/429s.
     key = live_server.create_key(100_000, "--rate", "100000/minute")
     result = subprocess.run(

@@ -80,16 +80,16 @@ async def handle_store_unavailable(request: Request, exc: Exception) -> Response
     # Fail closed: without the ledger nothing is processed (for free) and nothing is charged.
     log.warning("store unavailable: %s", exc, extra={"request_id": request_id_of(request)})
     err = ApiError(
-        "service_unavailable", "Accounts are temporarily unavailable; nothing was charged. Retry shortly.", retry_after_s=2
+        "service_unavailable",
+        "Accounts are temporarily unavailable; nothing was charged. Retry shortly.",
+        retry_after_s=2,
     )
     return error_response(request_id_of(request), err)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # Logged with the traceback for us; the client sees only the request id.
-    log.error(
-        "unhandled error in %s %s (%s)", request.method, request.url.path, request_id_of(request), exc_info=exc
-    )
+    log.error("unhandled error in %s %s (%s)", request.method, request.url.path, request_id_of(request), exc_info=exc)
     err = ApiError("internal_error", "Internal error. Quote the request id if you contact support.")
     return error_response(request_id_of(request), err)
 

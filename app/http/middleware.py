@@ -22,6 +22,7 @@ from app.http.errors import error_response
 
 log = logging.getLogger("cutout.access")
 
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 

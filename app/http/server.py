@@ -130,4 +130,3 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # proxy (app.http.client_address); uvicorn's own handling trusts 127.0.0.1 by default.
         "proxy_headers": False,
     }
-

@@ -34,12 +34,18 @@ API_KEY_SCHEME = "ApiKey"
 SECURITY_SCHEMES: JSON = {
     API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER, "description": "Your API key."},
     "XApiKey": {
-        "type": "apiKey", "in": "header", "name": X_API_KEY_HEADER, "description": "The same key, as remove.bg clients send it."
+        "type": "apiKey",
+        "in": "header",
+        "name": X_API_KEY_HEADER,
+        "description": "The same key, as remove.bg clients send it.",
     },
     "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
 }
 SECURITY = [{name: []} for name in SECURITY_SCHEMES]
-_REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
+_REQUEST_ID = {
+    "description": "Id of this request; quote it to support.",
+    "schema": {"type": "string", "pattern": "^req_"},
+}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
 _INT_HEADER = {"schema": {"type": "integer", "minimum": 0}}
 # The body is image/png; generators such as openapi-python-client return raw bytes only for
@@ -111,7 +117,9 @@ def json_response(description: str, schema: JSON, headers: JSON | None = None) -
 def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) -> JSON:
     models = sorted(settings.models)
     binary = {"schema": {"type": "string", "format": "binary"}}
-    resolutions = sorted({r for spec in settings.models.values() for r in spec.prices()}, key=lambda r: int(r.split("x")[0]))
+    resolutions = sorted(
+        {r for spec in settings.models.values() for r in spec.prices()}, key=lambda r: int(r.split("x")[0])
+    )
     success_headers = {
         "X-Request-ID": _REQUEST_ID,
         "X-Credits-Charged": _INT_HEADER,
@@ -154,8 +162,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                                     "The photo: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF or AVIF. "
                                     f"At most {settings.max_body_bytes} bytes in the body, "
                                     f"{settings.max_pixels} pixels and {settings.max_side} px a side. "
-                                    "EXIF orientation is applied."
-                                    + option_schemas.IMAGE_URL_IN_FORM
+                                    "EXIF orientation is applied." + option_schemas.IMAGE_URL_IN_FORM
                                 ),
                             },
                             "model": {"type": "string", "enum": models, "default": settings.default_model},
@@ -189,10 +196,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                     "application/json": {"schema": option_schemas.json_answer()},
                 },
             },
-            **{
-                str(status): error_response(status)
-                for status in (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)
-            },
+            **{str(status): error_response(status) for status in (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)},
         },
     }
 
@@ -256,7 +260,15 @@ def _account_schema() -> JSON:
     }
     return {
         "type": "object",
-        "required": ["account_id", "credits", "plan", "rate_limit", "rate_limit_remaining", "rate_limit_reset", "models"],
+        "required": [
+            "account_id",
+            "credits",
+            "plan",
+            "rate_limit",
+            "rate_limit_remaining",
+            "rate_limit_reset",
+            "models",
+        ],
         "properties": {
             "account_id": {"type": "string"},
             "credits": {"type": "integer"},

@@ -130,6 +130,10 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
     extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
     fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
     return Answer(
-        image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=fingerprint,
+        image=image,
+        options=chosen,
+        json=json_answer,
+        extra_cost=extra,
+        fingerprint=fingerprint,
         memory_bytes=background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
     )

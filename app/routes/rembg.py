@@ -115,16 +115,20 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     # Another resolution is another request; the default keeps the fingerprint it always had.
     asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
     claim = await idempotency.claim_for(
-        request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
+        request,
+        account,
+        svc.settings.idempotency_window_s,
+        output=output,
+        model=asked,
+        image=data,
         options=answer.fingerprint,
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
             with svc.slots.hold(account):
                 result, inference_s = await _unless_client_leaves(
-                    request, lambda: svc.gate.run(
-                        render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes
-                    )
+                    request,
+                    lambda: svc.gate.run(render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes),
                 )
         except Busy:
             raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None

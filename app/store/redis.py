@@ -51,7 +51,6 @@ LEDGER_MAX = 1_000_000
 SETTLED_TTL_S = 3600
 
 
-
 def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -174,9 +173,7 @@ class RedisStore:
     _LEDGER = PREFIX + "ledger"
 
     @_fail_closed
-    async def create_account(
-        self, *, credits: int, plan: str, rate_limit: str | None = None
-    ) -> tuple[Account, str]:
+    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
             id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
