@@ -8,7 +8,8 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from limits import parse as parse_limit
 

@@ -114,7 +114,7 @@ class ModelSpec(BaseModel):
         return int(self.peak_mb * 1024 * 1024 + self.peak_bytes_per_pixel * pixels)
 
     @model_validator(mode="after")
-    def _check_resolutions(self) -> "ModelSpec":
+    def _check_resolutions(self) -> ModelSpec:
         for name in self.resolutions:
             width, _, height = name.partition("x")
             if not (width.isdigit() and width == height):
@@ -260,7 +260,7 @@ class Settings(BaseSettings):
     plans: dict[str, PlanSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check_references(self) -> "Settings":
+    def _check_references(self) -> Settings:
         for name, model in self.models.items():
             if model.weights not in self.weights:
                 raise ValueError(f"model {name!r} uses unknown weights {model.weights!r}")
@@ -303,7 +303,7 @@ class Settings(BaseSettings):
         """The named plan; an account on a plan the config no longer has gets the default plan."""
         return self.plans.get(name) or self.plans[self.default_plan]  # the default exists (checked)
 
-    def only_models(self, names: list[str] | tuple[str, ...]) -> "Settings":
+    def only_models(self, names: list[str] | tuple[str, ...]) -> Settings:
         """These settings with only the named models loaded, and the models they join (`union`)."""
         chosen = {name: self.models[name] for name in names}
         for spec in list(chosen.values()):

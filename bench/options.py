@@ -33,10 +33,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app.imaging import codec, compose  # noqa: E402
-from app.removal import fetch, options  # noqa: E402
 from app.http.client_address import parse_networks  # noqa: E402
+from app.imaging import codec, compose  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
+from app.removal import fetch, options  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "testdata" / "rembg"

@@ -76,12 +76,16 @@ def main() -> None:
                 for name, server in servers.items():
                     headers = {"ApiKey": keys[name]}
                     samples["account"].setdefault(name, []).append(
-                        timed(lambda: requests.get(server.url + "/v2/account", headers=headers, timeout=30))
+                        timed(
+                            lambda server=server, headers=headers: requests.get(
+                                server.url + "/v2/account", headers=headers, timeout=30
+                            )
+                        )
                     )
             for _ in range(args.rounds // 5):
                 for name, server in servers.items():
                     samples["ghost_160x120"].setdefault(name, []).append(
-                        timed(lambda: server.remove(keys[name], photo, model="ghost"))
+                        timed(lambda server=server, name=name: server.remove(keys[name], photo, model="ghost"))
                     )
         finally:
             for server in servers.values():

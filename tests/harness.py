@@ -115,7 +115,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def hang_up_after_upload(server: "LiveServer", key: str, image: bytes, model: str, after_s: float) -> None:
+def hang_up_after_upload(server: LiveServer, key: str, image: bytes, model: str, after_s: float) -> None:
     """Send a whole request on a raw socket, wait `after_s`, then close it before the answer comes."""
     prepared = requests.Request(
         "POST",
@@ -233,7 +233,7 @@ class LiveServer:
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float | None = None) -> "LiveServer":
+    def start(self, timeout_s: float | None = None) -> LiveServer:
         if timeout_s is None:
             timeout_s = ISNET_STARTUP_TIMEOUT_S if self.isnet else STARTUP_TIMEOUT_S
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -322,7 +322,7 @@ class RedisServer:
         self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: scripts/setup installs it"

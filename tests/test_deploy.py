@@ -100,7 +100,7 @@ def test_dockerfile_shape() -> None:
     assert [c.value for c in only(runtime, "COPY")] == [("/app", "/app")]
     assert only(runtime, "COPY")[0].flags == ("--from=build",)
     assert only(runtime, "USER")[0].value[0].split(":")[0] != "0"
-    gpu_env = dict(zip(*[iter(only(by_stage["base-gpu"], "ENV")[0].value)] * 2))
+    gpu_env = dict(zip(*[iter(only(by_stage["base-gpu"], "ENV")[0].value)] * 2, strict=True))
     assert "CUDAExecutionProvider" in gpu_env["CUTOUT_PROVIDERS"]
 
 
@@ -197,7 +197,7 @@ def test_dockerfile_builds_and_serves_as_its_non_root_user(image: ImageRoot) -> 
     for command in only(runtime, "RUN"):
         run_step(image.map(command.value[0]), image.path, build_env)
     env_pairs = only(runtime, "ENV")[0].value
-    image_env = {key: image.map(value) for key, value in zip(env_pairs[::2], env_pairs[1::2])}
+    image_env = {key: image.map(value) for key, value in zip(env_pairs[::2], env_pairs[1::2], strict=True)}
     uid = int(only(runtime, "USER")[0].value[0].split(":")[0])
     python, *serve = [image.map(arg) for arg in only(runtime, "CMD")[0].value]
     assert serve == ["-m", "app", "serve"]

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from app.accounts import idempotency
-from app.openapi import document as openapi
 from app.errors import ERROR_CODES, ApiError
 from app.http.errors import _HTTP_CODES
 from app.main import create_app
+from app.openapi import document as openapi
 from harness import free_port, subject_image
 from inprocess import (
     MAX_BODY_BYTES,
@@ -65,7 +65,7 @@ def form(image: bytes | None = None, model: str | None = None) -> dict[str, Any]
 
 
 def test_every_code_has_a_scenario() -> None:
-    assert SCENARIOS == set(ERROR_CODES)
+    assert set(ERROR_CODES) == SCENARIOS
 
 
 def test_api_error_refuses_a_code_the_table_lacks() -> None:

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from app.imaging import codec
 from app.errors import ApiError
+from app.imaging import codec
 from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, proc_status_mb, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC

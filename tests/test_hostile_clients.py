@@ -13,7 +13,6 @@ import struct
 import threading
 import time
 import zlib
-
 from collections.abc import Callable
 
 import pytest
@@ -80,7 +79,7 @@ class HealthProbe:
                 self.latencies.append(time.perf_counter() - started)
                 time.sleep(0.02)
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self._thread.start()
         return self
 

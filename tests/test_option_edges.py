@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.errors import ApiError
 from app.imaging import compose
 from app.removal import options
-from app.errors import ApiError
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
@@ -154,11 +153,11 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
             assert replica.process is not None
             replica.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            wait_until(lambda: proxy.states()[name] != "UP", DRAIN_DELAY_S, f"HAProxy to take {name} out")
+            wait_until(lambda name=name: proxy.states()[name] != "UP", DRAIN_DELAY_S, f"HAProxy to take {name} out")
             taken_out_s.append(time.monotonic() - signalled)
             assert replica.process.wait(timeout=DRAIN_DELAY_S + 30) == 0, replica.log()
             replica.start()
-            wait_until(lambda: proxy.states()[name] == "UP", 30, f"HAProxy to put {name} back")
+            wait_until(lambda name=name: proxy.states()[name] == "UP", 30, f"HAProxy to put {name} back")
         # The last replica restarted serves alongside the first: the load carries on through both.
         served = load.count()
         wait_until(lambda: load.count() >= served + 10, 60, "the load to carry on after the restart")

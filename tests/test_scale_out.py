@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.settings import Settings
 from app.http.shutdown import CANCEL_GRACE_S
+from app.settings import Settings
 from harness import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"

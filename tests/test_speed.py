@@ -184,7 +184,7 @@ def test_concat_convolutions_are_split_without_changing_the_output() -> None:
 def test_mixed_precision_takes_only_the_heaviest_convolutions() -> None:
     network = ov.Core().read_model(str(MODELS_DIR / "u2netp.onnx"))
     split_concat_convolutions(network)
-    macs = sorted((convolution_macs(op) for op in network.get_ordered_ops() if op.get_type_name() == "Convolution"))
+    macs = sorted(convolution_macs(op) for op in network.get_ordered_ops() if op.get_type_name() == "Convolution")
     assert bf16_heaviest_convolutions(network, BF16_MIN_SHARE) == 2
     # The two it takes are the network's largest layers, over a third of its work together.
     assert sum(macs[-2:]) > 0.35 * sum(macs) and macs[-3] < BF16_MIN_SHARE * sum(macs)

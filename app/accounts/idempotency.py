@@ -22,7 +22,7 @@ MAX_KEY_LENGTH = 255
 
 
 def idempotency_digest(account_id: str, client_key: str) -> str:
-    return hashlib.sha256(f"{account_id}\n{client_key}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{account_id}\n{client_key}".encode()).hexdigest()
 
 
 def client_key(request: Request) -> str | None:

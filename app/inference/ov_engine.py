@@ -202,7 +202,7 @@ class OpenVinoEngine:
             self._requests.put(compiled.create_infer_request())
 
     @classmethod
-    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> "OpenVinoEngine":
+    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> OpenVinoEngine:
         core = ov.Core()
         spec = settings.weights[weights_name]
         network, bf16, throughout = prepare_network(

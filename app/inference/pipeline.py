@@ -141,7 +141,7 @@ class Pipeline:
         engines: dict[str, Engine],
         png_compress_level: int,
         png_fast: bool = True,
-        union: "Pipeline | None" = None,
+        union: Pipeline | None = None,
     ) -> None:
         """`engines`: operating resolution ("1024x1024") -> the engine running the network at that size;
         the first is the default. `union`: the pipeline spec.union names, whose mask joins this one's."""

@@ -12,8 +12,8 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from app.settings import WeightsSource, WeightsSpec
 
