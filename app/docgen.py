@@ -70,7 +70,7 @@ def _option_fields() -> tuple[dict[str, Any], set[str]]:
     """The rembg routes' optional form fields (name -> schema with its description), and those the
     mask route takes too. Their one home today is the OpenAPI description of the options."""
     # When the options get their own table (issue #19), read it here instead.
-    from app.openapi_options import form_properties
+    from app.openapi.options import form_properties
 
     return form_properties(mask=False), set(form_properties(mask=True))
 
@@ -111,10 +111,13 @@ def render(text: str) -> str:
     for name in sections_in(text):
         if name not in SECTIONS:
             raise ValueError(f"unknown generated section {name!r} (known: {', '.join(SECTIONS)})")
-        pattern = re.compile(rf"(<!-- generated: {re.escape(name)}\b[^\n]*-->\n)(.*?)(<!-- end: {re.escape(name)} -->)", re.DOTALL)
+        pattern = re.compile(
+            rf"(<!-- generated: {re.escape(name)}\b[^\n]*-->\n)(.*?)(<!-- end: {re.escape(name)} -->)", re.DOTALL
+        )
         if not pattern.search(text):
             raise ValueError(f"generated section {name!r} has no `<!-- end: {name} -->` line")
-        text = pattern.sub(lambda match: match.group(1) + SECTIONS[name]() + match.group(3), text, count=1)
+        body = SECTIONS[name]()
+        text = pattern.sub(lambda match: match.group(1) + body + match.group(3), text, count=1)
     return text
 
 

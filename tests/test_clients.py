@@ -175,7 +175,9 @@ def assert_no_policy_violation(errors: list[str]) -> None:
     assert not [e for e in errors if "Content Security Policy" in e], errors
 
 
-def test_demo_page_cuts_out_a_chosen_photo(browser: Browser, live_server: LiveServer, api_key: str, workdir: Path) -> None:
+def test_demo_page_cuts_out_a_chosen_photo(
+    browser: Browser, live_server: LiveServer, api_key: str, workdir: Path
+) -> None:
     page = open_demo(browser, live_server)
     page.fill("#key", api_key)
     page.select_option("#model", "ghost")

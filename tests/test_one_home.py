@@ -23,7 +23,11 @@ def _is_default(key: str, value: Any) -> bool:
     """Whether a value given in a file (TOML, or an environment variable's text) is the setting's default."""
     field = Settings.model_fields[key]
     adapter = TypeAdapter(field.annotation)
-    parsed = adapter.validate_json(value) if isinstance(value, str) and value.startswith("[") else adapter.validate_python(value)
+    parsed = (
+        adapter.validate_json(value)
+        if isinstance(value, str) and value.startswith("[")
+        else adapter.validate_python(value)
+    )
     return parsed == field.get_default(call_default_factory=True)
 
 
