@@ -117,7 +117,7 @@ def render(text: str) -> str:
         if not pattern.search(text):
             raise ValueError(f"generated section {name!r} has no `<!-- end: {name} -->` line")
         body = SECTIONS[name]()
-        text = pattern.sub(lambda match: match.group(1) + body + match.group(3), text, count=1)
+        text = pattern.sub(lambda match, body=body: match.group(1) + body + match.group(3), text, count=1)
     return text
 
 
