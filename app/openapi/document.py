@@ -41,7 +41,7 @@ SECURITY_SCHEMES: JSON = {
     },
     "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
 }
-SECURITY = [{name: []} for name in SECURITY_SCHEMES]
+SECURITY: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
 _REQUEST_ID = {
     "description": "Id of this request; quote it to support.",
     "schema": {"type": "string", "pattern": "^req_"},

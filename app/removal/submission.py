@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -44,7 +45,7 @@ class Submission:
     image: bytes | None  # None when image_url is to be fetched
     image_url: str | None
     model: str | None
-    fields: dict[str, object] = field(default_factory=dict)  # the option fields, as sent
+    fields: Mapping[str, object] = field(default_factory=dict)  # the option fields, as sent
     bg_image: bytes | None = None
     operating_resolution: str | None = None  # "1024x1024"; None: the model's default
 

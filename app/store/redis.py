@@ -22,8 +22,8 @@ lose no acknowledged charge on a crash).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -51,7 +51,7 @@ LEDGER_MAX = 1_000_000
 SETTLED_TTL_S = 3600
 
 
-def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         with unavailable_on_redis_errors():
@@ -140,7 +140,15 @@ return 1
 """
 
 
-def _account(fields: dict[str, str]) -> Account:
+def _text(value: object) -> str:
+    """A value as redis-py answers it with decode_responses=True; its annotations also allow bytes."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a decoded string from Redis, got {type(value).__name__}")
+    return value
+
+
+def _account(answer: Mapping[Any, Any]) -> Account:
+    fields = {_text(name): _text(value) for name, value in answer.items()}
     return Account(
         id=fields["id"],
         plan=fields["plan"],
@@ -209,7 +217,7 @@ class RedisStore:
         account_id = await self._redis.get(f"{PREFIX}key:{digest}")
         if account_id is None:
             return None
-        fields = await self._redis.hgetall(self._acct(account_id))
+        fields = await self._redis.hgetall(self._acct(_text(account_id)))
         return _account(fields) if fields else None
 
     @_fail_closed
@@ -222,7 +230,7 @@ class RedisStore:
         ids = await self._redis.zrange(self._ACCOUNTS, 0, -1)
         async with self._redis.pipeline(transaction=False) as pipe:
             for account_id in ids:
-                pipe.hgetall(self._acct(account_id))
+                pipe.hgetall(self._acct(_text(account_id)))
             rows = await pipe.execute()
         return [_account(fields) for fields in rows if fields]
 
@@ -301,12 +309,13 @@ class RedisStore:
         # Idempotency records expire by themselves (TTL); only held reservations need a sweep.
         stale = await self._redis.zrangebyscore(self._HELD, "-inf", now() - older_than_s)
         refunded = 0
-        for reservation_id in stale:
+        for held in stale:
+            reservation_id = _text(held)
             account_id = await self._redis.hget(self._resv(reservation_id), "account")
             if account_id is None:  # settled meanwhile, or its record expired
                 await self._redis.zrem(self._HELD, reservation_id)
                 continue
-            await self._refund_by_id(reservation_id, account_id)
+            await self._refund_by_id(reservation_id, _text(account_id))
             refunded += 1
         return refunded
 
