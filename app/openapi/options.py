@@ -12,9 +12,9 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from app.imaging.codec import CONTENT_TYPES
-from app.removal import options
+from app.removal import option_table as options
 from app.removal.fetch import MAX_REDIRECTS
-from app.removal.options import OPTIONS, Option
+from app.removal.option_table import OPTIONS, Option
 from app.removal.submission import MAX_FIELD_BYTES, MAX_JSON_URL_CHARS
 
 JSON = dict[str, Any]
