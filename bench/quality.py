@@ -34,6 +34,7 @@ steps on ghost and falcon.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import statistics
@@ -54,6 +55,8 @@ from app import images  # noqa: E402
 from app.inference import auto  # noqa: E402
 from app.inference.pipeline import Pipeline  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
+from app.removal import job  # noqa: E402
+from app.removal.render import render as render_job  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 REFERENCE_SUFFIX = ".birefnet-general.png"

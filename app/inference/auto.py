@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app import images
+from app.imaging import codec
 from app.inference.cancel import checkpoint
 from app.inference.pipeline import Pipeline
 
@@ -22,7 +22,7 @@ class Escalation:
     first_confidence: float  # the first model's, which decided
 
 
-def run(first: Pipeline, then: Pipeline, below: float, decoded: images.Decoded, cutout: bool) -> Escalation:
+def run(first: Pipeline, then: Pipeline, below: float, decoded: codec.Decoded, cutout: bool) -> Escalation:
     alpha, score = first.mask_scored(decoded.rgb)
     checkpoint()
     if score >= below:
