@@ -34,7 +34,6 @@ steps on ghost and falcon.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import os
 import statistics
@@ -51,8 +50,6 @@ from scipy.ndimage import distance_transform_edt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import images  # noqa: E402
-from app.inference import auto  # noqa: E402
 from app.inference.pipeline import Pipeline  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.removal import job  # noqa: E402
@@ -218,9 +215,13 @@ def measure(variant: Variant, sample: Sample) -> Result:
     ms = (time.perf_counter() - started) * 1000
     alpha = alpha_of(png)
     return Result(
-        iou(alpha, sample.alpha), float(np.abs(alpha - sample.alpha).mean()), colour_error(png, sample),
-        fringe_error(png, sample), ms,
-        confidence, escalated,
+        iou(alpha, sample.alpha),
+        float(np.abs(alpha - sample.alpha).mean()),
+        colour_error(png, sample),
+        fringe_error(png, sample),
+        ms,
+        confidence,
+        escalated,
     )
 
 
@@ -246,17 +247,20 @@ def main() -> None:
     parser.add_argument("--sets", default="birefnet,composite", help="comma-separated sets (default: both)")
     parser.add_argument("--default-resolution", action="store_true", help="each model at its default only")
     parser.add_argument(
-        "--foreground", default="",
+        "--foreground",
+        default="",
         help="comma-separated foreground steps to compare on every model (none,estimate_fast,estimate); "
         "default: each model's own",
     )
     parser.add_argument(
-        "--confidence", action="store_true",
+        "--confidence",
+        action="store_true",
         help="Spearman rank correlation of each model's confidence with the per-image IoU, and the "
         "confidences per image",
     )
     parser.add_argument(
-        "--auto", action="store_true",
+        "--auto",
+        action="store_true",
         help="model=auto too (config/models.toml [auto]), against its two models: escalated share, "
         "time ratio, and what other thresholds would have given (from the two models' own runs)",
     )
@@ -287,18 +291,24 @@ def main() -> None:
         resolutions = pipeline.resolutions[:1] if args.default_resolution else pipeline.resolutions
         # aurora's full estimate is its own: the comparison is for the models without it.
         own = pipeline.spec.foreground == "estimate"
-        steps = [pipeline.spec.foreground] if own else [f for f in args.foreground.split(",") if f] or [pipeline.spec.foreground]
+        steps = (
+            [pipeline.spec.foreground]
+            if own
+            else [f for f in args.foreground.split(",") if f] or [pipeline.spec.foreground]
+        )
         for resolution in resolutions:
             for step in steps:
-                variants.append(Variant(f"`{name}` | {resolution} | {step}", name, _model_run(pipeline, resolution, step)))
+                run = _model_run(pipeline, resolution, step, settings.png_compress_level)
+                variants.append(Variant(f"`{name}` | {resolution} | {step}", name, run))
     if args.auto:
         first, then = registry.get(auto_spec.first), registry.get(auto_spec.escalate_to)
         assert first is not None and then is not None
 
+        escalation = job.Escalation(then, below, 0, 0)
+
         def auto_run(data: bytes) -> tuple[bytes, float, bool]:
-            decoded = images.decode(data)
-            answer = auto.run(first, then, below, decoded, cutout=True)
-            return images.encode_png(answer.pixels, settings.png_compress_level, settings.png_fast), answer.confidence, answer.escalated
+            result = render_job(job.plain(first, data, escalation=escalation), settings.png_compress_level, True)
+            return result.image.body, result.confidence, bool(result.escalated)
 
         variants.append(Variant(f"`auto` (below {below}) | | ", "auto", auto_run))
 
@@ -314,7 +324,8 @@ def main() -> None:
     print()
     print(
         "| model | resolution | foreground | set | mean IoU ↑ | mean abs alpha error ↓ | edge colour error ↓ "
-        "| fringe colour error ↓ | worst image (IoU) | median ms | mean ms |" + (" confidence ρ |" if args.confidence else "")
+        "| fringe colour error ↓ | worst image (IoU) | median ms | mean ms |"
+        + (" confidence ρ |" if args.confidence else "")
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.confidence else ""))
     for variant in variants:
@@ -346,14 +357,17 @@ def main() -> None:
                 print(f"{set_name} | {sample.name} | " + " | ".join(cells))
 
 
-def _model_run(pipeline: Pipeline, resolution: str, step: str) -> Callable[[bytes], tuple[bytes, float, bool]]:
-    spec = pipeline.spec if step == pipeline.spec.foreground else pipeline.spec.model_copy(update={"foreground": step})
-    variant = Pipeline(pipeline.name, spec, pipeline._engines, pipeline._png_level, pipeline._png_fast, pipeline._union)
+def _model_run(
+    pipeline: Pipeline, resolution: str, step: str, png_level: int
+) -> Callable[[bytes], tuple[bytes, float, bool]]:
+    """The service's render path on `pipeline`, its foreground step replaced by `step`."""
+    if step != pipeline.spec.foreground:
+        spec = pipeline.spec.model_copy(update={"foreground": step})
+        pipeline = Pipeline(pipeline.name, spec, pipeline._engines, pipeline._union)
 
     def run(data: bytes) -> tuple[bytes, float, bool]:
-        decoded = images.decode(data)
-        rgba, confidence = variant.cutout_scored(decoded, resolution)
-        return images.encode_png(rgba, variant._png_level, variant._png_fast), confidence, False
+        result = render_job(job.plain(pipeline, data, resolution=resolution), png_level, True)
+        return result.image.body, result.confidence, False
 
     return run
 
@@ -371,22 +385,26 @@ def _auto_report(variants, results, sets, first: str, then: str, below: float) -
         t = [r for _, r in results[(pick(then), set_name)]]
         mean = statistics.mean
         print()
-        print(f"auto on {set_name} (threshold {below}): escalated {sum(r.escalated for r in a)}/{len(a)} "
-              f"({sum(r.escalated for r in a) / len(a):.0%}); IoU {mean(r.iou for r in a):.4f} vs {then} "
-              f"{mean(r.iou for r in t):.4f} ({mean(r.iou for r in a) - mean(r.iou for r in t):+.4f}); alpha error "
-              f"{mean(r.alpha_error for r in a):.4f} vs {mean(r.alpha_error for r in t):.4f} "
-              f"({mean(r.alpha_error for r in a) - mean(r.alpha_error for r in t):+.4f}); mean time "
-              f"{mean(r.ms for r in a) / mean(r.ms for r in t):.2f}x {then}'s, {first} alone "
-              f"{mean(r.ms for r in f) / mean(r.ms for r in t):.2f}x")
+        print(
+            f"auto on {set_name} (threshold {below}): escalated {sum(r.escalated for r in a)}/{len(a)} "
+            f"({sum(r.escalated for r in a) / len(a):.0%}); IoU {mean(r.iou for r in a):.4f} vs {then} "
+            f"{mean(r.iou for r in t):.4f} ({mean(r.iou for r in a) - mean(r.iou for r in t):+.4f}); alpha error "
+            f"{mean(r.alpha_error for r in a):.4f} vs {mean(r.alpha_error for r in t):.4f} "
+            f"({mean(r.alpha_error for r in a) - mean(r.alpha_error for r in t):+.4f}); mean time "
+            f"{mean(r.ms for r in a) / mean(r.ms for r in t):.2f}x {then}'s, {first} alone "
+            f"{mean(r.ms for r in f) / mean(r.ms for r in t):.2f}x"
+        )
         print(f"| threshold | escalated | IoU − {then}'s | alpha error − {then}'s | time / {then}'s (bound) |")
         print("|---|---|---|---|---|")
         for threshold in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
             up = [fr.confidence < threshold for fr in f]
-            chosen = [tr if u else fr for fr, tr, u in zip(f, t, up)]
-            ms = sum(fr.ms + (tr.ms if u else 0) for fr, tr, u in zip(f, t, up))
-            print(f"| {threshold} | {sum(up) / len(up):.0%} | {mean(r.iou for r in chosen) - mean(r.iou for r in t):+.4f} "
-                  f"| {mean(r.alpha_error for r in chosen) - mean(r.alpha_error for r in t):+.4f} "
-                  f"| {ms / sum(r.ms for r in t):.2f} |")
+            chosen = [tr if u else fr for fr, tr, u in zip(f, t, up, strict=True)]
+            ms = sum(fr.ms + (tr.ms if u else 0) for fr, tr, u in zip(f, t, up, strict=True))
+            print(
+                f"| {threshold} | {sum(up) / len(up):.0%} | {mean(r.iou for r in chosen) - mean(r.iou for r in t):+.4f} "
+                f"| {mean(r.alpha_error for r in chosen) - mean(r.alpha_error for r in t):+.4f} "
+                f"| {ms / sum(r.ms for r in t):.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -47,5 +47,5 @@ def score(mask: np.ndarray, first: np.ndarray | None = None, second: np.ndarray 
     """`mask`: the model's final [0, 1] mask at its operating resolution; `first`, `second`: the two
     views it was joined from (per-pixel max), when the model has two, each [0, 1] and of its shape."""
     agree = agreement(first, second) if first is not None and second is not None else 1.0
-    value = decisiveness(mask) * agree**0.5 * (1.0 - frame_contact(mask))
+    value = decisiveness(mask) * float(np.sqrt(agree)) * (1.0 - frame_contact(mask))
     return min(1.0, max(0.0, value))

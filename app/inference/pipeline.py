@@ -56,8 +56,10 @@ def drop_undecided(pred: np.ndarray) -> np.ndarray:
     if count == 0:
         return pred
     peaks = maximum(pred, regions, np.arange(1, count + 1))
-    keep = np.concatenate([[False], np.asarray(peaks) >= UNDECIDED_CORE])
-    return np.where(keep[regions], pred, np.float32(0.0)).astype(pred.dtype, copy=False)
+    drop = np.concatenate([[False], np.asarray(peaks) < UNDECIDED_CORE])
+    if not drop.any():
+        return pred
+    return np.where(drop[regions], np.float32(0.0), pred).astype(pred.dtype, copy=False)
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:

@@ -29,6 +29,18 @@ from app.settings import Settings
 
 Output = pricing.Output
 Answer = Literal["image", "json"]
+AUTO = "auto"  # model=auto: config/models.toml [auto]
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """model=auto: when the job's model answers with a confidence below `below`, `then` runs too
+    and its answer is given. The job reserves the larger price and charges what ran."""
+
+    then: Pipeline
+    below: float
+    first_price: int  # credits when the first model's answer is given
+    then_price: int  # credits when it escalated
 
 
 @dataclass(frozen=True)
@@ -43,16 +55,23 @@ class Job:
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
     memory_bytes: int  # the estimated peak, for the memory admission
+    escalation: Escalation | None = None  # model=auto
 
     @property
     def model(self) -> str:
-        return self.pipeline.name
+        return AUTO if self.escalation is not None else self.pipeline.name
+
+    def price_of(self, escalated: bool) -> int:
+        """The credits for the answer given: what ran (auto reserves the larger, `price`)."""
+        if self.escalation is None:
+            return self.price
+        return self.escalation.then_price if escalated else self.escalation.first_price
 
     @property
     def asked(self) -> str:
         """The model as the fingerprint names it: another resolution is another request, and the
         default keeps the fingerprint it always had."""
-        default = self.resolution == self.pipeline.resolutions[0]
+        default = self.resolution == self.pipeline.resolutions[0] or self.escalation is not None
         return self.model if default else f"{self.model}@{self.resolution}"
 
 
@@ -60,14 +79,28 @@ def wants_json(accept: str) -> bool:
     return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
 
 
-def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> Pipeline:
-    """The model the submission names (or the default), or a 400 naming those there are."""
+def offered(settings: Settings, registry: ModelRegistry) -> list[str]:
+    """The model names a client may send: the loaded models, and auto when both of its are loaded."""
+    names = list(registry.names)
+    auto = settings.auto
+    if auto is not None and registry.get(auto.first) is not None and registry.get(auto.escalate_to) is not None:
+        names.append(AUTO)
+    return names
+
+
+def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> tuple[Pipeline, Pipeline | None]:
+    """The model the submission names (or the default), and for auto the one it may escalate to;
+    or a 400 naming those there are."""
     name = settings.default_model if sub.model is None else sub.model
+    if name == AUTO and settings.auto is not None and AUTO in offered(settings, registry):
+        first, then = registry.get(settings.auto.first), registry.get(settings.auto.escalate_to)
+        assert first is not None and then is not None
+        return first, then
     pipeline = registry.get(name)
     if pipeline is None:
-        names = ", ".join(registry.names)
+        names = ", ".join(offered(settings, registry))
         raise invalid_parameter(f"Unknown model {name[:40]!r}. Choose one of: {names}.")
-    return pipeline
+    return pipeline, None
 
 
 def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
@@ -129,13 +162,26 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> Job:
-    """The job the submission asks of `pipeline`, or the 4xx that refuses it. Work proportional to
-    the upload (header walks, hashing) runs off the event loop."""
+async def plan(
+    sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, then: Pipeline | None = None
+) -> Job:
+    """The job the submission asks of `pipeline` (model=auto: escalating to `then`), or the 4xx that
+    refuses it. Work proportional to the upload (header walks, hashing) runs off the event loop."""
+    if then is not None and sub.operating_resolution is not None:
+        raise invalid_parameter(
+            "model=auto runs each model at its own operating resolution: leave operating_resolution out."
+        )
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
     fingerprint = chosen.fingerprint()
-    price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
+    used = _priced_options(sub, chosen)
+    price = pricing.cost(settings, pipeline.spec, resolution, output, used)
+    escalation = None
+    if then is not None:
+        assert settings.auto is not None
+        then_price = pricing.cost(settings, then.spec, then.resolutions[0], output, used)
+        escalation = Escalation(then, settings.auto.below, price, then_price)
+        price = max(price, then_price)
     answer = _answer(chosen, accept)
     background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
@@ -146,7 +192,11 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
     probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
     info = await anyio.to_thread.run_sync(probe)
     # The model's measured cost for these pixels, plus what the options add (a background image's decode).
-    memory = pipeline.spec.peak_bytes(info.width * info.height)
+    pixels = info.width * info.height
+    memory = pipeline.spec.peak_bytes(pixels)
+    if then is not None:
+        # One after the other: the larger peak, and the first's full-size mask held meanwhile.
+        memory = max(memory, then.spec.peak_bytes(pixels)) + pixels
     memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
     return Job(
         image=image,
@@ -159,10 +209,17 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
         memory_bytes=memory,
+        escalation=escalation,
     )
 
 
-def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolution: str | None = None) -> Job:
+def plain(
+    pipeline: Pipeline,
+    image: bytes,
+    output: Output = "cutout",
+    resolution: str | None = None,
+    escalation: Escalation | None = None,
+) -> Job:
     """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
     return Job(
         image=image,
@@ -175,4 +232,5 @@ def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolutio
         price=0,
         fingerprint="",
         memory_bytes=0,
+        escalation=escalation,
     )

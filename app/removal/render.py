@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.imaging import codec, compose
+from app.inference import auto
 from app.inference.cancel import checkpoint
 from app.removal.job import Job
 from app.removal.options import Options
@@ -31,6 +32,10 @@ class Result:
     image: Finished
     content_type: str
     inference_s: float  # decode to encode, without the queue's wait
+    confidence: float  # of the mask given, 0-1 (app/inference/confidence.py)
+    model: str  # the model whose answer it is (model=auto: the first, or the one it escalated to)
+    resolution: str  # the operating resolution that model ran at
+    escalated: bool | None = None  # model=auto: whether it escalated; None for a named model
 
 
 def _encoded(pixels: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> bytes:
@@ -62,11 +67,20 @@ def render(job: Job, png_level: int, png_fast: bool) -> Result:
     started = time.perf_counter()
     decoded = codec.decode(job.image)
     checkpoint()
-    if job.output == "mask":
-        finished = finish_mask(job.pipeline.mask(decoded.rgb, job.resolution), job.options, png_level)
+    model, resolution, escalated = job.pipeline.name, job.resolution, None
+    if job.escalation is not None:
+        answer = auto.run(job.pipeline, job.escalation.then, job.escalation.below, decoded, job.output == "cutout")
+        pixels, score, escalated = answer.pixels, answer.confidence, answer.escalated
+        if escalated:
+            model, resolution = job.escalation.then.name, job.escalation.then.resolutions[0]
+    elif job.output == "mask":
+        pixels, score = job.pipeline.mask_scored(decoded.rgb, job.resolution)
     else:
-        rgba = job.pipeline.cutout(decoded, job.resolution)
-        checkpoint()
-        finished = finish_cutout(rgba, decoded.rgb, job.options, png_level, png_fast)
+        pixels, score = job.pipeline.cutout_scored(decoded, job.resolution)
+    checkpoint()
+    if job.output == "mask":
+        finished = finish_mask(pixels, job.options, png_level)
+    else:
+        finished = finish_cutout(pixels, decoded.rgb, job.options, png_level, png_fast)
     content_type = codec.CONTENT_TYPES[job.options.output_format]
-    return Result(finished, content_type, time.perf_counter() - started)
+    return Result(finished, content_type, time.perf_counter() - started, score, model, resolution, escalated)

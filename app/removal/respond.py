@@ -8,19 +8,30 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
+from app.accounts.billing import Bill
 from app.removal.job import Job
 from app.removal.render import Result
-from app.store import Reservation
+
+CONFIDENCE_HEADER = "X-Mask-Confidence"
+ESCALATED_HEADER = "X-Model-Escalated"
 
 
-def headers(job: Job, reservation: Reservation) -> dict[str, str]:
+def confidence(result: Result) -> float:
+    """The mask's confidence as the answer states it (header and JSON alike)."""
+    return round(result.confidence, 3)
+
+
+def headers(job: Job, result: Result, bill: Bill) -> dict[str, str]:
     answer = {
-        "X-Credits-Charged": str(reservation.amount),
-        "X-Credits-Remaining": str(reservation.remaining),
-        "X-Model": job.model,
-        "X-Operating-Resolution": job.resolution,
+        "X-Credits-Charged": str(bill.amount),
+        "X-Credits-Remaining": str(bill.remaining),
+        "X-Model": result.model,
+        "X-Operating-Resolution": result.resolution,
+        CONFIDENCE_HEADER: f"{confidence(result):.3f}",
     }
-    if reservation.replayed:
+    if result.escalated is not None:  # model=auto
+        answer[ESCALATED_HEADER] = "true" if result.escalated else "false"
+    if bill.reservation.replayed:
         answer[idempotency.REPLAYED_HEADER] = "true"
     return answer
 
@@ -40,14 +51,15 @@ def _file(data: bytes, result: Result, name: str) -> dict[str, object]:
 
 
 def _json(job: Job, result: Result, with_headers: dict[str, str]) -> JSONResponse:
-    body = {"image": _file(result.image.body, result, job.output)}
+    body: dict[str, object] = {"image": _file(result.image.body, result, job.output)}
     if result.image.mask is not None:
         body["mask"] = _file(result.image.mask, result, "mask")
+    body["confidence"] = confidence(result)
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(job: Job, result: Result, reservation: Reservation) -> Response:
-    with_headers = headers(job, reservation)
+async def response(job: Job, result: Result, bill: Bill) -> Response:
+    with_headers = headers(job, result, bill)
     if job.answer == "image":
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.

@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from app.accounts import idempotency
 from app.accounts.auth import authenticate
-from app.accounts.billing import charge
+from app.accounts.billing import Bill, charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
 from app.inference.gate import Busy, Expired
@@ -27,7 +27,7 @@ from app.removal import respond, submission
 from app.removal.job import Job, Output
 from app.removal.render import Result, render
 from app.services import Services, services
-from app.store import Account, Reservation
+from app.store import Account
 
 T = TypeVar("T")
 
@@ -69,9 +69,9 @@ async def _run(request: Request, svc: Services, job: Job) -> Result:
         raise processing_timeout() from None
 
 
-def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, job: Job, result: Result, bill: Bill) -> None:
     """The delivery, as the metrics and the access log line count it."""
-    charged = 0 if reservation.replayed else reservation.amount
+    charged = 0 if bill.reservation.replayed else bill.amount
     metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
@@ -80,22 +80,23 @@ def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: 
 async def _serve(request: Request, svc: Services, account: Account, output: Output) -> Response:
     logged = context.of_scope(request.scope)  # what the access log line says
     sub = await submission.read(request)
-    pipeline = planning.choose_model(sub, svc.settings, svc.registry)
-    logged.model = pipeline.name
+    pipeline, then = planning.choose_model(sub, svc.settings, svc.registry)
+    logged.model = pipeline.name if then is None else planning.AUTO
     # One slot from the image_url fetch to the result: slow URLs cannot pile up fetches either.
     with svc.slots.hold(account):
-        job = await planning.plan(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+        job = await planning.plan(sub, pipeline, output, request.headers.get("accept", ""), svc.settings, then)
         window = svc.settings.idempotency_window_s
         claim = await idempotency.claim_for(
             request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
         )
-        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
+        async with charge(svc.store, account, job.price, logged.request_id, claim) as bill:
             result = await _run(request, svc, job)
             if await request.is_disconnected():
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
-    _record(logged, job, result, reservation)
-    return await respond.response(job, result, reservation)
+            bill.settle_for(job.price_of(bool(result.escalated)))  # auto: what ran; the rest back
+    _record(logged, job, result, bill)
+    return await respond.response(job, result, bill)
 
 
 async def _remove(request: Request, output: Output) -> Response:

@@ -122,9 +122,10 @@ class Store(Protocol):
         """
         ...
 
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, amount: int | None = None) -> bool:
         """Make the charge final (idempotent). False when the reservation is gone
-        (refunded or swept as stale): then nothing was charged."""
+        (refunded or swept as stale): then nothing was charged. `amount` (at most the reserved):
+        charge only that and give the rest back in the same step; None: all of it."""
         ...
 
     async def refund(self, reservation: Reservation) -> int:

@@ -206,11 +206,13 @@ class RedisStore:
         raise InsufficientCredits(balance, amount)
 
     @_fail_closed
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, amount: int | None = None) -> bool:
+        if amount is not None and not 0 <= amount <= reservation.amount:
+            raise ValueError(f"cannot charge {amount} of a reservation of {reservation.amount}")
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
         charged = await self._commit(
-            keys=[self._resv(reservation.id), self._HELD, self._LEDGER],
-            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX],
+            keys=[self._resv(reservation.id), self._HELD, self._LEDGER, self._acct(reservation.account_id)],
+            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX, "" if amount is None else amount],
         )
         return bool(charged)
 
