@@ -140,3 +140,20 @@ def test_demo_page_sends_output_options_and_shows_a_cropped_answer_alone(
     expect(page.locator("#split")).to_be_hidden()
     page.screenshot(path=str(tmp_path / "options-result.png"), full_page=True)
     page.close()
+
+
+def test_demo_page_offers_auto_and_shows_the_confidence_under_the_result(
+    browser: Browser, live_server: LiveServer, api_key: str, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(live_server.url + "/demo")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(subject_image(320, 240))
+    page.fill("#key", api_key)
+    page.select_option("#model", "auto")
+    page.set_input_files("#file", str(photo))
+    page.click("#submit")
+    expect(page.locator("#download")).to_be_visible(timeout=60_000)
+    expect(page.locator("#confidence")).to_be_visible()
+    expect(page.locator("#confidence")).to_contain_text("Mask confidence 0.")
+    page.close()

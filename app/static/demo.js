@@ -44,6 +44,7 @@ function choose(file) {
   setSplit(100);
   $("split-label").hidden = true;
   $("download").hidden = true;
+  $("confidence").hidden = true;
   $("result").hidden = false;
   $("submit").disabled = false;
 }
@@ -126,6 +127,12 @@ $("form").addEventListener("submit", async (event) => {
     $("download").download = photo.name.replace(/\.[^.]*$/, "") + `-cutout.${extension}`;
     $("download").textContent = `Download ${extension.toUpperCase()}`;
     $("download").hidden = false;
+    // The mask's confidence (docs/confidence.md): below 0.5, look at the edges or try aurora.
+    const confidence = Number(response.headers.get("X-Mask-Confidence"));
+    const escalated = response.headers.get("X-Model-Escalated") === "true" ? ", auto escalated to aurora" : "";
+    $("confidence").textContent = `Mask confidence ${confidence.toFixed(2)}` +
+      (confidence < 0.5 ? " (low: check the edges, or try aurora)" : "") + escalated;
+    $("confidence").hidden = false;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     $("status").textContent = `Done in ${seconds} s with ${response.headers.get("X-Model")}: ` +
       `${response.headers.get("X-Credits-Charged")} credit(s) charged, ${response.headers.get("X-Credits-Remaining")} left.`;
