@@ -25,7 +25,7 @@ Re-check the confidence and auto's threshold whenever a network or its precision
 
     .venv/bin/python bench/quality.py --sets composite --default-resolution --confidence --auto
 
-prints the Spearman correlation of each model's confidence with its IoU (docs/confidence.md wants
+prints the Spearman correlation of each model's confidence with its IoU (docs/models.md, Confidence wants
 >= 0.5), auto's escalated share, IoU, alpha error and time against aurora's, and a table of what
 other thresholds would give. `--foreground none,estimate_fast,estimate` compares the foreground
 steps on ghost and falcon.
@@ -321,6 +321,7 @@ def main() -> None:
                 for _ in range(args.repeat):
                     result = measure(variant, sample)
                     results.setdefault((variant.label, set_name), []).append((sample, result))
+            print(f"  {set_name}: {sample.name} done", file=sys.stderr, flush=True)
     print()
     print(
         "| model | resolution | foreground | set | mean IoU ↑ | mean abs alpha error ↓ | edge colour error ↓ "
@@ -343,6 +344,9 @@ def main() -> None:
             if args.confidence:
                 line += f" {spearman([r.confidence for r in rs], [r.iou for r in rs]):.3f} |"
             print(line, flush=True)
+    _paired_times(variants, results, sets)
+    if args.confidence:
+        _confidence_cost(registry, names)
     if args.auto:
         _auto_report(variants, results, sets, auto_spec.first, auto_spec.escalate_to, below)
     if args.confidence:
@@ -370,6 +374,45 @@ def _model_run(
         return result.image.body, result.confidence, False
 
     return run
+
+
+def _paired_times(variants: list[Variant], results, sets) -> None:
+    """Each variant's time against its model's first variant, image by image (the median ratio):
+    what a foreground step costs, free of the drift between images."""
+    for set_name in sets:
+        for variant in variants:
+            base = next(v for v in variants if v.model == variant.model)
+            if base is variant:
+                continue
+            ours = [r.ms for _, r in results[(variant.label, set_name)]]
+            theirs = [r.ms for _, r in results[(base.label, set_name)]]
+            ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+            print(f"{set_name}: {variant.label} takes {ratio:.3f}x {base.label} (median per-image ratio)")
+
+
+def _confidence_cost(registry: ModelRegistry, names: list[str]) -> None:
+    """The confidence's own time on each model's operating-resolution masks (median of 20), against
+    that model's median request time above."""
+    from app.inference import confidence
+
+    for name in names:
+        pipeline = registry.get(name)
+        if pipeline is None:
+            continue
+        side = int(pipeline.resolutions[0].split("x")[0])
+        # A soft-edged disc and a shifted copy: the sums are the work, whatever the shape.
+        yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+        mask = np.clip((side / 3 - np.hypot(yy - side / 2, xx - side / 2)) / (side / 40) + 0.5, 0, 1)
+        other = np.roll(mask, side // 20, axis=1)
+        two = pipeline.spec.mirror == "max" or pipeline.spec.union is not None
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            confidence.score(mask, mask, other) if two else confidence.score(mask)
+            times.append((time.perf_counter() - started) * 1000)
+        print(
+            f"confidence on `{name}` ({side}x{side}{', two views' if two else ''}): {statistics.median(times):.1f} ms"
+        )
 
 
 def _auto_report(variants, results, sets, first: str, then: str, below: float) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import label, maximum, uniform_filter
+from scipy.ndimage import label, uniform_filter
 
 from app.imaging import codec
 from app.inference import confidence
@@ -55,8 +55,9 @@ def drop_undecided(pred: np.ndarray) -> np.ndarray:
     regions, count = label(pred > UNDECIDED_FLOOR)
     if count == 0:
         return pred
-    peaks = maximum(pred, regions, np.arange(1, count + 1))
-    drop = np.concatenate([[False], np.asarray(peaks) < UNDECIDED_CORE])
+    decided = np.bincount(regions[pred >= UNDECIDED_CORE], minlength=count + 1) > 0
+    drop = ~decided
+    drop[0] = False  # outside every region: left as it is
     if not drop.any():
         return pred
     return np.where(drop[regions], np.float32(0.0), pred).astype(pred.dtype, copy=False)
@@ -159,7 +160,7 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 # then the closing step of blur fusion at full resolution on the visibly soft pixels only (alpha
 # FAST_FOREGROUND_MARGIN away from 0 and 255: a fifth of the soft ones on an upscaled mask), each
 # reading the blurred subject and background colours of its cell. Measured by bench/quality.py
-# --foreground (docs/confidence.md): the fringe goes for about a tenth of the full pass's time.
+# --foreground (docs/models.md, Confidence): the fringe goes for about a tenth of the full pass's time.
 FAST_FOREGROUND_SCALE = 4
 FAST_FOREGROUND_MARGIN = 4
 
