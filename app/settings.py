@@ -103,6 +103,9 @@ class ModelSpec(BaseModel):
     # "drop": regions of the mask where no pixel is decided subject (a half-transparent second
     # subject) are left out (app/inference/pipeline.py, drop_undecided).
     undecided: Literal["keep", "drop"] = "keep"
+    # The mask's black point: values at or below it become 0, the rest are stretched back to 0-1
+    # (the faint haze a joined mask spreads over the background goes).
+    black_point: float = Field(default=0.0, ge=0.0, lt=1.0)
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)
     # "estimate": blur-fusion foreground colour on soft edges (no halo of the old background);

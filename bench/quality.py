@@ -8,9 +8,11 @@
   folder (birefnet-general where there is one, else rembg's u2net example) is pasted over another
   photo of the folder and over a generated texture; the alpha it was pasted with is then exactly
   the true alpha of the composite. Faint alpha below COMPOSITE_MIN_ALPHA (a haze some cut-outs
-  carry over their whole background) is cleared first, and partly transparent pixels take the
-  colour of the nearest opaque one (the cut-outs kept their photo's background there), so the
-  truth is a clean subject: its alpha and its own colour.
+  carry over their whole background) is cleared first, so the truth is a clean subject. With
+  --clean-colour, partly transparent pixels also take the colour of the nearest opaque one (the
+  cut-outs kept their photo's background there), so the truth has its own colour too and the
+  colour errors below mean something; the images then differ (every figure moves a little: compare
+  within one kind of run).
 
 Each model runs its full pipeline (decode -> mask -> cut-out -> PNG, as the service does) at each
 operating resolution it accepts. Reported per model and resolution: mean IoU of the alpha at 0.5,
@@ -34,6 +36,7 @@ steps on ghost and falcon.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import statistics
@@ -138,7 +141,7 @@ def _clean_colour(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return rgb[iy, ix].astype(np.float32)
 
 
-def composite_set(data: Path, seed: int = 0) -> list[Sample]:
+def composite_set(data: Path, seed: int = 0, clean_colour: bool = False) -> list[Sample]:
     rng = np.random.default_rng(seed)
     cutouts = list(_cutouts(data))
     photos = sorted(data.glob("*.jpg"))
@@ -152,12 +155,13 @@ def composite_set(data: Path, seed: int = 0) -> list[Sample]:
             f"photo-{others[index * 3 % len(others)].stem}": _cover(others[index * 3 % len(others)], height, width),
             f"texture-{index % 3}": _texture(index % 3, height, width, rng),
         }
-        fg = _clean_colour(rgba[..., :3], alpha)
+        fg = _clean_colour(rgba[..., :3], alpha) if clean_colour else rgba[..., :3].astype(np.float32)
         for label, bg in backgrounds.items():
             image = fg * alpha[..., None] + bg.astype(np.float32) * (1.0 - alpha[..., None])
             buf = io.BytesIO()
             Image.fromarray((image + 0.5).astype(np.uint8)).save(buf, "PNG", compress_level=1)
-            samples.append(Sample(f"{subject} on {label}", buf.getvalue(), alpha, fg.astype(np.uint8)))
+            truth = fg.astype(np.uint8) if clean_colour else None  # colour errors need a clean subject
+            samples.append(Sample(f"{subject} on {label}", buf.getvalue(), alpha, truth))
     return samples
 
 
@@ -264,12 +268,17 @@ def main() -> None:
         help="model=auto too (config/models.toml [auto]), against its two models: escalated share, "
         "time ratio, and what other thresholds would have given (from the two models' own runs)",
     )
+    parser.add_argument(
+        "--clean-colour",
+        action="store_true",
+        help="composite subjects in their own colour on soft edges: the colour errors (halo) are measured",
+    )
     parser.add_argument("--below", type=float, default=None, help="auto's threshold (default: the config's)")
     args = parser.parse_args()
 
     print(cpu())
     chosen_sets = [n for n in args.sets.split(",") if n]
-    makers = {"birefnet": birefnet_set, "composite": composite_set}
+    makers = {"birefnet": birefnet_set, "composite": functools.partial(composite_set, clean_colour=args.clean_colour)}
     sets = {name: makers[name](args.data) for name in chosen_sets}
     if not all(sets.values()):
         sys.exit(f"no cut-outs to measure against in {args.data}")
