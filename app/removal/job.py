@@ -1,10 +1,11 @@
 """Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
-`plan` does everything that can refuse a request before credits are reserved: the model and
-its operating resolution, option validation, the image_url fetch, the headers of the photo
-and of a background image. What it answers is all the rest of the request needs: what to
-run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the memory
-estimate and the answer's shape (app/removal/respond.py).
+Everything that can refuse a request before credits are reserved happens here, in three steps:
+`order` checks what is asked (the operating resolution, the options, the answer's shape, a
+background image's header) and prices it; `fetch_photo` brings an image_url's bytes; `job` checks
+the photo's header and estimates the memory. The Job is all the rest of the request needs:
+what to run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the
+memory estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from app.settings import Settings
 
 Output = pricing.Output
 Answer = Literal["image", "json"]
+Source = Literal["upload", "image_url"]
 AUTO = "auto"  # model=auto: config/models.toml [auto]
 
 
 @dataclass(frozen=True)
 class Escalation:
-    """model=auto: when the job's model answers with a confidence below `below`, `then` runs too
-    and its answer is given. The job reserves the larger price and charges what ran."""
+    """model=auto: when the order's model answers with a confidence below `below`, `then` runs too
+    and its answer is given. The order reserves the larger price and charges what ran."""
 
     then: Pipeline
     below: float
@@ -44,9 +46,10 @@ class Escalation:
 
 
 @dataclass(frozen=True)
-class Job:
-    image: bytes  # the photo: uploaded, or fetched from image_url
-    fetched: bool  # it came from image_url
+class Order:
+    """What a submission asks, checked and priced: the job but for its photo."""
+
+    source: Source
     pipeline: Pipeline
     resolution: str  # the operating resolution it runs at
     output: Output
@@ -54,7 +57,7 @@ class Job:
     answer: Answer
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
-    memory_bytes: int  # the estimated peak, for the memory admission
+    background_pixels: int  # of a bg_image, for the memory estimate
     escalation: Escalation | None = None  # model=auto
 
     @property
@@ -73,6 +76,13 @@ class Job:
         default keeps the fingerprint it always had."""
         default = self.resolution == self.pipeline.resolutions[0] or self.escalation is not None
         return self.model if default else f"{self.model}@{self.resolution}"
+
+
+@dataclass(frozen=True)
+class Job:
+    order: Order
+    image: bytes  # the photo: uploaded, or fetched from image_url
+    memory_bytes: int  # the estimated peak, for the memory admission
 
 
 def wants_json(accept: str) -> bool:
@@ -136,11 +146,10 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-async def _image(sub: Submission, settings: Settings) -> bytes:
-    if sub.image is not None:
-        return sub.image
+async def fetch_photo(sub: Submission, settings: Settings) -> bytes:
+    """The photo at the submission's image_url, or the 400 that says why not."""
     if sub.image_url is None:
-        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+        raise invalid_image("No image: send an image or an image_url.")  # a Submission has one or the other
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
     return await fetch.fetch_image(
@@ -162,11 +171,10 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-async def plan(
+async def order(
     sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, then: Pipeline | None = None
-) -> Job:
-    """The job the submission asks of `pipeline` (model=auto: escalating to `then`), or the 4xx that
-    refuses it. Work proportional to the upload (header walks, hashing) runs off the event loop."""
+) -> Order:
+    """What the submission asks of `pipeline` (model=auto: escalating to `then`), or the 4xx that refuses it."""
     if then is not None and sub.operating_resolution is not None:
         raise invalid_parameter(
             "model=auto runs each model at its own operating resolution: leave operating_resolution out."
@@ -185,22 +193,12 @@ async def plan(
     answer = _answer(chosen, accept)
     background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
+        # Off the event loop: work proportional to the upload (header walks, hashing).
         background_digest, background_pixels = await anyio.to_thread.run_sync(
             _probe_background, chosen.bg_image, settings
         )
-    image = await _image(sub, settings)
-    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
-    info = await anyio.to_thread.run_sync(probe)
-    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
-    pixels = info.width * info.height
-    memory = pipeline.spec.peak_bytes(pixels)
-    if then is not None:
-        # One after the other: the larger peak, and the first's full-size mask held meanwhile.
-        memory = max(memory, then.spec.peak_bytes(pixels)) + pixels
-    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
-    return Job(
-        image=image,
-        fetched=sub.image_url is not None,
+    return Order(
+        source="upload" if sub.image is not None else "image_url",
         pipeline=pipeline,
         resolution=resolution,
         output=output,
@@ -208,9 +206,23 @@ async def plan(
         answer=answer,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
-        memory_bytes=memory,
+        background_pixels=background_pixels,
         escalation=escalation,
     )
+
+
+async def job(asked: Order, image: bytes, settings: Settings) -> Job:
+    """The order with its photo, whose header is checked (400/413) before any pixel is decoded."""
+    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    info = await anyio.to_thread.run_sync(probe)
+    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
+    pixels = info.width * info.height
+    memory = asked.pipeline.spec.peak_bytes(pixels)
+    if asked.escalation is not None:
+        # One after the other: the larger peak, and the first's full-size mask held meanwhile.
+        memory = max(memory, asked.escalation.then.spec.peak_bytes(pixels)) + pixels
+    memory += asked.background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    return Job(order=asked, image=image, memory_bytes=memory)
 
 
 def plain(
@@ -221,9 +233,8 @@ def plain(
     escalation: Escalation | None = None,
 ) -> Job:
     """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
-    return Job(
-        image=image,
-        fetched=False,
+    asked = Order(
+        source="upload",
         pipeline=pipeline,
         resolution=resolution or pipeline.resolutions[0],
         output=output,
@@ -231,6 +242,7 @@ def plain(
         answer="image",
         price=0,
         fingerprint="",
-        memory_bytes=0,
+        background_pixels=0,
         escalation=escalation,
     )
+    return Job(order=asked, image=image, memory_bytes=0)

@@ -64,23 +64,25 @@ def finish_mask(alpha: np.ndarray, chosen: Options, png_level: int) -> Finished:
 
 def render(job: Job, png_level: int, png_fast: bool) -> Result:
     """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
+    asked = job.order
     started = time.perf_counter()
     decoded = codec.decode(job.image)
     checkpoint()
-    model, resolution, escalated = job.pipeline.name, job.resolution, None
-    if job.escalation is not None:
-        answer = auto.run(job.pipeline, job.escalation.then, job.escalation.below, decoded, job.output == "cutout")
+    model, resolution, escalated = asked.pipeline.name, asked.resolution, None
+    if asked.escalation is not None:
+        then = asked.escalation.then
+        answer = auto.run(asked.pipeline, then, asked.escalation.below, decoded, asked.output == "cutout")
         pixels, score, escalated = answer.pixels, answer.confidence, answer.escalated
         if escalated:
-            model, resolution = job.escalation.then.name, job.escalation.then.resolutions[0]
-    elif job.output == "mask":
-        pixels, score = job.pipeline.mask_scored(decoded.rgb, job.resolution)
+            model, resolution = then.name, then.resolutions[0]
+    elif asked.output == "mask":
+        pixels, score = asked.pipeline.mask_scored(decoded.rgb, asked.resolution)
     else:
-        pixels, score = job.pipeline.cutout_scored(decoded, job.resolution)
+        pixels, score = asked.pipeline.cutout_scored(decoded, asked.resolution)
     checkpoint()
-    if job.output == "mask":
-        finished = finish_mask(pixels, job.options, png_level)
+    if asked.output == "mask":
+        finished = finish_mask(pixels, asked.options, png_level)
     else:
-        finished = finish_cutout(pixels, decoded.rgb, job.options, png_level, png_fast)
-    content_type = codec.CONTENT_TYPES[job.options.output_format]
+        finished = finish_cutout(pixels, decoded.rgb, asked.options, png_level, png_fast)
+    content_type = codec.CONTENT_TYPES[asked.options.output_format]
     return Result(finished, content_type, time.perf_counter() - started, score, model, resolution, escalated)

@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
 from app.accounts.billing import Bill
-from app.removal.job import Job
+from app.removal.job import Order
 from app.removal.render import Result
 
 CONFIDENCE_HEADER = "X-Mask-Confidence"
@@ -21,7 +21,7 @@ def confidence(result: Result) -> float:
     return round(result.confidence, 3)
 
 
-def headers(job: Job, result: Result, bill: Bill) -> dict[str, str]:
+def headers(asked: Order, result: Result, bill: Bill) -> dict[str, str]:
     answer = {
         "X-Credits-Charged": str(bill.amount),
         "X-Credits-Remaining": str(bill.remaining),
@@ -50,17 +50,17 @@ def _file(data: bytes, result: Result, name: str) -> dict[str, object]:
     }
 
 
-def _json(job: Job, result: Result, with_headers: dict[str, str]) -> JSONResponse:
-    body: dict[str, object] = {"image": _file(result.image.body, result, job.output)}
+def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONResponse:
+    body: dict[str, object] = {"image": _file(result.image.body, result, asked.output)}
     if result.image.mask is not None:
         body["mask"] = _file(result.image.mask, result, "mask")
     body["confidence"] = confidence(result)
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(job: Job, result: Result, bill: Bill) -> Response:
-    with_headers = headers(job, result, bill)
-    if job.answer == "image":
+async def response(asked: Order, result: Result, bill: Bill) -> Response:
+    with_headers = headers(asked, result, bill)
+    if asked.answer == "image":
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
-    return await anyio.to_thread.run_sync(_json, job, result, with_headers)
+    return await anyio.to_thread.run_sync(_json, asked, result, with_headers)
