@@ -161,8 +161,8 @@ def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 # FAST_FOREGROUND_MARGIN away from 0 and 255: a fifth of the soft ones on an upscaled mask), each
 # reading the blurred subject and background colours of its cell. Measured by bench/quality.py
 # --foreground (docs/models.md, Confidence): the fringe goes for about a tenth of the full pass's time.
-FAST_FOREGROUND_SCALE = 4
-FAST_FOREGROUND_MARGIN = 4
+FAST_FOREGROUND_SCALE = 8
+FAST_FOREGROUND_MARGIN = 8
 
 
 def estimate_foreground_fast(rgb: np.ndarray, alpha: np.ndarray, scale: int = FAST_FOREGROUND_SCALE) -> np.ndarray:
