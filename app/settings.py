@@ -109,7 +109,7 @@ class ModelSpec(BaseModel):
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)
     # "estimate": blur-fusion foreground colour on soft edges (no halo of the old background);
-    # "estimate_fast": the same with its blurs at a quarter of the size, for the fast models.
+    # "estimate_fast": the same with its blurs at 1/8 of the size, for the fast models.
     foreground: Literal["none", "estimate", "estimate_fast"] = "none"
     cost: int = Field(default=1, ge=0)
     mask_cost: int = Field(default=1, ge=0)

@@ -27,7 +27,7 @@ Re-check the confidence and auto's threshold whenever a network or its precision
 
     .venv/bin/python bench/quality.py --sets composite --default-resolution --confidence --auto
 
-prints the Spearman correlation of each model's confidence with its IoU (docs/models.md, Confidence wants
+prints the Spearman correlation of each model's confidence with its IoU (docs/models.md, "Confidence and model=auto" wants
 >= 0.5), auto's escalated share, IoU, alpha error and time against aurora's, and a table of what
 other thresholds would give. `--foreground none,estimate_fast,estimate` compares the foreground
 steps on ghost and falcon.

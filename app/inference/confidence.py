@@ -13,7 +13,7 @@
 
 All three are computed on the operating-resolution masks (at most 1024 x 1024 floats): a few
 milliseconds, against hundreds for the request. bench/quality.py --confidence measures its rank
-correlation with the true IoU on the composite set (docs/models.md, Confidence).
+correlation with the true IoU on the composite set (docs/models.md, "Confidence and model=auto").
 """
 
 from __future__ import annotations

@@ -158,5 +158,5 @@ CONFIDENCE: JSON = {
     "minimum": 0,
     "maximum": 1,
     "description": "How far to trust the mask (0-1), as X-Mask-Confidence says: below 0.5, look at the "
-    "cut-out (or send model=auto, or aurora). docs/models.md, Confidence.",
+    "cut-out (or send model=auto, or aurora). docs/models.md, Confidence and model=auto.",
 }

@@ -127,7 +127,7 @@ $("form").addEventListener("submit", async (event) => {
     $("download").download = photo.name.replace(/\.[^.]*$/, "") + `-cutout.${extension}`;
     $("download").textContent = `Download ${extension.toUpperCase()}`;
     $("download").hidden = false;
-    // The mask's confidence (docs/models.md, Confidence): below 0.5, look at the edges or try aurora.
+    // The mask's confidence (docs/models.md, "Confidence and model=auto"): below 0.5, look at the edges or try aurora.
     const confidence = Number(response.headers.get("X-Mask-Confidence"));
     const escalated = response.headers.get("X-Model-Escalated") === "true" ? ", auto escalated to aurora" : "";
     $("confidence").textContent = `Mask confidence ${confidence.toFixed(2)}` +
