@@ -150,13 +150,19 @@ class Podman:
             tarball = self.cache / "base.tar"
             made = subprocess.run(
                 [
-                    "mmdebstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
+                    "mmdebstrap",
+                    "--variant=minbase",
+                    f"--include={BASE_PACKAGES}",
                     *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "info", "locale")),
                     "--dpkgopt=path-include=/usr/share/doc/*/copyright",
                     '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
-                    "bookworm", str(tarball), "http://deb.debian.org/debian",
+                    "bookworm",
+                    str(tarball),
+                    "http://deb.debian.org/debian",
                 ],
-                capture_output=True, text=True, timeout=600,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             assert made.returncode == 0, f"mmdebstrap failed:\n{made.stderr[-3000:]}"
             self("import", str(tarball), BASE_IMAGE)
@@ -167,7 +173,9 @@ class Podman:
 def podman() -> Podman:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{', '.join(missing)} missing: run scripts/setup (it apt-installs podman mmdebstrap uidmap catatonit runc)")
+        pytest.fail(
+            f"{', '.join(missing)} missing: run scripts/setup (it apt-installs podman mmdebstrap uidmap catatonit runc)"
+        )
     if os.geteuid() != 0:
         pytest.fail("the container test runs rootful Podman: run the suite as root")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -186,10 +194,17 @@ def image(podman: Podman) -> Iterator[Image]:
     tag = f"localhost/cutout-test:{os.getpid()}"  # the layers are shared; the tag is this run's
     started = time.monotonic()
     podman(
-        "build", "--pull=never", "--format", "docker",  # docker format: keeps the HEALTHCHECK
-        "--build-arg", f"BASE={BASE_IMAGE}",
-        "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
-        "--tag", tag, str(ROOT),
+        "build",
+        "--pull=never",
+        "--format",
+        "docker",  # docker format: keeps the HEALTHCHECK
+        "--build-arg",
+        f"BASE={BASE_IMAGE}",
+        "--volume",
+        f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+        "--tag",
+        tag,
+        str(ROOT),
         timeout=BUILD_TIMEOUT_S,
     )
     build_s = time.monotonic() - started
@@ -215,7 +230,9 @@ def test_image_is_small_and_holds_only_the_service(podman: Podman, image: Image)
     assert config["User"].split(":")[0] not in ("", "0", "root")
     assert config["Healthcheck"]["Test"][:2] == ["CMD", "/app/.venv/bin/python"]
 
-    venv = json.loads(podman("run", "--rm", "--read-only", image.tag, "/app/.venv/bin/python", "-c", INSPECT_VENV).stdout)
+    venv = json.loads(
+        podman("run", "--rm", "--read-only", image.tag, "/app/.venv/bin/python", "-c", INSPECT_VENV).stdout
+    )
     installed = set(venv["installed"])
     assert "cutout" in installed and "openvino" in installed
     assert not installed & (TEST_ONLY_PACKAGES | {"pip", "setuptools", "pytest"}), sorted(installed)
@@ -232,8 +249,17 @@ def test_container_serves_cutouts_read_only_as_its_user(podman: Podman, image: I
     name, port = f"cutout-test-{os.getpid()}", free_port()
     started = time.monotonic()
     podman(
-        "run", "--detach", "--name", name, "--read-only", "--cap-drop=all", "--security-opt=no-new-privileges",
-        "--publish", f"127.0.0.1:{port}:8000", "--volume", f"{data}:/data",
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--read-only",
+        "--cap-drop=all",
+        "--security-opt=no-new-privileges",
+        "--publish",
+        f"127.0.0.1:{port}:8000",
+        "--volume",
+        f"{data}:/data",
         "--health-interval=disable",  # no systemd timer here; `podman healthcheck run` runs it below
         image.tag,
     )
@@ -259,8 +285,11 @@ def test_container_serves_cutouts_read_only_as_its_user(podman: Podman, image: I
         key = created.stdout.strip().splitlines()[-1]
         for model in ("ghost", "falcon"):
             response = requests.post(
-                url + "/v2/rembg/", headers={"ApiKey": key}, data={"model": model},
-                files={"image": ("photo.jpg", subject_image(160, 120), "image/jpeg")}, timeout=120,
+                url + "/v2/rembg/",
+                headers={"ApiKey": key},
+                data={"model": model},
+                files={"image": ("photo.jpg", subject_image(160, 120), "image/jpeg")},
+                timeout=120,
             )
             assert response.status_code == 200, response.text
             cutout = png_of(response.content)

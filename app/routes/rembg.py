@@ -13,13 +13,22 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import context, idempotency, images, metrics, submission
-from app.answer import prepare
-from app.auth import authenticate
-from app.billing import charge
-from app.errors import ApiError, client_closed_request, invalid_parameter, processing_timeout, request_id_of
+from app.accounts import idempotency
+from app.accounts.auth import authenticate
+from app.accounts.billing import charge
+from app.errors import (
+    ApiError,
+    client_closed_request,
+    invalid_parameter,
+    processing_timeout,
+)
+from app.http import context, metrics
+from app.http.context import request_id_of
+from app.imaging import codec
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output, Pipeline
+from app.removal import submission
+from app.removal.job import prepare
 from app.services import services
 from app.store import Account
 
@@ -88,7 +97,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         answer = await prepare(request, svc.settings, sub, output)
     data = answer.image
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
-    probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
+    probe = functools.partial(codec.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
     info = await anyio.to_thread.run_sync(probe)
     # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost,
     # plus what its options add (a background image's decode).
@@ -106,16 +115,20 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     # Another resolution is another request; the default keeps the fingerprint it always had.
     asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
     claim = await idempotency.claim_for(
-        request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
+        request,
+        account,
+        svc.settings.idempotency_window_s,
+        output=output,
+        model=asked,
+        image=data,
         options=answer.fingerprint,
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
         try:
             with svc.slots.hold(account):
                 result, inference_s = await _unless_client_leaves(
-                    request, lambda: svc.gate.run(
-                        render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes
-                    )
+                    request,
+                    lambda: svc.gate.run(render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes),
                 )
         except Busy:
             raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
