@@ -106,7 +106,7 @@ def test_dockerfile_shape() -> None:
     assert [c.value for c in only(service, "COPY")] == [("/app", "/app")]
     assert only(service, "COPY")[0].flags == ("--from=build",)
     assert only(service, "USER")[0].value[0].split(":")[0] != "0"
-    gpu_env = dict(zip(*[iter(only(by_stage["gpu"], "ENV")[0].value)] * 2))
+    gpu_env = dict(zip(*[iter(only(by_stage["gpu"], "ENV")[0].value)] * 2, strict=True))
     assert "CUDAExecutionProvider" in gpu_env["CUTOUT_PROVIDERS"]
 
 
