@@ -123,7 +123,10 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
     success_headers = {
         "X-Request-ID": _REQUEST_ID,
         "X-Credits-Charged": _INT_HEADER,
-        "X-Credits-Remaining": _INT_HEADER,
+        "X-Credits-Remaining": {
+            "description": "The balance after this request (absent for an unlimited key).",
+            **_INT_HEADER,
+        },
         "X-Model": {"schema": {"type": "string", "enum": models}},
         "X-Operating-Resolution": {"schema": {"type": "string", "enum": resolutions}},
         "X-RateLimit-Limit": _INT_HEADER,
@@ -263,6 +266,7 @@ def _account_schema() -> JSON:
         "required": [
             "account_id",
             "credits",
+            "unlimited",
             "plan",
             "rate_limit",
             "rate_limit_remaining",
@@ -272,6 +276,7 @@ def _account_schema() -> JSON:
         "properties": {
             "account_id": {"type": "string"},
             "credits": {"type": "integer"},
+            "unlimited": {"type": "boolean", "description": "`true`: this key's requests are not charged."},
             "plan": {"type": "string"},
             "rate_limit": {"type": "string", "examples": ["60/minute"]},
             "rate_limit_remaining": {"type": "integer", "minimum": 0},

@@ -144,10 +144,11 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
 
     headers = {
         "X-Credits-Charged": str(reservation.amount),
-        "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": model_name,
         "X-Operating-Resolution": resolution,
     }
+    if not account.unlimited:  # an unlimited account has no balance to count down
+        headers["X-Credits-Remaining"] = str(reservation.remaining)
     if reservation.replayed:
         headers[idempotency.REPLAYED_HEADER] = "true"
     if answer.json:

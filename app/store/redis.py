@@ -7,7 +7,7 @@ reply was lost), so each is idempotent: a reservation id reserves once, and a
 settled reservation remembers whether it was charged or refunded.
 
 Keys (all under `cutout:`):
-    acct:{id}         hash: plan, credits, rate_limit, revoked, created_at, key_hash
+    acct:{id}         hash: plan, credits, rate_limit, revoked, created_at, key_hash, label, unlimited
     key:{sha256}      the account id for a hashed API key (keys themselves are never stored)
     accounts          sorted set of account ids by creation time
     resv:{id}         hash: account, amount, idem, created_at, state (held|charged|refunded)
@@ -76,7 +76,9 @@ if fingerprint ~= '' then
 end
 local amount = tonumber(ARGV[1])
 if credits < amount then return {'insufficient', credits} end
-local left = redis.call('HINCRBY', KEYS[1], 'credits', -amount)
+-- Nothing to take (an unlimited account): HINCRBY would refuse Lua's -0.
+local left = credits
+if amount > 0 then left = redis.call('HINCRBY', KEYS[1], 'credits', -amount) end
 local idem = ''
 if fingerprint ~= '' then
     idem = KEYS[4]
@@ -121,15 +123,31 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return tonumber(redis.call('HGET', KEYS[3], 'credits') or 0)
 """
 
-# KEYS: acct, ledger   ARGV: delta, reason, now, ledger max
+# KEYS: acct, ledger   ARGV: delta, reason, now, ledger max, account id, clamp ('1' or '0')
+# Returns {'ok', balance}, {'insufficient', balance} (nothing changed) or {'unknown', 0}.
 ADJUST = """
 local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
-if not credits then return -1 end
-local left = math.max(credits + tonumber(ARGV[1]), 0)
-redis.call('HSET', KEYS[1], 'credits', left)
+if not credits then return {'unknown', 0} end
+local delta = tonumber(ARGV[1])
+if credits + delta < 0 then
+    if ARGV[6] ~= '1' then return {'insufficient', credits} end
+    delta = -credits
+end
+redis.call('HSET', KEYS[1], 'credits', credits + delta)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-    'account', ARGV[5], 'delta', ARGV[1], 'reason', ARGV[2], 'at', ARGV[3])
-return left
+    'account', ARGV[5], 'delta', delta, 'reason', ARGV[2], 'at', ARGV[3])
+return {'ok', credits + delta}
+"""
+
+# KEYS: acct, new key:{sha256}   ARGV: new key hash, key prefix, account id
+# The old key's entry goes in the same step as the new one comes: no moment with both or neither.
+ROTATE = """
+local old = redis.call('HGET', KEYS[1], 'key_hash')
+if not old then return 0 end
+redis.call('DEL', ARGV[2] .. old)
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'key_hash', ARGV[1])
+return 1
 """
 
 # KEYS: acct   ARGV: field, value, field, value, ...
@@ -148,6 +166,8 @@ def _account(fields: dict[str, str]) -> Account:
         rate_limit=fields.get("rate_limit") or None,
         revoked=fields.get("revoked") == "1",
         created_at=float(fields["created_at"]),
+        label=fields.get("label") or None,
+        unlimited=fields.get("unlimited") == "1",
     )
 
 
@@ -159,6 +179,7 @@ class RedisStore:
         self._refund = self._redis.register_script(REFUND)
         self._adjust = self._redis.register_script(ADJUST)
         self._update = self._redis.register_script(UPDATE_FIELDS)
+        self._rotate = self._redis.register_script(ROTATE)
 
     @staticmethod
     def _acct(account_id: str) -> str:
@@ -173,10 +194,25 @@ class RedisStore:
     _LEDGER = PREFIX + "ledger"
 
     @_fail_closed
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
-            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+            id=new_account_id(),
+            plan=plan,
+            credits=credits,
+            rate_limit=rate_limit,
+            revoked=False,
+            created_at=now(),
+            label=label,
+            unlimited=unlimited,
         )
         key_hash = hash_api_key(key)
         async with self._redis.pipeline(transaction=True) as tx:
@@ -190,6 +226,8 @@ class RedisStore:
                     "revoked": "0",
                     "created_at": repr(account.created_at),
                     "key_hash": key_hash,
+                    "label": label or "",
+                    "unlimited": "1" if unlimited else "0",
                 },
             )
             tx.set(f"{PREFIX}key:{key_hash}", account.id)
@@ -236,18 +274,35 @@ class RedisStore:
         await self._set_fields(account_id, {"revoked": "1"})
 
     @_fail_closed
+    async def rotate_key(self, account_id: str) -> str:
+        key = new_api_key()
+        key_hash = hash_api_key(key)
+        rotated = await self._rotate(
+            keys=[self._acct(account_id), f"{PREFIX}key:{key_hash}"], args=[key_hash, f"{PREFIX}key:", account_id]
+        )
+        if not rotated:
+            raise UnknownAccount(account_id)
+        return key
+
+    @_fail_closed
+    async def set_label(self, account_id: str, label: str | None) -> None:
+        await self._set_fields(account_id, {"label": label or ""})
+
+    @_fail_closed
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._set_fields(account_id, {"plan": plan, "rate_limit": rate_limit or ""})
 
     @_fail_closed
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
-        left = await self._adjust(
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
+        outcome, balance = await self._adjust(
             keys=[self._acct(account_id), self._LEDGER],
-            args=[delta, reason, repr(now()), LEDGER_MAX, account_id],
+            args=[delta, reason, repr(now()), LEDGER_MAX, account_id, "1" if clamp else "0"],
         )
-        if left < 0:
+        if outcome == "unknown":
             raise UnknownAccount(account_id)
-        return int(left)
+        if outcome == "insufficient":
+            raise InsufficientCredits(int(balance), -delta)
+        return int(balance)
 
     @_fail_closed
     async def reserve(
