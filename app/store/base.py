@@ -93,9 +93,23 @@ def now() -> float:
 
 
 class Store(Protocol):
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         """Create an account and return it with its API key (shown once, stored hashed)."""
         ...
+
+    async def rotate_key(self, account_id: str) -> str:
+        """A new API key for the account (returned once, stored hashed); the old key stops working at once."""
+        ...
+
+    async def set_label(self, account_id: str, label: str | None) -> None: ...
 
     async def account_by_key(self, api_key: str) -> Account | None: ...
 
