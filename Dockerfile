@@ -14,12 +14,11 @@
 # and runs the image read-only, as its user; docs/deploy.md has the details and sizes.
 ARG BASE=python:3.11-slim-bookworm
 
-# --- build: a virtualenv in /app with the wheel and its extra, and the weights in /app/models.
+# --- tools: the base with python3, venv and npm, for the build stages.
 # hadolint ignore=DL3006
-FROM ${BASE} AS build
-ARG VARIANT=cpu
+FROM ${BASE} AS tools
 # python3 with venv where the base lacks them (Debian, Ubuntu, CUDA images), and npm: IS-Net's
-# weights come as chunks of an npm package. Build stage only: the runtime has neither npm nor pip.
+# weights come as chunks of an npm package. Build stages only: the service has neither npm nor pip.
 # hadolint ignore=DL3008,SC2086
 RUN missing=""; \
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3 python3-venv"; \
@@ -27,15 +26,23 @@ RUN missing=""; \
     if [ -n "$missing" ]; then \
         apt-get update && apt-get install -y --no-install-recommends $missing && rm -rf /var/lib/apt/lists/*; \
     fi
+
+# --- requirements: the dependencies pyproject.toml names for VARIANT, as a requirements file. The
+# build copies the file, so an edit elsewhere in pyproject.toml (or in the code) reuses its install.
+FROM tools AS requirements
+ARG VARIANT=cpu
 WORKDIR /src
-# The dependencies first, from pyproject.toml alone: a change to the code reuses this layer.
 COPY pyproject.toml ./
+RUN python3 -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "${VARIANT}" > requirements.txt
+
+# --- build: a virtualenv in /app with the dependencies and the wheel, and the weights in /app/models.
+FROM tools AS build
+WORKDIR /src
+COPY --from=requirements /src/requirements.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3 -m venv /app/.venv \
-    && python3 -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "${VARIANT}" > requirements.txt \
-    && /app/.venv/bin/pip install -q -r requirements.txt
-COPY README.md LICENSE ./
+    python3 -m venv /app/.venv && /app/.venv/bin/pip install -q -r requirements.txt
+COPY pyproject.toml README.md LICENSE ./
 COPY app ./app
 COPY config ./config
 # The package itself, as a wheel: no source tree in the image.

@@ -36,6 +36,8 @@ UNDOCUMENTED: frozenset[tuple[str, str]] = frozenset(
     {
         ("/v2/rembg", "post"),
         ("/v2/rembg/mask", "post"),
+        ("/v2/account/", "get"),
+        ("/", "get"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/metrics", "get"),
