@@ -130,7 +130,9 @@ function choose(file) {
 }
 
 function showError(error) {
-  $("error").textContent = `${error.message}` + (error.request_id ? ` (${error.code}, ${error.request_id})` : ` (${error.code})`);
+  const details = document.createElement("small");
+  details.textContent = [error.code, error.request_id].filter(Boolean).join(" · ");
+  $("error").replaceChildren(String(error.message), details);
   $("error").hidden = false;
 }
 
