@@ -57,7 +57,9 @@ RUN --mount=type=cache,target=/var/cache/cutout-models \
     && mkdir models && cp /var/cache/cutout-models/*.onnx models/
 # Then what the service never loads: pip and setuptools (the weights' fetch needed pip), the
 # packages' test suites, OpenVINO's GPU and NPU plugins and its TensorFlow, PyTorch, PaddlePaddle,
-# JAX and GGUF readers (the service reads ONNX files on the CPU).
+# JAX and GGUF readers (the service reads ONNX files on the CPU), and its model converter, which
+# `import openvino` loads when present and which starts OpenVINO's telemetry (on a read-only
+# filesystem: two warnings at every start).
 # hadolint ignore=DL3003
 RUN .venv/bin/python -m pip uninstall -q -y pip setuptools \
     && cd .venv/lib/python3*/site-packages \
@@ -65,7 +67,8 @@ RUN .venv/bin/python -m pip uninstall -q -y pip setuptools \
         openvino/libs/libopenvino_intel_gpu_plugin.so openvino/libs/libopenvino_intel_npu_plugin.so \
         openvino/libs/libopenvino_tensorflow*_frontend.so* openvino/libs/libopenvino_pytorch_frontend.so* \
         openvino/libs/libopenvino_paddle_frontend.so* openvino/libs/libopenvino_jax_frontend.so* \
-        openvino/libs/libopenvino_gguf_frontend.so*
+        openvino/libs/libopenvino_gguf_frontend.so* \
+        openvino/tools/ovc openvino_telemetry
 
 # --- service: the built /app on a fresh base, as uid 10001; state lives in the /data volume.
 # hadolint ignore=DL3006

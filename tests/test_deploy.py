@@ -295,6 +295,13 @@ def test_container_serves_cutouts_read_only_as_its_user(podman: Podman, image: I
             assert time.monotonic() - started < READY_TIMEOUT_S, podman("logs", name).stderr[-3000:]
             time.sleep(0.25)
         print(f"ready {time.monotonic() - started:.1f} s after `podman run`")
+        # A clean start on a read-only filesystem: nothing the image carries tries to write (OpenVINO's
+        # telemetry did), nothing is refused.
+        logs = podman("logs", name)
+        started_log = [line for line in (logs.stdout + logs.stderr).splitlines() if line.startswith("{")]
+        troubles = [line for line in started_log if json.loads(line)["level"] in ("WARNING", "ERROR", "CRITICAL")]
+        assert not troubles, troubles
+        assert any("demo page: http://localhost:8000/demo" in line for line in started_log), started_log[-5:]
 
         assert podman("healthcheck", "run", name, check=False).returncode == 0, "the image's HEALTHCHECK passes"
         assert podman("exec", name, "id", "-u").stdout.strip() == str(uid)
