@@ -19,6 +19,7 @@ test fails and says what to do.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -197,7 +198,9 @@ class Image(NamedTuple):
     build_s: float
 
 
-IMAGE_TAG = "localhost/cutout-test:latest"  # kept between runs: an unchanged tree builds from cache
+# Kept between runs, one per checkout (suites of several checkouts share the store): an unchanged tree
+# builds from cache, and a run replaces only its own checkout's last image.
+IMAGE_TAG = "localhost/cutout-test:" + hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +231,7 @@ def image(podman: Podman) -> Image:
     if previous and previous not in image_id:
         # The last run's image, if nothing else uses it: the store keeps one service image.
         podman("rmi", previous, check=False)
-    return Image(image_id, build_s)  # by id: another suite on this machine may re-tag IMAGE_TAG meanwhile
+    return Image(image_id, build_s)
 
 
 # pip's own view of the image's venv, without pip (the image has none): what is installed, from where.
