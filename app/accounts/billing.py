@@ -49,7 +49,8 @@ async def _reserve(
 async def charge(
     store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
 ) -> AsyncIterator[Reservation]:
-    reservation = await _reserve(store, account, amount, request_id, idempotency)
+    # An unlimited account's requests go through the same steps (idempotency included), for nothing.
+    reservation = await _reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield reservation
         return

@@ -13,13 +13,14 @@ from app.removal.render import Result
 from app.store import Reservation
 
 
-def headers(asked: Order, reservation: Reservation) -> dict[str, str]:
+def headers(asked: Order, reservation: Reservation, unlimited: bool = False) -> dict[str, str]:
     answer = {
         "X-Credits-Charged": str(reservation.amount),
-        "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": asked.model,
         "X-Operating-Resolution": asked.resolution,
     }
+    if not unlimited:  # an unlimited account has no balance to count down
+        answer["X-Credits-Remaining"] = str(reservation.remaining)
     if reservation.replayed:
         answer[idempotency.REPLAYED_HEADER] = "true"
     return answer
@@ -46,8 +47,8 @@ def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONRes
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(asked: Order, result: Result, reservation: Reservation) -> Response:
-    with_headers = headers(asked, reservation)
+async def response(asked: Order, result: Result, reservation: Reservation, unlimited: bool = False) -> Response:
+    with_headers = headers(asked, reservation, unlimited)
     if asked.answer == "image":
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.

@@ -100,7 +100,7 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
     _record(logged, asked, result, reservation)
-    return await respond.response(asked, result, reservation)
+    return await respond.response(asked, result, reservation, account.unlimited)
 
 
 async def _remove(request: Request, output: Output) -> Response:
