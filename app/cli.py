@@ -171,6 +171,34 @@ def cmd_models_fetch(args: argparse.Namespace, settings: Settings) -> None:
             failed = True
     if failed:
         sys.exit(1)
+    _make_int8(settings, names, args.force_int8)
+
+
+def _make_int8(settings: Settings, names: list[str], force: bool) -> None:
+    """The INT8 networks of the fetched weights, at every side the models serve them (quantization.py)."""
+    import importlib.util
+
+    from app.inference import quantization
+
+    wanted = [n for n in names if quantization.recipe_for(n) is not None and quantization.served_sides(settings, n)]
+    for name in names:
+        if name not in wanted and name in quantization.NO_RECIPE:
+            print(f"{name}: stays in native precision: {quantization.NO_RECIPE[name]}")
+    if not wanted:
+        return
+    if settings.precision == "native":
+        print("precision is native: no INT8 networks made")
+        return
+    missing = [m for m in ("nncf", "skimage") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"INT8 networks not made: {', '.join(missing)} not installed (pip install 'cutout[quantize]'; "
+            "scripts/setup does it); the service runs these weights in native precision"
+        )
+        return
+    for name in wanted:
+        for side in quantization.served_sides(settings, name):
+            quantization.make_int8(settings, name, side, force=force)
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> None:
@@ -234,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model weights").add_subparsers(dest="models_command", required=True)
     fetch_p = models.add_parser("fetch", help="fetch and verify weights (default: those the models use)")
     fetch_p.add_argument("names", nargs="*")
+    fetch_p.add_argument("--force-int8", action="store_true", help="quantize again even where the INT8 network is current")
     fetch_p.set_defaults(func=cmd_models_fetch)
     models.add_parser("list", help="show each model and the state of its weights").set_defaults(func=cmd_models_list)
 

@@ -180,6 +180,17 @@ class Settings(BaseSettings):
         description="OpenVINO on a CPU with native bf16: the heaviest convolutions run in bf16, the rest in fp32 "
         "(see docs/performance.md); `false`: fp32 throughout",
     )
+    precision: Literal["int8", "native"] = Field(
+        "int8",
+        description="OpenVINO: `int8` runs the INT8 networks `python -m app models fetch` makes (quantize extra) "
+        "where they exist and are current, else native with a log line; `native`: fp32, bf16 where the CPU has it "
+        "(`mixed_precision`)",
+    )
+    compiled_cache: bool = Field(
+        True,
+        description="OpenVINO keeps compiled networks in `models_dir`/ov-cache: later starts import them "
+        "instead of compiling (replicas may share it)",
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="onnxruntime execution providers in order (CUDA: the `gpu` extra)",
