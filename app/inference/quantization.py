@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,20 +53,25 @@ CALIBRATION_TEXTURES = {"brick": "CC0", "grass": "CC0", "gravel": "CC0"}
 
 @dataclass(frozen=True)
 class Recipe:
-    """NNCF parameters for one weights file."""
+    """NNCF parameters for one weights file. The defaults are the shipped IS-Net recipe; the other
+    values are what was tried (docs/performance.md, INT8) and stay selectable for the next try."""
 
-    preset: str = "mixed"
+    preset: str = "mixed"  # "mixed": symmetric weights, asymmetric activations; "performance"
     fast_bias_correction: bool = True
+    bias_correction: bool = True
     # Convolutions kept in float, counted in the graph's topological order from its input and from
     # its output (the first sees the raw photo, the last ones draw the mask's edges).
     float_first: int = 0
     float_last: int = 0
     # Activation ranges: "minmax" (NNCF's default) or "quantile" (clips rare outliers).
     ranges: str = "minmax"
-    bias_correction: bool = True
     calibration_count: int = 24
 
 
+# IS-Net: NNCF's defaults on the unsplit graph, 24 calibration images. Tried and not better on the
+# benchmark photos (network masks against f32 at 768): the split-concat graph (IoU min 0.887),
+# float_last=20 (0.759), quantile ranges (0.878, and 8x the time to make), full bias correction
+# (the same masks as fast). U2-Netp: NO_RECIPE.
 RECIPES: dict[str, Recipe] = {
     "isnet": Recipe(),
 }
@@ -228,6 +233,13 @@ def quantize(network, batches: list[np.ndarray], recipe: Recipe):
     )
 
 
+def _tools() -> dict[str, str]:
+    """For the record only (not compared): what made the network."""
+    import importlib.metadata
+
+    return {name: importlib.metadata.version(name) for name in ("nncf", "openvino", "scikit-image")}
+
+
 def make_int8(
     settings: Settings, weights_name: str, side: int, say: Callable[[str], None] = print, force: bool = False
 ) -> Path | None:
@@ -256,7 +268,8 @@ def make_int8(
         tmp_xml = Path(tmp) / xml.name
         ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
         record = Path(tmp) / _record_path(xml).name
-        record.write_text(json.dumps(expected_record(settings, weights_name, side), indent=2) + "\n")
+        made = {**expected_record(settings, weights_name, side), "recipe": asdict(recipe), "tools": _tools()}
+        record.write_text(json.dumps(made, indent=2) + "\n")
         _record_path(xml).unlink(missing_ok=True)  # no record = not usable, while the files change
         os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp_xml, xml)
