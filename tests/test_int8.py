@@ -133,23 +133,28 @@ def test_int8_masks_stay_within_iou_098_of_native() -> None:
 
 
 @pytest.mark.slow
-def test_two_runs_of_the_recipe_give_the_same_masks(tmp_path: Path) -> None:
-    """The recipe at a small side (IS-Net at 256, 8 calibration images) to keep it short: the same
-    code path as models fetch, twice, compared on images it did not see."""
+@pytest.mark.timeout(1200)  # two quantizations: ~15 s each on a quiet 2-core box, minutes on a busy one
+def test_two_runs_of_the_recipe_give_the_same_network_and_masks(tmp_path: Path) -> None:
+    """The shipped recipe at a small side (IS-Net at 256, 4 calibration images) to keep it short:
+    the same code path as models fetch (quantize, save), twice. The issue asks for masks within
+    IoU 0.995 of each other; the recipe gives more: the same bytes. (At 768 too: two runs of
+    `models fetch` wrote identical files, docs/performance.md.)"""
     core = ov.Core()
     recipe = quantization.RECIPES["isnet"]
-    images = quantization.calibration_images(8)
-    batches = quantization.calibration_batches(SHIPPED, "isnet", 256, images)
+    batches = quantization.calibration_batches(SHIPPED, "isnet", 256, quantization.calibration_images(4))
     made = []
-    for _ in range(2):
+    for run in range(2):
         network = prepare_float_network(core, SHIPPED.weights_path("isnet"), 256, split=False)
-        made.append(core.compile_model(quantization.quantize(network, batches, recipe), "CPU"))
+        xml = tmp_path / f"run{run}.xml"
+        ov.save_model(quantization.quantize(network, batches, recipe), str(xml), compress_to_fp16=False)
+        made.append(xml)
+    assert made[0].with_suffix(".bin").read_bytes() == made[1].with_suffix(".bin").read_bytes()
     spec = SHIPPED.models["falcon"]
-    for rgb in quantization.calibration_images(20, seed=TEST_SEED)[-6:]:
+    compiled = [core.compile_model(str(xml), "CPU") for xml in made]
+    for rgb in quantization.calibration_images(20, seed=TEST_SEED)[-3:]:
         x = quantization.model_input(rgb, spec, 256)
-        a, b = (m({0: x})[0][0, 0] for m in made)
-        a, b = ((y - y.min()) / max(float(y.max() - y.min()), 1e-6) for y in (a, b))
-        assert _iou((a * 255).astype(np.uint8), (b * 255).astype(np.uint8)) >= 0.995
+        a, b = ((m({0: x})[0][0, 0] * 255).astype(np.uint8) for m in compiled)
+        assert _iou(a, b) >= 0.995
 
 
 def test_compiled_networks_are_cached_and_the_cached_ones_give_the_same_output(tmp_path: Path) -> None:
