@@ -54,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
     parser.add_argument("--models", default="", help="comma-separated names (default: every model)")
+    parser.add_argument("--resolutions", default="", help="comma-separated, e.g. 1024x1024 (default: every one offered)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -62,9 +63,11 @@ def main() -> None:
     sets = {"birefnet": birefnet_set(args.data), "composite": composite_set(args.data)}
     if not all(sets.values()):
         sys.exit(f"no cut-outs to measure against in {args.data}")
-    native = ModelRegistry.load(Settings(models_dir=args.models_dir, precision="native"))
-    int8 = ModelRegistry.load(Settings(models_dir=args.models_dir, precision="int8"))
-    names = [n for n in args.models.split(",") if n] or native.names
+    settings = Settings(models_dir=args.models_dir)
+    names = [n for n in args.models.split(",") if n] or list(settings.models)
+    settings = settings.only_models(names)  # the others' networks are not loaded (memory)
+    native = ModelRegistry.load(settings.model_copy(update={"precision": "native"}))
+    int8 = ModelRegistry.load(settings.model_copy(update={"precision": "int8"}))
     print(", ".join(f"{name}: {len(samples)} images" for name, samples in sets.items()), f"from {args.data}")
     print(
         "| model | resolution | set | IoU native | IoU int8 | alpha error native | alpha error int8 "
@@ -75,6 +78,8 @@ def main() -> None:
     means: dict[tuple[str, str, str], float] = {}
     for name in names:
         for resolution in native.get(name).resolutions:
+            if args.resolutions and resolution not in args.resolutions.split(","):
+                continue
             for set_name, samples in sets.items():
                 rows = []
                 for sample in samples:
