@@ -121,15 +121,20 @@ def test_a_stale_int8_network_is_not_used(tmp_path: Path, caplog) -> None:
 
 
 @needs_int8
+@pytest.mark.timeout(1200)  # two registries with IS-Net at 768 and 1024: minutes on a busy 2-core box
 def test_int8_masks_stay_within_iou_098_of_native() -> None:
-    native = ModelRegistry.load(SHIPPED.model_copy(update={"precision": "native"}))
-    int8 = ModelRegistry.load(SHIPPED)
-    images = quantization.calibration_images(len(quantization.CALIBRATION_PHOTOS) * 2 + 4, seed=TEST_SEED)[-4:]
+    """The issue's gate on a few generated photos (composites the recipe did not see). On the
+    benchmark photos the shipped recipe misses it on some (docs/performance.md, INT8): this test
+    fails where that happens here too."""
+    settings = SHIPPED.only_models(["falcon", "aurora"])
+    native = ModelRegistry.load(settings.model_copy(update={"precision": "native"}))
+    int8 = ModelRegistry.load(settings)
+    images = quantization.calibration_images(len(quantization.CALIBRATION_PHOTOS) * 2 + 3, seed=TEST_SEED)[-3:]
     for name in ("falcon", "aurora"):
-        for resolution in native.get(name).resolutions:
-            for rgb in images:
-                a, b = native.get(name).mask(rgb, resolution), int8.get(name).mask(rgb, resolution)
-                assert _iou(a, b) >= 0.98, (name, resolution, _iou(a, b))
+        resolution = native.get(name).resolutions[0]
+        for rgb in images:
+            a, b = native.get(name).mask(rgb, resolution), int8.get(name).mask(rgb, resolution)
+            assert _iou(a, b) >= 0.98, (name, resolution, _iou(a, b))
 
 
 @pytest.mark.slow
