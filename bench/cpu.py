@@ -12,12 +12,13 @@ FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16"
 def describe() -> str:
     model, flags = platform.processor() or "unknown CPU", set()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model in ("", "unknown CPU", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name") and model in ("", "unknown CPU", platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
     shown = " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in FLAGS)

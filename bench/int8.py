@@ -54,7 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
     parser.add_argument("--models", default="", help="comma-separated names (default: every model)")
-    parser.add_argument("--resolutions", default="", help="comma-separated, e.g. 1024x1024 (default: every one offered)")
+    parser.add_argument(
+        "--resolutions", default="", help="comma-separated, e.g. 1024x1024 (default: every one offered)"
+    )
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -85,21 +87,29 @@ def main() -> None:
                 for sample in samples:
                     a = alpha(native.get(name), sample.data, resolution)
                     b = alpha(int8.get(name), sample.data, resolution)
-                    rows.append((
-                        iou(a, sample.alpha), iou(b, sample.alpha),
-                        float(np.abs(a - sample.alpha).mean()), float(np.abs(b - sample.alpha).mean()),
-                        iou(a, b), sample.name,
-                    ))
+                    rows.append(
+                        (
+                            iou(a, sample.alpha),
+                            iou(b, sample.alpha),
+                            float(np.abs(a - sample.alpha).mean()),
+                            float(np.abs(b - sample.alpha).mean()),
+                            iou(a, b),
+                            sample.name,
+                        )
+                    )
                 iou_n, iou_8, err_n, err_8 = (statistics.mean(r[i] for r in rows) for i in range(4))
                 worst = min(rows, key=lambda r: r[4])
                 means[(name, resolution, set_name)] = iou_8
                 print(
                     f"| `{name}` | {resolution} | {set_name} | {iou_n:.4f} | {iou_8:.4f} | {err_n:.4f} | {err_8:.4f} "
-                    f"| {worst[4]:.4f} ({worst[5]}) |", flush=True,
+                    f"| {worst[4]:.4f} ({worst[5]}) |",
+                    flush=True,
                 )
                 if worst[4] < MIN_IOU_VS_NATIVE:
                     bad = sum(r[4] < MIN_IOU_VS_NATIVE for r in rows)
-                    failures.append(f"{name} {resolution} {set_name}: {bad} image(s) under IoU {MIN_IOU_VS_NATIVE} vs native")
+                    failures.append(
+                        f"{name} {resolution} {set_name}: {bad} image(s) under IoU {MIN_IOU_VS_NATIVE} vs native"
+                    )
                 if name in ("falcon", "aurora") and set_name == "composite":
                     if iou_n - iou_8 > MAX_IOU_LOSS:
                         failures.append(f"{name} {resolution}: composite IoU {iou_n - iou_8:.4f} below native")

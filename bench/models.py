@@ -40,9 +40,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated (default {DEFAULT_MODELS})")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
-    parser.add_argument("--precisions", default="", help="comma-separated, e.g. native,int8 (default: the configured one)")
     parser.add_argument(
-        "--env", action="append", default=[], metavar="NAME=VALUE",
+        "--precisions", default="", help="comma-separated, e.g. native,int8 (default: the configured one)"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="for every server, e.g. CUTOUT_MIXED_PRECISION=false: native f32 on a bf16 CPU (repeatable)",
     )
     args = parser.parse_args()
@@ -67,7 +72,9 @@ def main() -> None:
             for precision in precisions:
                 overrides = {**env, **({"CUTOUT_PRECISION": precision} if precision else {})}
                 t0 = time.perf_counter()
-                servers[precision] = start_ours(Path(tmp) / (precision or "server"), args.models_dir.resolve(), overrides, models[0])
+                servers[precision] = start_ours(
+                    Path(tmp) / (precision or "server"), args.models_dir.resolve(), overrides, models[0]
+                )
                 started[precision] = time.perf_counter() - t0
                 ready[precision] = servers[precision].rss_mb()
             for precision, server in servers.items():
@@ -75,11 +82,13 @@ def main() -> None:
                     drive(server, images[:2], 2, 1, model)
                 rest[precision] = server.rss_mb()
             for r in range(args.rounds):
-                order = models[r % len(models):] + models[: r % len(models)]
+                order = models[r % len(models) :] + models[: r % len(models)]
                 for model in order:
-                    turn = precisions[r % len(precisions):] + precisions[: r % len(precisions)]
+                    turn = precisions[r % len(precisions) :] + precisions[: r % len(precisions)]
                     for precision in turn:
-                        results[(model, precision)].runs.append(drive(servers[precision], images, len(images), 1, model))
+                        results[(model, precision)].runs.append(
+                            drive(servers[precision], images, len(images), 1, model)
+                        )
         finally:
             for server in servers.values():
                 server.stop()
@@ -91,7 +100,12 @@ def main() -> None:
             f"\n{label}: ready {started[precision]:.1f} s after launch; RSS at rest {ready[precision]:.0f} MiB when ready, "
             f"{rest[precision]:.0f} MiB after the warm-up requests (every model)"
         )
-    print("\n| model | precision | p50 ms | p95 ms | p50 vs " + models[0] + " |" + (f" p50 {precisions[-1]} / {precisions[0]} |" if len(precisions) > 1 else ""))
+    print(
+        "\n| model | precision | p50 ms | p95 ms | p50 vs "
+        + models[0]
+        + " |"
+        + (f" p50 {precisions[-1]} / {precisions[0]} |" if len(precisions) > 1 else "")
+    )
     print("|---|---|---|---|---|" + ("---|" if len(precisions) > 1 else ""))
     for model in models:
         for precision in precisions:
@@ -107,18 +121,25 @@ def main() -> None:
         for precision in precisions:
             ratio = results[("falcon", precision)].latency_ms(50) / results[("ghost", precision)].latency_ms(50)
             ok = ratio <= FALCON_P50_TARGET
-            print(f"target: falcon p50 <= {FALCON_P50_TARGET}x ghost's ({precision or 'configured'}): {ratio:.2f}x {'met' if ok else 'MISSED'}")
+            print(
+                f"target: falcon p50 <= {FALCON_P50_TARGET}x ghost's ({precision or 'configured'}): {ratio:.2f}x {'met' if ok else 'MISSED'}"
+            )
             missed += [] if ok else ["falcon vs ghost"]
     if precisions == ["native", "int8"]:
         import openvino as ov
 
-        bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and env.get("CUTOUT_MIXED_PRECISION", "true") != "false"
+        bf16 = (
+            "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            and env.get("CUTOUT_MIXED_PRECISION", "true") != "false"
+        )
         target = INT8_P50_TARGET if bf16 else INT8_P50_TARGET_NO_BF16
         for model in models:
             if model.split("@")[0] in ("falcon", "aurora"):
                 ratio = results[(model, "int8")].latency_ms(50) / results[(model, "native")].latency_ms(50)
                 ok = ratio <= target
-                print(f"target: {model} int8 p50 <= {target}x native's ({'bf16' if bf16 else 'f32'} native): {ratio:.2f}x {'met' if ok else 'MISSED'}")
+                print(
+                    f"target: {model} int8 p50 <= {target}x native's ({'bf16' if bf16 else 'f32'} native): {ratio:.2f}x {'met' if ok else 'MISSED'}"
+                )
                 missed += [] if ok else [model]
     sys.exit(1 if missed else 0)
 

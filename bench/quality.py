@@ -19,6 +19,7 @@ process, every core). Not a test: it needs the shared photos and takes a few min
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import statistics
 import sys
@@ -33,7 +34,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.inference.pipeline import Pipeline  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
+from app.removal import job  # noqa: E402
+from app.removal.render import render as render_job  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 REFERENCE_SUFFIX = ".birefnet-general.png"
@@ -135,6 +139,11 @@ class Score:
     median_ms: float
 
 
+def _body(pipeline: Pipeline, data: bytes, resolution: str) -> bytes:
+    """The cut-out PNG the service answers, at this operating resolution."""
+    return render_job(job.plain(pipeline, data, resolution=resolution), 1, True).image.body
+
+
 def score(render, samples: list[Sample], repeat: int) -> Score:
     ious, errors, times = [], [], []
     for sample in samples:
@@ -147,7 +156,9 @@ def score(render, samples: list[Sample], repeat: int) -> Score:
         errors.append(float(np.abs(alpha - sample.alpha).mean()))
     worst_iou, worst_name = min(ious)
     return Score(
-        statistics.mean(i for i, _ in ious), statistics.mean(errors), f"{worst_name} ({worst_iou:.3f})",
+        statistics.mean(i for i, _ in ious),
+        statistics.mean(errors),
+        f"{worst_name} ({worst_iou:.3f})",
         statistics.median(times),
     )
 
@@ -173,11 +184,8 @@ def main() -> None:
         if pipeline is None:
             sys.exit(f"unknown model {name!r}")
         for resolution in pipeline.resolutions:
+            render = functools.partial(_body, pipeline, resolution=resolution)
             for set_name, samples in sets.items():
-
-                def render(data: bytes) -> bytes:
-                    return pipeline.render(data, "cutout", resolution)
-
                 s = score(render, samples, args.repeat)
                 print(
                     f"| `{name}` | {resolution} | {set_name} | {s.mean_iou:.4f} | {s.mean_abs_error:.4f} "

@@ -38,7 +38,9 @@ def main() -> None:
             if entry.name != "ov-cache":
                 (models / entry.name).symlink_to(entry)
         env = {
-            "CUTOUT_MODELS_DIR": str(models), "CUTOUT_PRECISION": args.precision, "CUTOUT_LOG_LEVEL": "info",
+            "CUTOUT_MODELS_DIR": str(models),
+            "CUTOUT_PRECISION": args.precision,
+            "CUTOUT_LOG_LEVEL": "info",
             **dict(e.split("=", 1) for e in args.env),
         }
         for n in range(args.starts):
@@ -49,10 +51,15 @@ def main() -> None:
             assert server.process is not None
             rss = proc_status_mb(server.process.pid, "VmRSS")
             server.stop()
-            lines = [line for line in server.log().splitlines() if " at " in line and ("INT8" in line or "native" in line)]
+            lines = [
+                line for line in server.log().splitlines() if " at " in line and ("INT8" in line or "native" in line)
+            ]
             cache = sum(f.stat().st_size for f in (models / "ov-cache").glob("*")) / 2**20
-            print(f"start {n + 1} ({'empty cache' if n == 0 else 'cache from before'}): ready in {ready_s:.1f} s, "
-                  f"RSS at rest {rss:.0f} MiB; cache {cache:.0f} MiB", flush=True)
+            print(
+                f"start {n + 1} ({'empty cache' if n == 0 else 'cache from before'}): ready in {ready_s:.1f} s, "
+                f"RSS at rest {rss:.0f} MiB; cache {cache:.0f} MiB",
+                flush=True,
+            )
             if n == 0:
                 print("\n".join("    " + line[-300:] for line in lines))
 

@@ -82,7 +82,7 @@ def test_calibration_images_come_from_the_declared_dependency_and_repeat() -> No
     first, second = quantization.calibration_images(16), quantization.calibration_images(16)
     assert len(first) == 16
     assert all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in first)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     # The bundled photos first, then their mirror images, then composites.
     photos = len(quantization.CALIBRATION_PHOTOS)
     assert np.array_equal(first[photos], first[0][:, ::-1])

@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import openvino as ov
@@ -83,11 +84,17 @@ def split_concat_convolutions(network: ov.Model) -> int:
             channels = part.get_partial_shape()[1].get_length()
             piece = ops.constant(np.ascontiguousarray(kernel[:, start : start + channels]))
             out = ops.convolution(
-                part, piece, attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"],
+                part,
+                piece,
+                attrs["strides"],
+                attrs["pads_begin"],
+                attrs["pads_end"],
+                attrs["dilations"],
                 attrs["auto_pad"],
             )
             total = out if total is None else ops.add(total, out)
             start += channels
+        assert total is not None  # the loop ran over at least one group
         conv.output(0).replace(total.output(0))
         split += 1
     network.validate_nodes_and_infer_types()
@@ -150,8 +157,13 @@ def bf16_heaviest_convolutions(network: ov.Model, min_share: float) -> int:
         attrs = conv.get_attributes()
         # An explicit Convert pins this one layer to bf16 whatever the inference precision hint says.
         low = ops.convolution(
-            ops.convert(conv.input_value(0), ov.Type.bf16), ops.convert(conv.input_value(1), ov.Type.bf16),
-            attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"], attrs["auto_pad"],
+            ops.convert(conv.input_value(0), ov.Type.bf16),
+            ops.convert(conv.input_value(1), ov.Type.bf16),
+            attrs["strides"],
+            attrs["pads_begin"],
+            attrs["pads_end"],
+            attrs["dilations"],
+            attrs["auto_pad"],
         )
         conv.output(0).replace(ops.convert(low, ov.Type.f32).output(0))
         converted += 1
@@ -218,7 +230,7 @@ def compiled_cache_dir(settings: Settings) -> Path | None:
 
 
 class OpenVinoEngine:
-    runtime = "openvino"
+    runtime: Literal["openvino"] = "openvino"
 
     def __init__(
         self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0, precision: str = "f32"
@@ -232,7 +244,7 @@ class OpenVinoEngine:
             self._requests.put(compiled.create_infer_request())
 
     @classmethod
-    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> "OpenVinoEngine":
+    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> OpenVinoEngine:
         from app.inference import quantization
 
         core = ov.Core()
@@ -249,8 +261,14 @@ class OpenVinoEngine:
             throughout = spec.precision == "bf16" and settings.mixed_precision and has_native_bf16(core)
             config = compile_config(settings, throughout)
             compiled = core.compile_model(str(int8), "CPU", config)
-            log.info("%s: INT8 (%s), float layers in %s; OpenVINO %s on CPU, %s",
-                     where, why, "bf16" if throughout else "f32", ov.get_version(), config)
+            log.info(
+                "%s: INT8 (%s), float layers in %s; OpenVINO %s on CPU, %s",
+                where,
+                why,
+                "bf16" if throughout else "f32",
+                ov.get_version(),
+                config,
+            )
             return cls(compiled, settings.concurrent_inferences, 0, "int8")
         network, bf16, throughout = prepare_network(
             core, settings.weights_path(weights_name), settings.mixed_precision, spec.precision, side
@@ -269,6 +287,7 @@ class OpenVinoEngine:
                 request.start_async({0: batch})
                 request.wait()
             # The request reuses its output buffer on the next run: hand out a copy.
-            return request.get_output_tensor(0).data.copy()
+            out: np.ndarray = request.get_output_tensor(0).data.copy()
+            return out
         finally:
             self._requests.put(request)

@@ -22,9 +22,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -191,12 +191,7 @@ def calibration_batches(settings: Settings, weights_name: str, side: int, images
 def served_sides(settings: Settings, weights_name: str) -> list[int]:
     """Every side the models run these weights at."""
     return sorted(
-        {
-            resolution_side(r)
-            for spec in settings.models.values()
-            if spec.weights == weights_name
-            for r in spec.prices()
-        }
+        {resolution_side(r) for spec in settings.models.values() if spec.weights == weights_name for r in spec.prices()}
     )
 
 
@@ -209,7 +204,7 @@ def float_convolutions(network, recipe: Recipe) -> list[str]:
 def quantize(network, batches: list[np.ndarray], recipe: Recipe):
     """The INT8 ov.Model for a prepared float network (app.inference.ov_engine.prepare_float_network)."""
     import nncf  # the quantize extra
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     kwargs: dict = {}
@@ -283,12 +278,17 @@ def choose_int8(settings: Settings, weights_name: str, side: int | None) -> tupl
     if settings.precision == "native":
         return None, "precision native"
     if recipe_for(weights_name) is None:
-        return None, f"precision int8, but {weights_name} has no INT8 recipe: {NO_RECIPE.get(weights_name, 'none given')}"
+        return (
+            None,
+            f"precision int8, but {weights_name} has no INT8 recipe: {NO_RECIPE.get(weights_name, 'none given')}",
+        )
     reason = stale_reason(settings, weights_name, side)
     if reason is not None:
         log.warning("%s at %s: running native precision: %s", weights_name, side, reason)
         return None, f"precision int8, but {reason}"
-    return int8_path(settings, weights_name, side), f"precision int8; made by recipe {RECIPE_VERSION} from these weights"
+    return int8_path(
+        settings, weights_name, side
+    ), f"precision int8; made by recipe {RECIPE_VERSION} from these weights"
 
 
 # Weights that stay in float, and why (the figures: docs/performance.md).
