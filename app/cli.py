@@ -213,6 +213,34 @@ def cmd_models_fetch(args: argparse.Namespace, settings: Settings) -> None:
             failed = True
     if failed:
         sys.exit(1)
+    _make_int8(settings, names, args.force_int8)
+
+
+def _make_int8(settings: Settings, names: list[str], force: bool) -> None:
+    """The INT8 networks of the fetched weights, at every side the models serve them (quantization.py)."""
+    import importlib.util
+
+    from app.inference import quantization
+
+    wanted = [n for n in names if quantization.recipe_for(n) is not None and quantization.served_sides(settings, n)]
+    for name in names:
+        if name not in wanted and name in quantization.NO_RECIPE:
+            print(f"{name}: stays in native precision: {quantization.NO_RECIPE[name]}")
+    if not wanted:
+        return
+    if settings.precision == "native":
+        print("precision is native: no INT8 networks made")
+        return
+    missing = [m for m in ("nncf", "skimage") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"INT8 networks not made: {', '.join(missing)} not installed (pip install 'cutout[quantize]'; "
+            "scripts/setup does it); the service runs these weights in native precision"
+        )
+        return
+    for name in wanted:
+        for side in quantization.served_sides(settings, name):
+            quantization.make_int8(settings, name, side, force=force)
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> None:
@@ -231,10 +259,11 @@ def cmd_docs(args: argparse.Namespace, settings: Settings) -> None:
     from app import docgen
 
     if args.check:
-        if docgen.render(docgen.README.read_text()) != docgen.README.read_text():
-            sys.exit("README.md is stale: run `python -m app docs`")
+        stale = docgen.stale()
+        if stale:
+            sys.exit(f"stale generated sections in {', '.join(p.name for p in stale)}: run `python -m app docs`")
         return
-    print("README.md " + ("updated" if docgen.update() else "already current"))
+    print("generated sections " + ("updated" if docgen.update() else "already current"))
 
 
 SERVE_TEXT = """\
@@ -349,11 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fetch_p = _text(models, "fetch", "fetch and verify weights into CUTOUT_MODELS_DIR (default: those the models use)")
     fetch_p.add_argument("names", nargs="*", help="weights names from config/models.toml")
+    fetch_p.add_argument(
+        "--force-int8", action="store_true", help="quantize again even where the INT8 network is current"
+    )
     fetch_p.set_defaults(func=cmd_models_fetch)
     _text(models, "list", "show each model, its price and the state of its weights").set_defaults(func=cmd_models_list)
 
-    docs = _text(sub, "docs", "regenerate the README's tables (error codes, configuration) from the code")
-    docs.add_argument("--check", action="store_true", help="only check: exit 1 when the README is stale")
+    docs = _text(sub, "docs", "regenerate the generated sections of README.md and docs/*.md from the code")
+    docs.add_argument("--check", action="store_true", help="only check: exit 1 when a page is stale")
     docs.set_defaults(func=cmd_docs)
     return parser
 
