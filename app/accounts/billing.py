@@ -58,11 +58,10 @@ class Bill:
     amount: int
 
     def settle_for(self, amount: int) -> None:
-        if self.reservation.replayed:
-            return  # already paid for: nothing is charged
-        if not 0 <= amount <= self.reservation.amount:
-            raise ValueError(f"cannot settle a reservation of {self.reservation.amount} for {amount}")
-        self.amount = amount
+        if amount < 0:
+            raise ValueError(f"cannot settle a reservation for {amount}")
+        # Never more than was reserved: a replay or an unlimited account reserved 0 and pays nothing.
+        self.amount = min(amount, self.reservation.amount)
 
     @property
     def remaining(self) -> int:
@@ -74,7 +73,8 @@ class Bill:
 async def charge(
     store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
 ) -> AsyncIterator[Bill]:
-    reservation = await _reserve(store, account, amount, request_id, idempotency)
+    # An unlimited account's requests go through the same steps (idempotency included), for nothing.
+    reservation = await _reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
     bill = Bill(reservation, reservation.amount)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield bill

@@ -29,7 +29,10 @@ def _success_headers(settings: Settings) -> JSON:
     return {
         "X-Request-ID": REQUEST_ID,
         "X-Credits-Charged": INT_HEADER,
-        "X-Credits-Remaining": INT_HEADER,
+        "X-Credits-Remaining": {
+            "description": "The balance after this request (absent for an unlimited key).",
+            **INT_HEADER,
+        },
         "X-Model": {
             "description": "The model whose answer this is (model=auto: the one that ran last).",
             "schema": {"type": "string", "enum": sorted(settings.models)},

@@ -21,14 +21,15 @@ def confidence(result: Result) -> float:
     return round(result.confidence, 3)
 
 
-def headers(asked: Order, result: Result, bill: Bill) -> dict[str, str]:
+def headers(asked: Order, result: Result, bill: Bill, unlimited: bool = False) -> dict[str, str]:
     answer = {
         "X-Credits-Charged": str(bill.amount),
-        "X-Credits-Remaining": str(bill.remaining),
         "X-Model": result.model,
         "X-Operating-Resolution": result.resolution,
         CONFIDENCE_HEADER: f"{confidence(result):.3f}",
     }
+    if not unlimited:  # an unlimited account has no balance to count down
+        answer["X-Credits-Remaining"] = str(bill.remaining)
     if result.escalated is not None:  # model=auto
         answer[ESCALATED_HEADER] = "true" if result.escalated else "false"
     if bill.reservation.replayed:
@@ -58,8 +59,8 @@ def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONRes
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(asked: Order, result: Result, bill: Bill) -> Response:
-    with_headers = headers(asked, result, bill)
+async def response(asked: Order, result: Result, bill: Bill, unlimited: bool = False) -> Response:
+    with_headers = headers(asked, result, bill, unlimited)
     if asked.answer == "image":
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.

@@ -101,7 +101,7 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
                 raise client_closed_request()
             bill.settle_for(asked.price_of(bool(result.escalated)))  # auto: what ran; the rest back
     _record(logged, asked, result, bill)
-    return await respond.response(asked, result, bill)
+    return await respond.response(asked, result, bill, account.unlimited)
 
 
 async def _remove(request: Request, output: Output) -> Response:
