@@ -78,8 +78,10 @@ def test_a_bill_settles_for_less_never_more() -> None:
     bill = Bill(Reservation("r", "a", 2, 8), 2)
     bill.settle_for(1)
     assert bill.amount == 1 and bill.remaining == 9
+    bill.settle_for(3)
+    assert bill.amount == 2, "never more than was reserved"
     with pytest.raises(ValueError):
-        bill.settle_for(3)
+        bill.settle_for(-1)
     replayed = Bill(Reservation("r", "a", 0, 8, replayed=True), 0)
     replayed.settle_for(1)
     assert replayed.amount == 0
