@@ -9,8 +9,10 @@ HTTP answer. With no option, the work and the answer are exactly the plain PNG's
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import anyio
@@ -94,7 +96,11 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
+async def prepare(
+    request: Request, settings: Settings, sub: Submission, output: Output,
+    turn: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+) -> Answer:
+    """`turn`: held around the image_url fetch (one of the account's running slots)."""
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
     json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(request)
     if chosen.output_mask and not json_answer:
@@ -113,13 +119,14 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
         assert sub.image_url is not None
         if not settings.fetch_enabled:
             raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
-        image = await fetch.fetch_image(
-            sub.image_url,
-            allow=parse_networks(settings.fetch_allow),
-            max_bytes=settings.max_body_bytes,
-            connect_timeout_s=settings.fetch_connect_timeout_s,
-            total_timeout_s=settings.fetch_timeout_s,
-        )
+        async with turn():
+            image = await fetch.fetch_image(
+                sub.image_url,
+                allow=parse_networks(settings.fetch_allow),
+                max_bytes=settings.max_body_bytes,
+                connect_timeout_s=settings.fetch_connect_timeout_s,
+                total_timeout_s=settings.fetch_timeout_s,
+            )
     used = {
         "image_url": sub.image_url is not None,
         "bg_blur": chosen.bg_blur is not None,

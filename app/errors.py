@@ -61,7 +61,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "request_head_too_large": ErrorCode(431, "the request line and headers are over `max_head_bytes`, or over `max_headers` headers"),
     "rate_limit_exceeded": ErrorCode(429, "rate limit spent; the body has `retry_after` (s)", retry_after=True),
     "concurrency_limit_exceeded": ErrorCode(
-        429, "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
+        429, "the account already has its plan's `max_concurrent` requests being processed and `max_queued` more "
+        "waiting; the body has `retry_after` (s)",
         retry_after=True,
     ),
     "client_closed_request": ErrorCode(499, "the client hung up before the answer", public=False),

@@ -129,8 +129,10 @@ class ModelSpec(BaseModel):
 
 class PlanSpec(BaseModel):
     rate_limit: str
-    # Requests of one account processed (queued or running) at once in one process; more get 429.
+    # Requests of one account processed at once in one process (app/admission.py)...
     max_concurrent: int = Field(default=1, ge=1)
+    # ...and how many more of them wait for their turn there; past that, 429 at once.
+    max_queued: int = Field(default=16, ge=0)
 
 
 class Settings(BaseSettings):

@@ -254,9 +254,11 @@ async def test_processing_timeout(tmp_path: Path) -> None:
 @answers("concurrency_limit_exceeded")
 async def test_server_busy_and_concurrency_limit(tmp_path: Path) -> None:
     """One worker, no queue. While one account's 2 MP job holds the worker (for far longer than the two
-    in-process requests below take), that account's next request is over its plan's max_concurrent (1),
-    and another account's finds no place."""
-    async with running(fast_settings(tmp_path, workers=1, queue_size=0)) as tight:
+    in-process requests below take), that account's next request is over its plan's max_concurrent (1)
+    with no place to wait (max_queued 0 here), and another account's finds no place."""
+    settings = fast_settings(tmp_path, workers=1, queue_size=0)
+    no_line = {name: plan.model_copy(update={"max_queued": 0}) for name, plan in settings.plans.items()}
+    async with running(settings.model_copy(update={"plans": no_line})) as tight:
         greedy, other = await tight.key(), await tight.key()
         answered: dict[str, httpx.Response] = {}
 

@@ -65,7 +65,8 @@ async def _remove(request: Request, output: Output) -> Response:
     svc = services(request)
     account = await authenticate(request, svc.store, svc.limits)
     rate = await svc.limits.hit(account)
-    with rate.on_errors():
+    # A place in the account's line for the whole request: past its plan's running and waiting places, 429.
+    with rate.on_errors(), svc.slots.admit(account):
         response = await _process(request, account, output)
     response.headers.update(rate.headers())
     return response
@@ -83,9 +84,12 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     logged.model = model_name
     # Options, the image_url fetch and the background's header check: refused before anything is reserved.
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
-    # A fetch holds one of the account's concurrent-request slots, so slow URLs cannot pile up fetches.
-    with svc.slots.hold(account):
-        answer = await prepare(request, svc.settings, sub, output)
+    # A fetch holds one of the account's running slots (waiting its turn), so slow URLs cannot pile up fetches.
+    turn = functools.partial(svc.slots.hold, account, svc.settings.processing_timeout_s)
+    try:
+        answer = await _unless_client_leaves(request, lambda: prepare(request, svc.settings, sub, output, turn))
+    except TimeoutError:  # the account's turn to fetch did not come in time
+        raise processing_timeout() from None
     data = answer.image
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
     probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
@@ -110,16 +114,19 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         options=answer.fingerprint,
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
+        async def run() -> tuple[object, float]:
+            # The account's turn first (its own line, behind its own requests only), then the gate; one
+            # deadline for both, so credits are held no longer than before the line existed.
+            timeout, started = svc.settings.processing_timeout_s, time.monotonic()
+            async with svc.slots.hold(account, timeout):
+                left = timeout - (time.monotonic() - started)
+                return await svc.gate.run(render, timeout=left, memory_bytes=memory_bytes)
+
         try:
-            with svc.slots.hold(account):
-                result, inference_s = await _unless_client_leaves(
-                    request, lambda: svc.gate.run(
-                        render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes
-                    )
-                )
+            result, inference_s = await _unless_client_leaves(request, run)
         except Busy:
             raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
-        except Expired:
+        except (Expired, TimeoutError):  # TimeoutError: the account's turn did not come in time
             raise processing_timeout() from None
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
