@@ -55,6 +55,7 @@ class Answer:
         return lambda data: pipeline.render_with(data, output, chosen, resolution)
 
     def response(self, result: object, output: Output, headers: dict[str, str]) -> Response:
+        headers = {**headers, **geometry_headers(result)}
         if isinstance(result, bytes):
             return Response(result, media_type="image/png", headers=headers)
         assert isinstance(result, Rendered)
@@ -64,6 +65,22 @@ class Answer:
         if result.mask is not None:
             body["mask"] = _file(result.mask, result, "mask")
         return JSONResponse(body, headers=headers)
+
+
+# remove.bg's names: the result's size, and after a crop the cropped rectangle in the input photo.
+WIDTH_HEADER, HEIGHT_HEADER = "X-Width", "X-Height"
+FOREGROUND_HEADERS = ("X-Foreground-Left", "X-Foreground-Top", "X-Foreground-Width", "X-Foreground-Height")
+
+
+def geometry_headers(result: object) -> dict[str, str]:
+    if isinstance(result, bytes):  # the plain PNG: its size from the IHDR chunk (bytes 16-24)
+        width, height = int.from_bytes(result[16:20], "big"), int.from_bytes(result[20:24], "big")
+        return {WIDTH_HEADER: str(width), HEIGHT_HEADER: str(height)}
+    assert isinstance(result, Rendered)
+    headers = {WIDTH_HEADER: str(result.width), HEIGHT_HEADER: str(result.height)}
+    if result.foreground is not None:
+        headers.update(zip(FOREGROUND_HEADERS, map(str, result.foreground)))
+    return headers
 
 
 def _file(data: bytes, rendered: Rendered, name: str) -> dict[str, object]:
@@ -79,9 +96,49 @@ def _file(data: bytes, rendered: Rendered, name: str) -> dict[str, object]:
     }
 
 
-def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
+JSON_TYPE = "application/json"
+ACCEPT_RULE = (
+    "Without `sync_mode`, the answer is JSON only when the `Accept` header ranks `application/json` strictly "
+    "above the image type the answer would have (`image/png`, `image/webp` or `image/jpeg`): each type's "
+    "preference is the q-value (default 1) of the most specific range naming it (`image/png`, else `image/*`, "
+    "else `*/*`; `application/json`, else `application/*`, else `*/*`), 0 when none does. Equal preferences "
+    "give the image: `*/*`, a browser's Accept and axios's `application/json, text/plain, */*` get the image; "
+    "`Accept: application/json` alone, or `application/json, image/*;q=0.5`, get JSON."
+)
+
+
+def _preferences(accept: str) -> dict[str, float]:
+    """Media range -> q-value; a malformed q counts as 1 (a client that lists a type wants it)."""
+    ranks: dict[str, float] = {}
+    for part in accept.split(","):
+        media_range, *params = (piece.strip() for piece in part.split(";"))
+        if not media_range:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 1.0
+        media_range = media_range.lower()
+        ranks[media_range] = max(q, ranks.get(media_range, 0.0))
+    return ranks
+
+
+def _quality(ranks: dict[str, float], media_type: str) -> float:
+    kind = media_type.split("/")[0]
+    for media_range in (media_type, f"{kind}/*", "*/*"):
+        if media_range in ranks:
+            return ranks[media_range]
+    return 0.0
+
+
+def wants_json(request: Request, image_type: str = "image/png") -> bool:
+    """ACCEPT_RULE: JSON only when the client prefers it, strictly, to the image it would get."""
+    ranks = _preferences(request.headers.get("accept", ""))
+    return _quality(ranks, JSON_TYPE) > _quality(ranks, image_type)
 
 
 def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
@@ -102,7 +159,7 @@ async def prepare(
 ) -> Answer:
     """`turn`: held around the image_url fetch (one of the account's running slots)."""
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
-    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(request)
+    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(request, chosen.content_type)
     if chosen.output_mask and not json_answer:
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."

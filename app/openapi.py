@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import idempotency, openapi_options
+from app.answer import ACCEPT_RULE, FOREGROUND_HEADERS, HEIGHT_HEADER, WIDTH_HEADER
 from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.errors import ERROR_CODES, error_table
 from app.settings import Settings
@@ -120,6 +121,16 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
         "X-RateLimit-Limit": _INT_HEADER,
         "X-RateLimit-Remaining": _INT_HEADER,
         "X-RateLimit-Reset": {"description": "Unix time when the window frees up.", **_INT_HEADER},
+        WIDTH_HEADER: {"description": "Width of the result image (px).", **_INT_HEADER},
+        HEIGHT_HEADER: {"description": "Height of the result image (px).", **_INT_HEADER},
+        **{
+            name: {
+                "description": f"Only after a crop: the {what} of the cropped rectangle (margin included) in the "
+                "input photo's pixels, to place the result back on the photo (remove.bg's header).",
+                **_INT_HEADER,
+            }
+            for name, what in zip(FOREGROUND_HEADERS, ("left edge", "top edge", "width", "height"))
+        },
         idempotency.REPLAYED_HEADER: {
             "description": "`true` when this is a retry of a request already paid for (then X-Credits-Charged is 0).",
             "schema": {"type": "string", "enum": ["true"]},
@@ -179,7 +190,8 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
         },
         "responses": {
             "200": {
-                "description": png + " Sent as `image/png` unless `output_format` or a JSON answer is asked for.",
+                "description": png + " Sent as `image/png` unless `output_format` or a JSON answer is asked for. "
+                + ACCEPT_RULE,
                 "headers": success_headers,
                 "content": {
                     **{media_type: binary for media_type in PNG_MEDIA_TYPES},
@@ -204,8 +216,8 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
             settings,
             "Remove the background",
             "The cut-out: RGBA PNG at the input's displayed size; cropped, in another format, over a background "
-            "or smaller as the options ask; JSON (`sync_mode` or `Accept: application/json`) with the image as a "
-            "data URI.",
+            "or smaller as the options ask; JSON (`sync_mode`, or an `Accept` that prefers JSON) with the image as "
+            "a data URI.",
             mask=False,
         ),
         **removal,

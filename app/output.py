@@ -43,6 +43,16 @@ class Rendered:
     width: int
     height: int
     mask: bytes | None = None  # the mask in the same format and geometry, when output_mask
+    # After a crop: the cropped rectangle (left, top, width, height) in the input photo's pixels, margin
+    # included, so a client can place the result back on the photo (remove.bg's X-Foreground-* headers).
+    foreground: tuple[int, int, int, int] | None = None
+
+
+def _rectangle(box: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    return left, top, right - left, bottom - top
 
 
 def subject_box(alpha: np.ndarray, options: Options) -> tuple[int, int, int, int] | None:
@@ -176,7 +186,7 @@ def finish_cutout(rgba: np.ndarray, photo: np.ndarray, options: Options, png_lev
     if options.output_mask:
         mask_bytes = encode(_downscale(np.ascontiguousarray(mask), options.max_side), options, png_level, False)
     body = encode(np.ascontiguousarray(pixels), options, png_level, png_fast)
-    return Rendered(body, options.content_type, width, height, mask_bytes)
+    return Rendered(body, options.content_type, width, height, mask_bytes, _rectangle(box))
 
 
 def finish_mask(mask: np.ndarray, options: Options, png_level: int) -> Rendered:
@@ -184,4 +194,4 @@ def finish_mask(mask: np.ndarray, options: Options, png_level: int) -> Rendered:
     (mask,) = _crop(box, mask)
     pixels = np.ascontiguousarray(_downscale(mask, options.max_side))
     height, width = pixels.shape[:2]
-    return Rendered(encode(pixels, options, png_level, False), options.content_type, width, height)
+    return Rendered(encode(pixels, options, png_level, False), options.content_type, width, height, None, _rectangle(box))
