@@ -36,7 +36,10 @@ SECURITY_SCHEMES: JSON = {
     "XApiKey": {
         "type": "apiKey", "in": "header", "name": X_API_KEY_HEADER, "description": "The same key, as remove.bg clients send it."
     },
-    "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
+    "Bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "The same key as `Authorization: Bearer <key>` (or fal's `Authorization: Key <key>`).",
+    },
 }
 SECURITY = [{name: []} for name in SECURITY_SCHEMES]
 _REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
