@@ -1,4 +1,4 @@
-"""Content negotiation by preference (app/answer.py ACCEPT_RULE), through a real uvicorn: the
+"""Content negotiation by preference (app/removal/job.py ACCEPT_RULE), through a real uvicorn: the
 answer is JSON only when asked for (`sync_mode`, or an Accept that ranks JSON strictly above the
 image type); `*/*`, a browser's and axios's defaults get the image. And the result's geometry
 headers (remove.bg's names)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.answer import ACCEPT_RULE
+from app.removal.job import ACCEPT_RULE
 from harness import LiveServer, png_of, subject_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,11 +45,16 @@ CASES = [
 
 
 @pytest.mark.parametrize(("accept", "fields", "answered"), CASES)
-def test_json_only_when_preferred(live_server: LiveServer, api_key: str, accept: str | None, fields: dict[str, str], answered: str) -> None:
+def test_json_only_when_preferred(
+    live_server: LiveServer, api_key: str, accept: str | None, fields: dict[str, str], answered: str
+) -> None:
     headers = {} if accept is None else {"Accept": accept}
     response = requests.post(
-        live_server.url + "/v2/rembg/", headers={"ApiKey": api_key, **headers},
-        files={"image": ("photo.jpg", subject_image(), "image/jpeg")}, data={"model": "ghost", **fields}, timeout=60,
+        live_server.url + "/v2/rembg/",
+        headers={"ApiKey": api_key, **headers},
+        files={"image": ("photo.jpg", subject_image(), "image/jpeg")},
+        data={"model": "ghost", **fields},
+        timeout=60,
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].split(";")[0] == answered
@@ -76,10 +81,13 @@ def test_every_result_says_its_size_and_a_crop_where_it_came_from(live_server: L
     left, top = int(cropped.headers["X-Foreground-Left"]), int(cropped.headers["X-Foreground-Top"])
     assert (int(cropped.headers["X-Foreground-Width"]), int(cropped.headers["X-Foreground-Height"])) == (width, height)
     # subject_image draws its subject in the middle: the crop sits inside the photo, off its edges.
-    assert 0 < left and 0 < top and left + width < 400 and top + height < 300, (left, top, width, height)
+    assert left > 0 and top > 0 and left + width < 400 and top + height < 300, (left, top, width, height)
     # Placed back at (left, top), the crop is the plain cut-out's pixels there.
     full = png_of(plain.content).convert("RGBA")
-    assert full.crop((left, top, left + width, top + height)).tobytes() == png_of(cropped.content).convert("RGBA").tobytes()
+    assert (
+        full.crop((left, top, left + width, top + height)).tobytes()
+        == png_of(cropped.content).convert("RGBA").tobytes()
+    )
 
     smaller = live_server.remove(api_key, image, "ghost", fields={"crop_to_bbox": "true", "max_side": "50"})
     assert max(int(smaller.headers["X-Width"]), int(smaller.headers["X-Height"])) == 50

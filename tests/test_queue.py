@@ -1,4 +1,4 @@
-"""Requests queue per API key (app/admission.py): a key's requests past its plan's running limit
+"""Requests queue per API key (app/accounts/admission.py): a key's requests past its plan's running limit
 wait their turn in the key's own bounded line; only what overflows it gets 429.
 
 The line itself is checked on the real class in an event loop; the promises a client sees (a
@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 import pytest
 import requests
+from test_hostile_clients import jobs_in_flight
 
-from app.admission import AccountSlots
+from app.accounts.admission import AccountSlots
 from app.errors import ApiError
 from app.settings import Settings
 from app.store import Account
 from harness import ROOT, LiveServer, assert_error, subject_image, wait_until
-from test_hostile_clients import jobs_in_flight
 
 SHIPPED_PLANS = tomllib.loads((ROOT / "config" / "plans.toml").read_text())
 
@@ -38,7 +38,9 @@ def plans_env(**limits: int) -> dict[str, str]:
 
 
 def slots(max_concurrent: int = 1, max_queued: int = 2) -> tuple[AccountSlots, Account]:
-    settings = Settings(plans={"free": {"rate_limit": "60/minute", "max_concurrent": max_concurrent, "max_queued": max_queued}})
+    settings = Settings(
+        plans={"free": {"rate_limit": "60/minute", "max_concurrent": max_concurrent, "max_queued": max_queued}}
+    )
     account = Account(id="acc", plan="free", credits=10, rate_limit=None, revoked=False, created_at=0.0)
     return AccountSlots(settings), account
 
@@ -104,7 +106,9 @@ def test_a_waiter_that_leaves_or_times_out_gives_its_place_up() -> None:
 # --- through a real uvicorn -----------------------------------------------------------------------
 
 
-def timed_remove(server: LiveServer, key: str, image: bytes, **kwargs: object) -> tuple[requests.Response, float, float]:
+def timed_remove(
+    server: LiveServer, key: str, image: bytes, **kwargs: object
+) -> tuple[requests.Response, float, float]:
     """The response, when it was sent and when it was answered (perf_counter)."""
     sent = time.perf_counter()
     response = server.remove(key, image, "ghost", **kwargs)  # type: ignore[arg-type]
@@ -144,8 +148,10 @@ def test_one_keys_burst_delays_another_keys_request_by_at_most_one_job(start_ser
     waited = done - sent
     ahead = sum(1 for _, _, burst_done in finished if burst_done < done)
     last = max(burst_done for _, _, burst_done in finished)
-    print(f"job {job_s:.2f} s alone; B answered in {waited:.2f} s with {ahead} of A's 8 done before it; "
-          f"A's burst took {last - sent:.2f} s more")
+    print(
+        f"job {job_s:.2f} s alone; B answered in {waited:.2f} s with {ahead} of A's 8 done before it; "
+        f"A's burst took {last - sent:.2f} s more"
+    )
     # FIFO across keys in the worker gate: A's running job, then B's; A's next waits in A's line.
     assert ahead <= 2, f"{ahead} of A's jobs were served before B's one"
     # Generous (A's uploads and B's share two loaded cores), yet far below A's backlog of 7 more jobs.

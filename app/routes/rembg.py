@@ -13,13 +13,22 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import context, idempotency, images, metrics, submission
-from app.answer import prepare
-from app.auth import authenticate
-from app.billing import charge
-from app.errors import ApiError, client_closed_request, invalid_parameter, processing_timeout, request_id_of
+from app.accounts import idempotency
+from app.accounts.auth import authenticate
+from app.accounts.billing import charge
+from app.errors import (
+    ApiError,
+    client_closed_request,
+    invalid_parameter,
+    processing_timeout,
+)
+from app.http import context, metrics
+from app.http.context import request_id_of
+from app.imaging import codec
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output, Pipeline
+from app.removal import submission
+from app.removal.job import prepare
 from app.services import services
 from app.store import Account
 
@@ -92,7 +101,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         raise processing_timeout() from None
     data = answer.image
     # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
-    probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
+    probe = functools.partial(codec.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
     info = await anyio.to_thread.run_sync(probe)
     # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost,
     # plus what its options add (a background image's decode).
@@ -110,10 +119,16 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     # Another resolution is another request; the default keeps the fingerprint it always had.
     asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
     claim = await idempotency.claim_for(
-        request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
+        request,
+        account,
+        svc.settings.idempotency_window_s,
+        output=output,
+        model=asked,
+        image=data,
         options=answer.fingerprint,
     )
     async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
+
         async def run() -> tuple[object, float]:
             # The account's turn first (its own line, behind its own requests only), then the gate; one
             # deadline for both, so credits are held no longer than before the line existed.

@@ -18,7 +18,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import ApiError, invalid_image
-from app.image_structure import check_structure
+from app.imaging.structure import check_structure
 
 pillow_heif.register_heif_opener()
 

@@ -19,13 +19,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import fetch, images, options
-from app.client_address import parse_networks
 from app.errors import ApiError, invalid_image, invalid_parameter
+from app.http.client_address import parse_networks
+from app.imaging import codec
+from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
 from app.inference.pipeline import Output, Pipeline
-from app.output import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
+from app.removal import fetch, options
+from app.removal.submission import Submission
 from app.settings import Settings
-from app.submission import Submission
 
 # Options that cost credits on top of the model (config/models.toml [option_costs]).
 PRICED_OPTIONS = ("image_url", "bg_blur", "bg_image", "shadow")
@@ -79,7 +80,7 @@ def geometry_headers(result: object) -> dict[str, str]:
     assert isinstance(result, Rendered)
     headers = {WIDTH_HEADER: str(result.width), HEIGHT_HEADER: str(result.height)}
     if result.foreground is not None:
-        headers.update(zip(FOREGROUND_HEADERS, map(str, result.foreground)))
+        headers.update(zip(FOREGROUND_HEADERS, map(str, result.foreground), strict=True))
     return headers
 
 
@@ -145,16 +146,19 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     """The background's header checked like an upload's: its digest for the Idempotency-Key
     fingerprint, and its pixels for the memory admission."""
     try:
-        info = images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        info = codec.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
-            raise images.image_too_large(f"bg_image: {err.message}") from None
+            raise codec.image_too_large(f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
 async def prepare(
-    request: Request, settings: Settings, sub: Submission, output: Output,
+    request: Request,
+    settings: Settings,
+    sub: Submission,
+    output: Output,
     turn: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
 ) -> Answer:
     """`turn`: held around the image_url fetch (one of the account's running slots)."""
@@ -193,6 +197,10 @@ async def prepare(
     extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
     fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
     return Answer(
-        image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=fingerprint,
+        image=image,
+        options=chosen,
+        json=json_answer,
+        extra_cost=extra,
+        fingerprint=fingerprint,
         memory_bytes=background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
     )

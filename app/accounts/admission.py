@@ -85,7 +85,9 @@ class AccountSlots:
             waiter = asyncio.get_running_loop().create_future()
             line.waiters.append(waiter)
             try:
-                await asyncio.wait_for(waiter, timeout)  # resolved by a release, which hands its slot over (running stays counted)
+                await asyncio.wait_for(
+                    waiter, timeout
+                )  # resolved by a release, which hands its slot over (running stays counted)
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
                     self._release(account, line)  # handed a slot just as it was cancelled: pass it on

@@ -92,7 +92,12 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         self._inner = httpcore.AnyIOBackend()
 
     async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Any = None
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
         name = host.strip("[]")
         try:
@@ -150,9 +155,16 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-async def _get(pool: httpcore.AsyncConnectionPool, url: str, host: bytes, max_bytes: int, timeouts: dict[str, float]) -> bytes | str:
+async def _get(
+    pool: httpcore.AsyncConnectionPool, url: str, host: bytes, max_bytes: int, timeouts: dict[str, float]
+) -> bytes | str:
     """The body of a 200, or the next URL of a redirect."""
-    headers = [(b"Host", host), (b"User-Agent", USER_AGENT.encode()), (b"Accept", b"image/*"), (b"Accept-Encoding", b"identity")]
+    headers = [
+        (b"Host", host),
+        (b"User-Agent", USER_AGENT.encode()),
+        (b"Accept", b"image/*"),
+        (b"Accept-Encoding", b"identity"),
+    ]
     async with pool.stream("GET", url, headers=headers, extensions={"timeout": timeouts}) as response:
         if response.status in (301, 302, 303, 307, 308):
             location = dict((k.lower(), v) for k, v in response.headers).get(b"location")
@@ -176,7 +188,12 @@ async def fetch_image(
     url: str, *, allow: Sequence[IPNetwork], max_bytes: int, connect_timeout_s: float, total_timeout_s: float
 ) -> bytes:
     """The bytes at url (following up to MAX_REDIRECTS checked redirects), or a 400 ApiError."""
-    timeouts = {"connect": connect_timeout_s, "read": total_timeout_s, "write": total_timeout_s, "pool": total_timeout_s}
+    timeouts = {
+        "connect": connect_timeout_s,
+        "read": total_timeout_s,
+        "write": total_timeout_s,
+        "pool": total_timeout_s,
+    }
     pool = httpcore.AsyncConnectionPool(
         ssl_context=_ssl_context(), network_backend=_GuardedBackend(allow), retries=0, max_connections=1
     )
@@ -194,5 +211,7 @@ async def fetch_image(
     except httpcore.TimeoutException:
         raise unreachable("image_url did not answer in time.") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, ssl.SSLError):
-        raise unreachable("image_url could not be fetched: the connection failed or the answer was not valid HTTP.") from None
+        raise unreachable(
+            "image_url could not be fetched: the connection failed or the answer was not valid HTTP."
+        ) from None
     raise unreachable(f"image_url redirected more than {MAX_REDIRECTS} times.")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from app import images
-from app.options import DEFAULT_QUALITY, Options
+from app.imaging import codec
+from app.removal.options import DEFAULT_QUALITY, Options
 
 # "The subject" for cropping: alpha above ~4%, so faint model noise does not stretch the box.
 CROP_ALPHA_THRESHOLD = 10
@@ -136,7 +136,7 @@ def _background(rgba: np.ndarray, photo: np.ndarray, options: Options) -> np.nda
         return _over(rgba, _gaussian(Image.fromarray(photo), options.bg_blur))
     if options.bg_image is not None:
         height, width = rgba.shape[:2]
-        return _over(rgba, _cover(images.decode(options.bg_image).rgb, width, height))
+        return _over(rgba, _cover(codec.decode(options.bg_image).rgb, width, height))
     if options.output_format == "jpeg":
         return _over_colour(rgba, JPEG_BACKGROUND)
     return rgba
@@ -154,7 +154,7 @@ def _downscale(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
 
 def encode(pixels: np.ndarray, options: Options, png_level: int, png_fast: bool) -> bytes:
     if options.output_format == "png":
-        return images.encode_png(pixels, png_level, png_fast)
+        return codec.encode_png(pixels, png_level, png_fast)
     buf = io.BytesIO()
     img = Image.fromarray(pixels)
     if options.output_format == "jpeg":
@@ -194,4 +194,6 @@ def finish_mask(mask: np.ndarray, options: Options, png_level: int) -> Rendered:
     (mask,) = _crop(box, mask)
     pixels = np.ascontiguousarray(_downscale(mask, options.max_side))
     height, width = pixels.shape[:2]
-    return Rendered(encode(pixels, options, png_level, False), options.content_type, width, height, None, _rectangle(box))
+    return Rendered(
+        encode(pixels, options, png_level, False), options.content_type, width, height, None, _rectangle(box)
+    )
