@@ -75,38 +75,41 @@ class AccountSlots:
             line.admitted -= 1
             self._forget_if_idle(account)
 
-    @contextlib.asynccontextmanager
-    async def hold(self, account: Account, timeout: float | None = None) -> AsyncIterator[None]:
-        """One of the account's running slots, waiting in turn for it (call inside `admit`);
-        TimeoutError when none came in `timeout` s. A waiter that is cancelled (its client hung up)
-        or times out leaves the line without taking a slot."""
+    async def acquire(self, account: Account, timeout: float | None = None) -> None:
+        """One of the account's running slots, waiting in turn for it (inside `admit`); TimeoutError
+        when none came in `timeout` s. A waiter that is cancelled (its client hung up) or times out
+        leaves the line without taking a slot. Give it back with `release`."""
         line = self._line(account)
-        if line.running >= self.limit_for(account) or line.waiters:
-            waiter = asyncio.get_running_loop().create_future()
-            line.waiters.append(waiter)
-            try:
-                await asyncio.wait_for(
-                    waiter, timeout
-                )  # resolved by a release, which hands its slot over (running stays counted)
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._release(account, line)  # handed a slot just as it was cancelled: pass it on
-                else:
-                    line.waiters.remove(waiter)
-                    self._forget_if_idle(account)
-                raise
-        else:
+        if line.running < self.limit_for(account) and not line.waiters:
             line.running += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        line.waiters.append(waiter)
         try:
-            yield
-        finally:
-            self._release(account, line)
+            await asyncio.wait_for(waiter, timeout)  # resolved by a release, which hands its slot over
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(account)  # handed a slot just as it was cancelled: pass it on
+            else:
+                line.waiters.remove(waiter)
+                self._forget_if_idle(account)
+            raise
 
-    def _release(self, account: Account, line: _Line) -> None:
+    def release(self, account: Account) -> None:
+        line = self._lines[account.id]
         while line.waiters:
             waiter = line.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)  # the slot passes to the oldest waiter
+                waiter.set_result(None)  # the slot passes to the oldest waiter (running stays counted)
                 return
         line.running -= 1
         self._forget_if_idle(account)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, account: Account, timeout: float | None = None) -> AsyncIterator[None]:
+        """`acquire` ... `release` around a block."""
+        await self.acquire(account, timeout)
+        try:
+            yield
+        finally:
+            self.release(account)
