@@ -27,7 +27,6 @@ from app.accounts.auth import authenticate
 from app.accounts.billing import charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
-from app.http.context import request_id_of
 from app.inference.gate import Busy, Expired
 from app.removal import job as planning
 from app.removal import respond, submission
@@ -94,19 +93,19 @@ async def _run(request: Request, svc: Services, job: Job, waited_s: float) -> Re
         raise processing_timeout() from None
 
 
-def _record(request: Request, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
     """The delivery, as the metrics and the access log line count it."""
     charged = 0 if reservation.replayed else reservation.amount
     metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
-    logged = context.of_scope(request.scope)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
 
 
 async def _serve(request: Request, svc: Services, account: Account, output: Output) -> Response:
+    logged = context.of_scope(request.scope)  # what the access log line says
     sub = await submission.read(request)
     pipeline = planning.choose_model(sub, svc.settings, svc.registry)
-    context.of_scope(request.scope).model = pipeline.name
+    logged.model = pipeline.name
     fetching = sub.image_url is not None
     # A fetch waits for the account's turn and holds it to the result: slow URLs cannot pile up fetches.
     async with _turn(request, svc, account) if fetching else _no_wait() as waited_for_fetch:
@@ -115,14 +114,14 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
         claim = await idempotency.claim_for(
             request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
         )
-        async with charge(svc.store, account, job.price, request_id_of(request), claim) as reservation:
+        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
             # An upload waits for its turn here, after the claim (a concurrent retry is a 409, not a wait).
             async with _no_wait(waited_for_fetch) if fetching else _turn(request, svc, account) as waited:
                 result = await _run(request, svc, job, waited)
             if await request.is_disconnected():
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
-    _record(request, job, result, reservation)
+    _record(logged, job, result, reservation)
     return await respond.response(job, result, reservation)
 
 
