@@ -212,8 +212,8 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
 
 def test_a_bad_value_is_a_400_that_names_the_field_and_charges_nothing(live_server: LiveServer) -> None:
     key = live_server.create_key(10)
-    body = assert_error(post(live_server, key, {"bg_blur": "0"}), 400, "invalid_parameter")
-    assert "bg_blur" in body["error"]["message"] and "0.5 to 200" in body["error"]["message"]
+    body = assert_error(post(live_server, key, {"bg_blur": "201"}), 400, "invalid_parameter")
+    assert "bg_blur" in body["error"]["message"] and "0 to 200" in body["error"]["message"]
     body = assert_error(
         post(live_server, key, files={"bg_image": ("bg.png", b"not an image", "image/png")}), 400, "invalid_image"
     )

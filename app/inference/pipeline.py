@@ -193,15 +193,18 @@ class Pipeline:
             pred = np.clip((pred - 0.5) * self.spec.edge_contrast + 0.5, 0.0, 1.0)
         return _resize((pred * 255).astype(np.uint8), (width, height), Image.Resampling.LANCZOS)
 
-    def cutout(self, decoded: codec.Decoded, resolution: str | None = None) -> np.ndarray:
-        """Full-size RGBA cut-out with straight (not premultiplied) alpha, as PNG expects."""
+    def cutout(
+        self, decoded: codec.Decoded, resolution: str | None = None, refine_foreground: bool | None = None
+    ) -> np.ndarray:
+        """Full-size RGBA cut-out with straight (not premultiplied) alpha, as PNG expects.
+        refine_foreground: estimate the subject's colours on soft edges (None: as the model's spec says)."""
         alpha = self.mask(decoded.rgb, resolution)
         checkpoint()
         if decoded.alpha is not None:
             # Pixels the upload already made transparent stay transparent.
             alpha = ((alpha.astype(np.uint16) * decoded.alpha + 127) // 255).astype(np.uint8)
         colour = decoded.rgb
-        if self.spec.foreground == "estimate":
+        if self.spec.foreground == "estimate" if refine_foreground is None else refine_foreground:
             colour = estimate_foreground(decoded.rgb, alpha)
         rgba = np.empty((*alpha.shape, 4), np.uint8)
         # Colour under fully transparent pixels is invisible; zeros there halve PNG size and encode time.

@@ -7,6 +7,7 @@ from app.openapi import options as option_schemas
 from app.openapi.shapes import INT_HEADER, JSON, REQUEST_ID, SECURITY, error_response
 from app.removal.job import ACCEPT_RULE
 from app.removal.respond import FOREGROUND_HEADERS, HEIGHT_HEADER, WIDTH_HEADER
+from app.removal.submission import MAX_FIELD_BYTES
 from app.settings import Settings
 
 # The body is image/png; generators such as openapi-python-client return raw bytes only for
@@ -67,18 +68,30 @@ def _form(settings: Settings, mask: bool) -> JSON:
         "EXIF orientation is applied." + option_schemas.IMAGE_URL_IN_FORM
     )
     resolution = (
-        "The size the network runs at (default: the model's own). Each model accepts "
+        "The size the network runs at (`auto`, the default: the model's own). Each model accepts "
         "some of these (GET /v2/account lists them with their cost); another is a 400."
     )
+    # Not required: a field image_url may stand instead (the parser answers 400 when neither is there).
+    # Defaults a form may send back as they are (Swagger UI fills every field from them): "" is left out.
+    fetched = {"type": "string", "maxLength": MAX_FIELD_BYTES, "default": ""}
+    urls: JSON = {"image_url": {**fetched, "description": "Instead of `image`: fetch the photo from this URL."}}
+    if not mask:
+        urls["bg_image_url"] = {**fetched, "description": option_schemas.BG_IMAGE_URL}
     return {
         "schema": {
             "type": "object",
-            "required": ["image"],
             "additionalProperties": False,
+            "description": "The photo as the file part `image`, or its URL in `image_url`.",
             "properties": {
                 "image": {"type": "string", "format": "binary", "description": image},
+                **urls,
                 "model": {"type": "string", "enum": sorted(settings.models), "default": settings.default_model},
-                "operating_resolution": {"type": "string", "enum": _resolutions(settings), "description": resolution},
+                "operating_resolution": {
+                    "type": "string",
+                    "enum": ["auto", *_resolutions(settings)],
+                    "default": "auto",
+                    "description": resolution,
+                },
                 **option_schemas.form_properties(mask),
             },
         },

@@ -9,6 +9,7 @@ estimate and the answer's shape (app/removal/respond.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -
 
 def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
     """The resolution asked for (default: the model's own), or a 400 naming those the model accepts."""
-    if value is None:
+    if value is None or value.strip().lower() in ("", "auto"):  # auto: the model's own (Swagger UI's default)
         return pipeline.resolutions[0]
     if value.strip().lower() in pipeline.resolutions:
         return value.strip().lower()
@@ -145,15 +146,11 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-async def _image(sub: Submission, settings: Settings) -> bytes:
-    if sub.image is not None:
-        return sub.image
-    if sub.image_url is None:
-        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+async def _fetched(url: str, settings: Settings) -> bytes:
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
     return await fetch.fetch_image(
-        sub.image_url,
+        url,
         allow=parse_networks(settings.fetch_allow),
         max_bytes=settings.max_body_bytes,
         connect_timeout_s=settings.fetch_connect_timeout_s,
@@ -161,9 +158,31 @@ async def _image(sub: Submission, settings: Settings) -> bytes:
     )
 
 
+async def _image(sub: Submission, settings: Settings) -> bytes:
+    if sub.image is not None:
+        return sub.image
+    if sub.image_url is None:
+        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+    return await _fetched(sub.image_url, settings)
+
+
+def fetches(sub: Submission) -> bool:
+    """The request fetches a URL (image_url or bg_image_url)."""
+    return sub.image_url is not None or sub.bg_image_url is not None
+
+
+def output_of(sub: Submission, route: Output) -> Output:
+    """The route's output, or the mask when `channels=alpha` (remove.bg's, PhotoRoom's) asks for it."""
+    if sub.output is None or sub.output == route:
+        return route
+    if route == "mask":
+        raise invalid_parameter("POST /v2/rembg/mask/ answers the mask; channels=rgba asks for POST /v2/rembg/.")
+    return "mask"
+
+
 def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     used = {
-        "image_url": sub.image_url is not None,
+        "image_url": fetches(sub),  # a fetch, of the photo or of the background
         "bg_blur": chosen.finish.bg_blur is not None,
         "bg_image": chosen.bg_image is not None,
         "shadow": chosen.finish.shadow,
@@ -175,7 +194,13 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
     """The job the submission asks of `pipeline`, or the 4xx that refuses it. Work proportional to
     the upload (header walks, hashing) runs off the event loop."""
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
-    chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
+    if sub.bg_image is not None and sub.bg_image_url is not None:
+        raise invalid_parameter("Send either a bg_image or a bg_image_url, not both.")
+    # A background to fetch stands as a placeholder while the options are checked (nothing fetched yet).
+    background = b"" if sub.bg_image_url is not None else sub.bg_image
+    chosen = options.parse(sub.fields, background, mask=output == "mask")
+    if sub.bg_image_url is not None:
+        chosen = dataclasses.replace(chosen, bg_image=await _fetched(sub.bg_image_url, settings))
     fingerprint = chosen.fingerprint()
     price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
     answer = _answer(chosen, accept)

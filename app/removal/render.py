@@ -76,7 +76,7 @@ def render(job: Job, png_level: int, png_fast: bool) -> Result:
     if job.output == "mask":
         finished = finish_mask(job.pipeline.mask(decoded.rgb, job.resolution), job.options, png_level)
     else:
-        rgba = job.pipeline.cutout(decoded, job.resolution)
+        rgba = job.pipeline.cutout(decoded, job.resolution, job.options.refine_foreground)
         checkpoint()
         finished = finish_cutout(rgba, decoded.rgb, job.options, png_level, png_fast)
     content_type = codec.CONTENT_TYPES[job.options.output_format]

@@ -106,7 +106,8 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
     sub = await submission.read(request)
     pipeline = planning.choose_model(sub, svc.settings, svc.registry)
     logged.model = pipeline.name
-    fetching = sub.image_url is not None
+    output = planning.output_of(sub, output)
+    fetching = planning.fetches(sub)
     # A fetch waits for the account's turn and holds it to the result: slow URLs cannot pile up fetches.
     async with _turn(request, svc, account) if fetching else _no_wait() as waited_for_fetch:
         job = await planning.plan(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
