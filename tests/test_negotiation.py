@@ -34,13 +34,20 @@ CASES = [
     ("APPLICATION/JSON; charset=utf-8", {}, "application/json"),
     ("application/json, image/*;q=0.5", {}, "application/json"),
     ("application/json, */*;q=0.1", {}, "application/json"),
-    ("image/png;q=0.2, application/*;q=0.3", {}, "application/json"),
+    ("image/png;q=0.2, application/json;q=0.3", {}, "application/json"),
+    ("image/png;q=0.2, application/*;q=0.3", {}, "application/octet-stream"),  # a tie of JSON and bytes: bytes
     # The type compared is the one the answer would have.
     ("application/json;q=0.8, image/webp", {"output_format": "webp"}, "image/webp"),
     ("application/json;q=0.8, image/webp", {}, "application/json"),
+    # The bytes as application/octet-stream only when that is preferred to the image's own type.
+    ("application/octet-stream", {}, "application/octet-stream"),
+    ("application/octet-stream, image/png", {}, "image/png"),
+    ("application/octet-stream, application/json;q=0.5", {}, "application/octet-stream"),
+    ("application/json, application/octet-stream", {}, "application/octet-stream"),
     # sync_mode decides, whatever Accept says.
     ("application/json", {"sync_mode": "false"}, "image/png"),
     (CHROME, {"sync_mode": "true"}, "application/json"),
+    ("application/octet-stream", {"sync_mode": "false"}, "application/octet-stream"),
 ]
 
 

@@ -63,7 +63,7 @@ def _text(option: Option) -> JSON:
     if option.kind == "margin":
         return {"type": "string", "pattern": _optional(options.MARGIN)}
     if option.kind == "format":
-        return {"type": "string", "enum": ["", *options.FORMAT_NAMES]}
+        return {"type": "string", "pattern": _optional(f"^({'|'.join(options.FORMAT_NAMES)})$")}
     if option.kind == "file":
         return {"type": "string", "format": "binary"}
     return {"type": "string", "maxLength": 40}  # a colour
@@ -170,7 +170,7 @@ def json_request(models: list[str], default_model: str, mask: bool) -> JSON:
         # JSON takes the native type (a flag also 1/0) or the form's text.
         text, native = _text(option), _native(option)
         description = _described(option)
-        kinds = [native, {"type": "integer", "enum": [0, 1]}] if option.kind == "bool" else [native]
+        kinds = [native, {"type": "integer", "minimum": 0, "maximum": 1}] if option.kind == "bool" else [native]
         props[option.name] = (
             {"anyOf": [*kinds, text], "description": description} if native else {**text, "description": description}
         )

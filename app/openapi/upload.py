@@ -11,7 +11,8 @@ from app.removal.submission import MAX_FIELD_BYTES
 from app.settings import Settings
 
 # The body is image/png; generators such as openapi-python-client return raw bytes only for
-# application/octet-stream, so the same answer is listed under that name as well.
+# application/octet-stream, so the same bytes are listed under that name as well, and sent as
+# such when the Accept header prefers it (app/removal/job.py ACCEPT_RULE).
 PNG_MEDIA_TYPES = ("image/png", "application/octet-stream")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _ERROR_STATUSES = (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)

@@ -29,7 +29,7 @@ from app.removal.submission import Submission
 from app.settings import Settings
 
 Output = pricing.Output
-Answer = Literal["image", "json"]
+Answer = Literal["image", "bytes", "json"]  # bytes: the image sent as application/octet-stream
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,16 @@ class Job:
 
 
 JSON_TYPE = "application/json"
+OCTET_TYPE = "application/octet-stream"
 ACCEPT_RULE = (
     "Without `sync_mode`, the answer is JSON only when the `Accept` header ranks `application/json` strictly "
-    "above the image type the answer would have (`image/png`, `image/webp` or `image/jpeg`): each type's "
-    "preference is the q-value (default 1) of the most specific range naming it (`image/png`, else `image/*`, "
-    "else `*/*`; `application/json`, else `application/*`, else `*/*`), 0 when none does. Equal preferences "
-    "give the image: `*/*`, a browser's Accept and axios's `application/json, text/plain, */*` get the image; "
-    "`Accept: application/json` alone, or `application/json, image/*;q=0.5`, get JSON."
+    "above the image type the answer would have (`image/png`, `image/webp` or `image/jpeg`) and above "
+    "`application/octet-stream`: each type's preference is the q-value (default 1) of the most specific range "
+    "naming it (`image/png`, else `image/*`, else `*/*`; `application/json`, else `application/*`, else `*/*`), "
+    "0 when none does. Equal preferences give the image: `*/*`, a browser's Accept and axios's "
+    "`application/json, text/plain, */*` get the image; `Accept: application/json` alone, or "
+    "`application/json, image/*;q=0.5`, get JSON. The image's bytes come as `application/octet-stream` only "
+    "when that ranks strictly above the image type (what some generated clients ask for)."
 )
 
 
@@ -96,10 +99,14 @@ def _quality(ranks: dict[str, float], media_type: str) -> float:
     return 0.0
 
 
-def wants_json(accept: str, image_type: str = "image/png") -> bool:
-    """ACCEPT_RULE: JSON only when the client prefers it, strictly, to the image it would get."""
+def preferred(accept: str, image_type: str = "image/png") -> Answer:
+    """ACCEPT_RULE: JSON only when the client prefers it, strictly, to the image it would get; the
+    image as application/octet-stream only when that is preferred, strictly, to its own type."""
     ranks = _preferences(accept)
-    return _quality(ranks, JSON_TYPE) > _quality(ranks, image_type)
+    image, octet = _quality(ranks, image_type), _quality(ranks, OCTET_TYPE)
+    if _quality(ranks, JSON_TYPE) > max(image, octet):
+        return "json"
+    return "bytes" if octet > image else "image"
 
 
 def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> Pipeline:
@@ -125,13 +132,15 @@ def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
 
 
 def _answer(chosen: options.Options, accept: str) -> Answer:
-    image_type = codec.CONTENT_TYPES[chosen.output_format]
-    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(accept, image_type)
-    if chosen.output_mask and not json_answer:
+    by_accept = preferred(accept, codec.CONTENT_TYPES[chosen.output_format])
+    answer: Answer = by_accept
+    if chosen.sync_mode is not None:  # it decides JSON or not; Accept still picks the bytes' media type
+        answer = "json" if chosen.sync_mode else ("image" if by_accept == "json" else by_accept)
+    if chosen.output_mask and answer != "json":
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
         )
-    return "json" if json_answer else "image"
+    return answer
 
 
 def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:

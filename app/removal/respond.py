@@ -8,7 +8,7 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
-from app.removal.job import Job
+from app.removal.job import OCTET_TYPE, Job
 from app.removal.render import Result
 from app.store import Reservation
 
@@ -57,7 +57,8 @@ def _json(job: Job, result: Result, with_headers: dict[str, str]) -> JSONRespons
 
 async def response(job: Job, result: Result, reservation: Reservation) -> Response:
     with_headers = headers(job, result, reservation)
-    if job.answer == "image":
-        return Response(result.image.body, media_type=result.content_type, headers=with_headers)
+    if job.answer != "json":
+        media_type = OCTET_TYPE if job.answer == "bytes" else result.content_type
+        return Response(result.image.body, media_type=media_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
     return await anyio.to_thread.run_sync(_json, job, result, with_headers)
