@@ -130,8 +130,6 @@ def form_properties(mask: bool) -> JSON:
 def _described(option: Option) -> str:
     examples = ", ".join(f"`{example}`" for example in option.examples)
     extra = f" Examples: {examples}." if examples else ""
-    if option.kind == "bool":
-        extra += " " + options.FLAG_RULE
     return options.describe(option) + extra
 
 

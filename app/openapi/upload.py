@@ -6,6 +6,7 @@ from app.accounts import idempotency
 from app.openapi import options as option_schemas
 from app.openapi.shapes import INT_HEADER, JSON, REQUEST_ID, SECURITY, error_response
 from app.removal.job import ACCEPT_RULE
+from app.removal.option_table import FLAG_RULE
 from app.removal.respond import FOREGROUND_HEADERS, HEIGHT_HEADER, WIDTH_HEADER
 from app.removal.submission import MAX_FIELD_BYTES
 from app.settings import Settings
@@ -82,7 +83,7 @@ def _form(settings: Settings, mask: bool) -> JSON:
         "schema": {
             "type": "object",
             "additionalProperties": False,
-            "description": "The photo as the file part `image`, or its URL in `image_url`.",
+            "description": "The photo as the file part `image`, or its URL in `image_url`. " + FLAG_RULE,
             "properties": {
                 "image": {"type": "string", "format": "binary", "description": image},
                 **urls,

@@ -155,7 +155,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "sync_mode",
         "bool",
-        "`true`: answer JSON with the image as a data URI (as does `Accept: application/json`).",
+        "`true`: answer JSON with the image as a data URI; `false`: the image's bytes; left out: as the `Accept` "
+        "header prefers (JSON only when it ranks JSON above the image).",
         default="by `Accept`",
         on_mask=True,
     ),
