@@ -68,3 +68,26 @@ def test_try_it_out_with_nothing_but_a_photo_gives_the_image(
     assert png_of(base64.b64decode(shown["png"])).mode == mode
     assert live_server.balance(key) < 100, "charged: it was a real cut-out"
     page.close()
+
+
+@pytest.mark.parametrize("path", ["/v2/rembg/", "/v2/rembg/mask/"])
+def test_the_documented_defaults_and_examples_pass(live_server: LiveServer, path: str) -> None:
+    """Every form field sent at its documented default (as a form that sends all its fields does),
+    and the JSON body's documented example: each is a 200."""
+    import requests
+
+    key = live_server.create_key(100)
+    body = requests.get(live_server.url + "/openapi.json", timeout=10).json()["paths"][path]["post"]["requestBody"]
+    form = body["content"]["multipart/form-data"]["schema"]["properties"]
+    defaults = {name: schema["default"] for name, schema in form.items() if "default" in schema}
+    assert {"crop_to_bbox", "output_format", "model", "operating_resolution"} <= set(defaults)
+    fields = {name: str(value).lower() if isinstance(value, bool) else str(value) for name, value in defaults.items()}
+    response = live_server.remove(key, subject_image(*PHOTO_SIZE), None, path=path, fields=fields)
+    assert response.status_code == 200, response.text
+    assert (
+        response.headers["content-type"] == "image/png"
+        and (int(response.headers["X-Width"]), int(response.headers["X-Height"])) == PHOTO_SIZE
+    )
+    example = body["content"]["application/json"]["example"]
+    answered = requests.post(live_server.url + path, headers={"ApiKey": key}, json=example, timeout=60)
+    assert answered.status_code == 200, answered.text

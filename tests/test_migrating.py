@@ -43,8 +43,10 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 
 @pytest.fixture(scope="module")
-def fetching_server(start_server: Callable[..., LiveServer]) -> LiveServer:
-    return start_server(CUTOUT_FETCH_ALLOW='["127.0.0.1/32"]')
+def fetching_server(start_server: Callable[..., LiveServer]) -> Iterator[LiveServer]:
+    server = start_server(CUTOUT_FETCH_ALLOW='["127.0.0.1/32"]')
+    yield server
+    server.stop()  # its memory back when the module ends, not at the session's end
 
 
 def _check(path: Path) -> None:

@@ -131,6 +131,13 @@ def test_one_keys_burst_delays_another_keys_request_by_at_most_one_job(start_ser
     """One worker, so any unfairness would show: while key A has 8 requests in, key B's one request
     waits for at most the job of A's that is running, not for A's backlog."""
     server = start_server(CUTOUT_WORKERS="1")
+    try:
+        _burst_beside_one_request(server)
+    finally:
+        server.stop()  # a server of its own: its memory back at once, not at the session's end
+
+
+def _burst_beside_one_request(server: LiveServer) -> None:
     greedy, other = server.create_key(100), server.create_key(100)
     image = subject_image(1600, 1200)
     solo = []
@@ -161,6 +168,13 @@ def test_one_keys_burst_delays_another_keys_request_by_at_most_one_job(start_ser
 
 def test_past_the_line_a_429_with_retry_after(start_server: Callable[..., LiveServer]) -> None:
     server = start_server(CUTOUT_WORKERS="1", **plans_env(max_concurrent=1, max_queued=2))
+    try:
+        _overflow(server)
+    finally:
+        server.stop()
+
+
+def _overflow(server: LiveServer) -> None:
     key = server.create_key(100)
     image = subject_image(1600, 1200)
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
