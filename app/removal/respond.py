@@ -8,7 +8,7 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
-from app.removal.job import OCTET_TYPE, Job
+from app.removal.job import OCTET_TYPE, Order
 from app.removal.render import Result
 from app.store import Reservation
 
@@ -17,13 +17,13 @@ WIDTH_HEADER, HEIGHT_HEADER = "X-Width", "X-Height"
 FOREGROUND_HEADERS = ("X-Foreground-Left", "X-Foreground-Top", "X-Foreground-Width", "X-Foreground-Height")
 
 
-def headers(job: Job, result: Result, reservation: Reservation) -> dict[str, str]:
+def headers(asked: Order, result: Result, reservation: Reservation) -> dict[str, str]:
     image = result.image
     answer = {
         "X-Credits-Charged": str(reservation.amount),
         "X-Credits-Remaining": str(reservation.remaining),
-        "X-Model": job.model,
-        "X-Operating-Resolution": job.resolution,
+        "X-Model": asked.model,
+        "X-Operating-Resolution": asked.resolution,
         WIDTH_HEADER: str(image.width),
         HEIGHT_HEADER: str(image.height),
     }
@@ -48,17 +48,17 @@ def _file(data: bytes, result: Result, name: str) -> dict[str, object]:
     }
 
 
-def _json(job: Job, result: Result, with_headers: dict[str, str]) -> JSONResponse:
-    body = {"image": _file(result.image.body, result, job.output)}
+def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONResponse:
+    body = {"image": _file(result.image.body, result, asked.output)}
     if result.image.mask is not None:
         body["mask"] = _file(result.image.mask, result, "mask")
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(job: Job, result: Result, reservation: Reservation) -> Response:
-    with_headers = headers(job, result, reservation)
-    if job.answer != "json":
-        media_type = OCTET_TYPE if job.answer == "bytes" else result.content_type
+async def response(asked: Order, result: Result, reservation: Reservation) -> Response:
+    with_headers = headers(asked, result, reservation)
+    if asked.answer != "json":
+        media_type = OCTET_TYPE if asked.answer == "bytes" else result.content_type
         return Response(result.image.body, media_type=media_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
-    return await anyio.to_thread.run_sync(_json, job, result, with_headers)
+    return await anyio.to_thread.run_sync(_json, asked, result, with_headers)

@@ -1,13 +1,14 @@
 """POST /v2/rembg/ (cut-out) and POST /v2/rembg/mask/ (mask), as a flat script of named steps:
 
 authenticate -> rate limit -> a place in the account's line (or 429) -> read the submission ->
-choose the model -> plan the Job (options, fetch, probes, price) -> claim the Idempotency-Key and
-reserve the credits -> the account's turn -> run it in a worker -> charge -> respond.
+choose the model -> order (options, price, answer) -> the job (the photo's header checked) ->
+[the account's turn, then fetch an image_url] -> claim the Idempotency-Key and reserve the credits
+-> [the account's turn, for an upload] -> run it in a worker -> charge -> respond.
 
-The account's turn (one of its plan's `max_concurrent` running slots, app/accounts/admission.py)
-is waited for after the claim, so a concurrent retry under the same Idempotency-Key gets 409 at
-once instead of waiting in line; an image_url fetch takes the turn before fetching and holds it
-to the result, so slow URLs cannot pile up fetches.
+The account's turn is one of its plan's `max_concurrent` running slots (app/accounts/admission.py),
+waited for in the account's own line. An upload waits for it after the claim, so a concurrent retry
+under the same Idempotency-Key gets 409 at once instead of waiting in line; an image_url fetch
+takes it before fetching and holds it to the result, so slow URLs cannot pile up fetches.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from app.http import context, metrics
 from app.inference.gate import Busy, Expired
 from app.removal import job as planning
 from app.removal import respond, submission
-from app.removal.job import Job, Output
+from app.removal.job import Job, Order, Output
 from app.removal.render import Result, render
 from app.services import Services, services
 from app.store import Account, Reservation
@@ -77,6 +78,11 @@ async def _turn(request: Request, svc: Services, account: Account) -> AsyncItera
         svc.slots.release(account)
 
 
+@contextlib.asynccontextmanager
+async def _no_wait(waited_s: float = 0.0) -> AsyncIterator[float]:
+    yield waited_s
+
+
 async def _run(request: Request, svc: Services, job: Job, waited_s: float) -> Result:
     """The job in a worker, under the gate's queue, timeout and memory admission. One deadline covers
     the wait for the account's turn and the gate, so credits are held no longer than that."""
@@ -93,10 +99,10 @@ async def _run(request: Request, svc: Services, job: Job, waited_s: float) -> Re
         raise processing_timeout() from None
 
 
-def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, asked: Order, result: Result, reservation: Reservation) -> None:
     """The delivery, as the metrics and the access log line count it."""
     charged = 0 if reservation.replayed else reservation.amount
-    metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
+    metrics.observe_delivery(asked.model, asked.output, result.inference_s, charged)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
 
@@ -107,28 +113,27 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
     pipeline = planning.choose_model(sub, svc.settings, svc.registry)
     logged.model = pipeline.name
     output = planning.output_of(sub, output)
-    fetching = planning.fetches(sub)
+    asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+    # An upload's header is checked before its turn: a burst of bad files is answered 400 at once.
+    job = None if sub.image is None else await planning.job(asked, sub.image, svc.settings)
+    fetching = job is None
     # A fetch waits for the account's turn and holds it to the result: slow URLs cannot pile up fetches.
     async with _turn(request, svc, account) if fetching else _no_wait() as waited_for_fetch:
-        job = await planning.plan(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+        if job is None:
+            job = await planning.job(asked, await planning.fetch_photo(sub, svc.settings), svc.settings)
         window = svc.settings.idempotency_window_s
         claim = await idempotency.claim_for(
-            request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
+            request, account, window, output=output, model=asked.asked, image=job.image, options=asked.fingerprint
         )
-        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
+        async with charge(svc.store, account, asked.price, logged.request_id, claim) as reservation:
             # An upload waits for its turn here, after the claim (a concurrent retry is a 409, not a wait).
             async with _no_wait(waited_for_fetch) if fetching else _turn(request, svc, account) as waited:
                 result = await _run(request, svc, job, waited)
             if await request.is_disconnected():
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
-    _record(logged, job, result, reservation)
-    return await respond.response(job, result, reservation)
-
-
-@contextlib.asynccontextmanager
-async def _no_wait(waited_s: float = 0.0) -> AsyncIterator[float]:
-    yield waited_s
+    _record(logged, asked, result, reservation)
+    return await respond.response(asked, result, reservation)
 
 
 async def _remove(request: Request, output: Output) -> Response:
