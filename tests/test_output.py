@@ -197,7 +197,8 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
         ({"image_data_uri": "not a data uri"}, "invalid_image"),
         ({"image_data_uri": "data:image/png;base64,@@@"}, "invalid_image"),
         ({"image_data_uri": uri, "image_url": "http://example.invalid/a.png"}, "invalid_parameter"),
-        ({"image_data_uri": uri, "size": "full"}, "invalid_parameter"),
+        ({"image_data_uri": uri, "size": "huge"}, "invalid_parameter"),  # remove.bg's size: no such value
+        ({"image_data_uri": uri, "dimensions": "full"}, "invalid_parameter"),
         ({"image_data_uri": uri, "crop_to_bbox": "maybe"}, "invalid_parameter"),
         ({"image_data_uri": uri, "model": 3}, "invalid_parameter"),
     ]
