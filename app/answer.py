@@ -1,7 +1,7 @@
 """What a rembg request asks back: its options, its input bytes, its price and the response's shape.
 
-`prepare` does everything that can refuse a request before credits are reserved
-(option validation, the image_url fetch, the background image's header check);
+`prepare` and `check_headers` do everything that can refuse a request before credits are reserved
+(option validation, the image_url fetch, the photo's and the background image's header checks);
 `Answer.renderer` is the work for the worker thread and `Answer.response` the
 HTTP answer. With no option, the work and the answer are exactly the plain PNG's.
 """
@@ -9,11 +9,11 @@ HTTP answer. With no option, the work and the answer are exactly the plain PNG's
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -94,18 +94,26 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
+def check_headers(answer: Answer, settings: Settings) -> tuple[images.ImageInfo, Answer]:
+    """The photo's header and the background's (in a thread, inside the account's slot and the memory
+    admission): the photo's size, and the answer with the background's fingerprint and memory."""
+    info = images.probe(answer.image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    if answer.options.bg_image is None:
+        return info, answer
+    digest, pixels = _probe_background(answer.options.bg_image, settings)
+    return info, dataclasses.replace(
+        answer,
+        fingerprint=f"{answer.fingerprint}\n{digest}",
+        memory_bytes=pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
+    )
+
+
 async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
     json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(request)
     if chosen.output_mask and not json_answer:
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
-        )
-    background_digest, background_pixels = "", 0
-    if chosen.bg_image is not None:
-        # Off the event loop, as the photo's own probe and hash.
-        background_digest, background_pixels = await anyio.to_thread.run_sync(
-            _probe_background, chosen.bg_image, settings
         )
     if sub.image is not None:
         image = sub.image
@@ -127,8 +135,5 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
         "shadow": chosen.shadow,
     }
     extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
-    fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
-    return Answer(
-        image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=fingerprint,
-        memory_bytes=background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
-    )
+    # The headers (the background's digest and memory among them) are checked next: check_headers.
+    return Answer(image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=chosen.fingerprint())

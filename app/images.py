@@ -28,6 +28,12 @@ pillow_heif.register_heif_opener()
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF or AVIF"
 
+# Pillow's decoders written in Python, a few interpreter steps per pixel: BMP's RLE8/RLE4 (refused
+# first by image_structure, with a clear message), and BLP, DDS, FITS, MSP, PPM, QOI, SGI 16-bit and
+# XPM, formats we do not accept. Switched off, so that no file can reach one.
+Image.init()
+Image.DECODERS.clear()
+
 # Our own limits (probe) are the real gate; Pillow's bomb check would only
 # warn or raise a different error after the fact.
 Image.MAX_IMAGE_PIXELS = None

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from app import images
+from app.errors import ApiError, invalid_image
 from app.options import DEFAULT_QUALITY, Options
 
 # "The subject" for cropping: alpha above ~4%, so faint model noise does not stretch the box.
@@ -119,14 +120,24 @@ def _over_colour(rgba: np.ndarray, colour: tuple[int, int, int, int]) -> np.ndar
     return np.asarray(Image.alpha_composite(Image.new("RGBA", size, colour), Image.fromarray(rgba)))
 
 
-def _background(rgba: np.ndarray, photo: np.ndarray, options: Options) -> np.ndarray:
+def decode_background(data: bytes) -> np.ndarray:
+    """A bg_image's pixels (RGB), or 400 invalid_image naming it."""
+    try:
+        return images.decode(data).rgb
+    except ApiError as err:
+        raise invalid_image(f"bg_image: {err.message}") from None
+
+
+def _background(rgba: np.ndarray, photo: np.ndarray, options: Options, background: np.ndarray | None) -> np.ndarray:
     if options.bg_color is not None:
         return _over_colour(rgba, options.bg_color)
     if options.bg_blur is not None:
         return _over(rgba, _gaussian(Image.fromarray(photo), options.bg_blur))
     if options.bg_image is not None:
         height, width = rgba.shape[:2]
-        return _over(rgba, _cover(images.decode(options.bg_image).rgb, width, height))
+        if background is None:
+            background = decode_background(options.bg_image)
+        return _over(rgba, _cover(background, width, height))
     if options.output_format == "jpeg":
         return _over_colour(rgba, JPEG_BACKGROUND)
     return rgba
@@ -163,14 +174,22 @@ def _crop(box: tuple[int, int, int, int] | None, *planes: np.ndarray) -> list[np
     return [plane[top:bottom, left:right] for plane in planes]
 
 
-def finish_cutout(rgba: np.ndarray, photo: np.ndarray, options: Options, png_level: int, png_fast: bool) -> Rendered:
-    """rgba: the model's cut-out; photo: the decoded input (for bg_blur), same size."""
+def finish_cutout(
+    rgba: np.ndarray,
+    photo: np.ndarray,
+    options: Options,
+    png_level: int,
+    png_fast: bool,
+    background: np.ndarray | None = None,
+) -> Rendered:
+    """rgba: the model's cut-out; photo: the decoded input (for bg_blur), same size; background:
+    options.bg_image decoded (decode_background), when the caller decoded it first."""
     mask = rgba[..., 3]
     if options.shadow:
         rgba = add_shadow(rgba, options)
     box = subject_box(rgba[..., 3], options) if options.crop_to_bbox else None
     rgba, photo, mask = _crop(box, rgba, photo, mask)
-    pixels = _downscale(_background(rgba, photo, options), options.max_side)
+    pixels = _downscale(_background(rgba, photo, options, background), options.max_side)
     height, width = pixels.shape[:2]
     mask_bytes = None
     if options.output_mask:

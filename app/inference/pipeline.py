@@ -18,7 +18,7 @@ from app import images
 from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
 from app.options import Options
-from app.output import Rendered, finish_cutout, finish_mask
+from app.output import Rendered, decode_background, finish_cutout, finish_mask
 from app.settings import ModelSpec, Price, resolution_side
 
 Output = Literal["cutout", "mask"]
@@ -231,13 +231,16 @@ class Pipeline:
 
     def render_with(self, data: bytes, output: Output, options: Options, resolution: str | None = None) -> Rendered:
         """The result finished as the options say (crop, background, format, ...)."""
+        # The background is decoded first, before the photo and the model: a file that fails to decode is
+        # refused (and refunded) for the cost of its decode, never after a whole inference.
+        background = decode_background(options.bg_image) if options.bg_image is not None else None
         decoded = images.decode(data)
         checkpoint()
         if output == "mask":
             return finish_mask(self.mask(decoded.rgb, resolution), options, self._png_level)
         cutout = self.cutout(decoded, resolution)
         checkpoint()
-        return finish_cutout(cutout, decoded.rgb, options, self._png_level, self._png_fast)
+        return finish_cutout(cutout, decoded.rgb, options, self._png_level, self._png_fast, background)
 
     def warm(self) -> None:
         probe = np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)

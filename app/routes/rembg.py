@@ -13,8 +13,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import context, idempotency, images, metrics, submission
-from app.answer import prepare
+from app import context, idempotency, metrics, submission
+from app.answer import check_headers, prepare
 from app.auth import authenticate
 from app.billing import charge
 from app.errors import ApiError, client_closed_request, invalid_parameter, processing_timeout, request_id_of
@@ -24,6 +24,10 @@ from app.services import services
 from app.store import Account
 
 T = TypeVar("T")
+
+# Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
+# builds from a header image_structure lets through (a TIFF of 65536 strips: ~15 MB).
+HEADER_CHECK_BYTES = 32 * 1024 * 1024
 
 
 def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
@@ -73,57 +77,63 @@ async def _remove(request: Request, output: Output) -> Response:
 
 async def _process(request: Request, account: Account, output: Output) -> Response:
     svc = services(request)
-    sub = await submission.read(request)
-    model_name = svc.settings.default_model if sub.model is None else sub.model
-    pipeline = svc.registry.get(model_name)
-    if pipeline is None:
-        names = ", ".join(svc.registry.names)
-        raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
-    logged = context.of_scope(request.scope)  # what the access log line says
-    logged.model = model_name
-    # Options, the image_url fetch and the background's header check: refused before anything is reserved.
-    resolution = _operating_resolution(pipeline, sub.operating_resolution)
-    # A fetch holds one of the account's concurrent-request slots, so slow URLs cannot pile up fetches.
+    # One of the account's concurrent-request slots from the body on: a client cannot hold more bodies,
+    # fetches or header checks at once than its plan's max_concurrent, JSON or multipart alike.
     with svc.slots.hold(account):
-        answer = await prepare(request, svc.settings, sub, output)
-    data = answer.image
-    # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other clients.
-    probe = functools.partial(images.probe, data, max_pixels=svc.settings.max_pixels, max_side=svc.settings.max_side)
-    info = await anyio.to_thread.run_sync(probe)
-    # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost,
-    # plus what its options add (a background image's decode).
-    memory_bytes = pipeline.spec.peak_bytes(info.width * info.height) + answer.memory_bytes
-
-    render_body = answer.renderer(pipeline, output, resolution)
-
-    def render() -> tuple[object, float]:
-        # Timed in the worker, so the inference metric leaves out the queue wait.
-        started = time.perf_counter()
-        return render_body(data), time.perf_counter() - started
-
-    price = pipeline.price(resolution)
-    cost = (price.mask_cost if output == "mask" else price.cost) + answer.extra_cost
-    # Another resolution is another request; the default keeps the fingerprint it always had.
-    asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
-    claim = await idempotency.claim_for(
-        request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
-        options=answer.fingerprint,
-    )
-    async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
+        sub = await submission.read(request)
+        model_name = svc.settings.default_model if sub.model is None else sub.model
+        pipeline = svc.registry.get(model_name)
+        if pipeline is None:
+            names = ", ".join(svc.registry.names)
+            raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
+        logged = context.of_scope(request.scope)  # what the access log line says
+        logged.model = model_name
+        # Options, the image_url fetch and the header checks: refused before anything is reserved.
+        resolution = _operating_resolution(pipeline, sub.operating_resolution)
+        # A client that hangs up during a fetch stops it (and frees its slot).
+        answer = await _unless_client_leaves(request, lambda: prepare(request, svc.settings, sub, output))
+        # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other
+        # clients; inside the memory admission, what Pillow builds from a header is bounded by image_structure.
+        check = functools.partial(check_headers, answer, svc.settings)
         try:
-            with svc.slots.hold(account):
+            async with svc.gate.admitted(HEADER_CHECK_BYTES + len(answer.image) + len(answer.options.bg_image or b"")):
+                info, answer = await anyio.to_thread.run_sync(check)
+        except Busy:
+            raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
+        data = answer.image
+        # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost,
+        # plus what its options add (a background image's decode).
+        memory_bytes = pipeline.spec.peak_bytes(info.width * info.height) + answer.memory_bytes
+
+        render_body = answer.renderer(pipeline, output, resolution)
+
+        def render() -> tuple[object, float]:
+            # Timed in the worker, so the inference metric leaves out the queue wait.
+            started = time.perf_counter()
+            return render_body(data), time.perf_counter() - started
+
+        price = pipeline.price(resolution)
+        cost = (price.mask_cost if output == "mask" else price.cost) + answer.extra_cost
+        # Another resolution is another request; the default keeps the fingerprint it always had.
+        asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
+        claim = await idempotency.claim_for(
+            request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
+            options=answer.fingerprint,
+        )
+        async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
+            try:
                 result, inference_s = await _unless_client_leaves(
                     request, lambda: svc.gate.run(
                         render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes
                     )
                 )
-        except Busy:
-            raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
-        except Expired:
-            raise processing_timeout() from None
-        if await request.is_disconnected():
-            # Nobody will receive the result: raising refunds it instead of charging for it.
-            raise client_closed_request()
+            except Busy:
+                raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
+            except Expired:
+                raise processing_timeout() from None
+            if await request.is_disconnected():
+                # Nobody will receive the result: raising refunds it instead of charging for it.
+                raise client_closed_request()
     charged = 0 if reservation.replayed else reservation.amount
     metrics.observe_delivery(model_name, output, inference_s, charged)
     logged.inference_ms = round(inference_s * 1000, 1)
