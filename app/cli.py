@@ -8,14 +8,14 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from limits import parse as parse_limit
 
 from app.inference.weights import WeightsError, fetch, verify
 from app.settings import Settings, get_settings
 from app.store import Account, Store, UnknownAccount, open_store
-
 
 # Per command. Far above any real top-up, far below what 64-bit counters (SQLite, Redis) hold.
 MAX_CREDITS = 1_000_000_000
@@ -67,11 +67,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
+    from app.http.logs import logging_config
+    from app.http.server import server_options
+    from app.http.shutdown import DrainingServer
     from app.inference.engine import missing_runtime
-    from app.logs import logging_config
     from app.main import create_app
-    from app.server import server_options
-    from app.shutdown import DrainingServer
 
     if problem := missing_runtime(settings):
         sys.exit(problem)  # a plain install without [cpu]/[gpu]: one line, no traceback
@@ -82,10 +82,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         port=args.port or settings.port,
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
-        access_log=False,  # app.middleware writes the JSON access log, with request ids
+        access_log=False,  # app.http.middleware writes the JSON access log, with request ids
         # After the drain deadline: a last second for responses being written, then cancel.
         timeout_graceful_shutdown=1,
-        **server_options(settings),  # head limits, head deadline, keep-alive, connection cap (app/server.py)
+        **server_options(settings),  # head limits, head deadline, keep-alive, connection cap (app/http/server.py)
     )
     server = DrainingServer(config, app.state.drain, settings.drain_delay_s, settings.shutdown_timeout_s)
     server.run()

@@ -2,6 +2,7 @@
 
     {"error": {"code": "...", "message": "...", "request_id": "req_..."}}
 
+A leaf: it imports nothing of the app, so every layer may raise these; app/http/errors.py renders them.
 `ERROR_CODES` is the only list of codes: ApiError refuses any other, and the
 README's error table and /openapi.json's error documentation are rendered from it.
 Adding a code is one line there (plus the scenario in tests/test_fast.py that
@@ -10,20 +11,9 @@ makes the service answer it).
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
-
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
-
-from app import context
-from app.store.base import StoreUnavailable
-
-log = logging.getLogger("cutout.errors")
 
 
 @dataclass(frozen=True)
@@ -42,8 +32,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
         "malformed multipart, bad `Idempotency-Key`",
     ),
     "image_url_forbidden": ErrorCode(
-        400, "`image_url` is not http(s), or points at a loopback, private, link-local or reserved address "
-        "(not in `fetch_allow`), or fetching is off (`fetch_enabled`)"
+        400,
+        "`image_url` is not http(s), or points at a loopback, private, link-local or reserved address "
+        "(not in `fetch_allow`), or fetching is off (`fetch_enabled`)",
     ),
     "image_url_unreachable": ErrorCode(
         400, "`image_url` failed: no such host, no connection, not HTTP 200, over 3 redirects or `fetch_timeout_s`"
@@ -54,14 +45,19 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "not_found": ErrorCode(404, "unknown route"),
     "method_not_allowed": ErrorCode(405, "wrong method"),
     "request_timeout": ErrorCode(408, "the upload stalled or took too long (`body_timeout_s`, `body_deadline_s`)"),
-    "idempotency_key_in_use": ErrorCode(409, "a request with this `Idempotency-Key` is still running", retry_after=True),
+    "idempotency_key_in_use": ErrorCode(
+        409, "a request with this `Idempotency-Key` is still running", retry_after=True
+    ),
     "payload_too_large": ErrorCode(413, "body over `max_body_bytes`"),
     "image_too_large": ErrorCode(413, "more than `max_pixels` pixels or a side over `max_side` (read from the header)"),
     "idempotency_key_reused": ErrorCode(422, "this `Idempotency-Key` was used for a different request"),
-    "request_head_too_large": ErrorCode(431, "the request line and headers are over `max_head_bytes`, or over `max_headers` headers"),
+    "request_head_too_large": ErrorCode(
+        431, "the request line and headers are over `max_head_bytes`, or over `max_headers` headers"
+    ),
     "rate_limit_exceeded": ErrorCode(429, "rate limit spent; the body has `retry_after` (s)", retry_after=True),
     "concurrency_limit_exceeded": ErrorCode(
-        429, "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
+        429,
+        "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
         retry_after=True,
     ),
     "client_closed_request": ErrorCode(499, "the client hung up before the answer", public=False),
@@ -142,88 +138,3 @@ def rate_limited(retry_after_s: float, limit: str, *, why: str = "", headers: di
 
 def processing_timeout() -> ApiError:
     return ApiError("processing_timeout", "Processing took too long and was abandoned; nothing was charged.")
-
-
-def request_id_of(request: Request) -> str:
-    return context.of_scope(request.scope).request_id
-
-
-class ErrorResponse(JSONResponse):
-    """An ApiError in our JSON shape; as it is sent, its code is recorded for the access log and metrics."""
-
-    def __init__(self, request_id: str, err: ApiError) -> None:
-        body: dict[str, Any] = {
-            "error": {"code": err.code, "message": err.message, "request_id": request_id},
-            **err.extra,
-        }
-        super().__init__(body, status_code=err.status, headers={**err.headers, "X-Request-ID": request_id})
-        self.code = err.code
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        context.of_scope(scope).error_code = self.code
-        await super().__call__(scope, receive, send)
-
-
-def error_response(request_id: str, err: ApiError) -> ErrorResponse:
-    return ErrorResponse(request_id, err)
-
-
-# Starlette's own HTTPExceptions: the router's 404/405 (and the form parser's 400, caught in the route).
-_HTTP_CODES = {400: "invalid_parameter", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
-async def handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(request_id_of(request), exc)
-
-
-ECHO_PATH_CHARS = 100
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (unknown route or method) in our shape."""
-    assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code)
-    if code is None:  # a status we never meant to answer: a bug, shown as one
-        return await handle_unexpected(request, exc)
-    # The client's path and method are echoed cut short: a 60 KB path must not come back as a 60 KB body.
-    path = _cut(request.url.path, ECHO_PATH_CHARS)
-    method = _cut(request.method, 20)
-    if exc.status_code == 404:
-        message = f"No such endpoint: {method} {path}. See /openapi.json."
-    elif exc.status_code == 405:
-        message = f"Method {method} is not allowed on {path}."
-    else:
-        message = str(exc.detail)
-    err = ApiError(code, message, headers=dict(exc.headers or {}))
-    return error_response(request_id_of(request), err)
-
-
-async def handle_store_unavailable(request: Request, exc: Exception) -> Response:
-    # Fail closed: without the ledger nothing is processed (for free) and nothing is charged.
-    log.warning("store unavailable: %s", exc, extra={"request_id": request_id_of(request)})
-    err = ApiError(
-        "service_unavailable", "Accounts are temporarily unavailable; nothing was charged. Retry shortly.", retry_after_s=2
-    )
-    return error_response(request_id_of(request), err)
-
-
-async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    # Logged with the traceback for us; the client sees only the request id.
-    log.error(
-        "unhandled error in %s %s (%s)", request.method, request.url.path, request_id_of(request), exc_info=exc
-    )
-    err = ApiError("internal_error", "Internal error. Quote the request id if you contact support.")
-    return error_response(request_id_of(request), err)
-
-
-EXCEPTION_HANDLERS = {
-    ApiError: handle_api_error,
-    HTTPException: handle_http_exception,
-    StoreUnavailable: handle_store_unavailable,
-    Exception: handle_unexpected,
-}

@@ -11,19 +11,21 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
-from app import idempotency, metrics, openapi
-from app.admission import AccountSlots
-from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
-from app.errors import EXCEPTION_HANDLERS
+from app.accounts import idempotency
+from app.accounts.admission import AccountSlots
+from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
+from app.accounts.limits import RateLimits
+from app.http import metrics
+from app.http.errors import EXCEPTION_HANDLERS
+from app.http.middleware import BodyLimit, Cors, RequestContext
+from app.http.shutdown import Drain, DrainGate
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
-from app.limits import RateLimits
-from app.middleware import BodyLimit, Cors, RequestContext
+from app.openapi import document
 from app.routes import account, health, pages, rembg
 from app.services import Services
 from app.settings import Settings, get_settings
-from app.shutdown import Drain, DrainGate
 from app.store import open_store
 
 log = logging.getLogger("cutout")
@@ -52,8 +54,12 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
         return None
     at_rest = resident_bytes()
     budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024 - at_rest, settings.memory_wait_s)
-    log.info("memory budget %d MiB: %d MiB at rest, %d MiB for jobs",
-             settings.memory_budget_mb, at_rest >> 20, budget.capacity >> 20)
+    log.info(
+        "memory budget %d MiB: %d MiB at rest, %d MiB for jobs",
+        settings.memory_budget_mb,
+        at_rest >> 20,
+        budget.capacity >> 20,
+    )
     if budget.capacity <= 0:
         log.warning("memory_budget_mb is below the RSS at rest: jobs run one at a time")
     return budget
@@ -61,7 +67,7 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
-    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.shutdown)
+    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.http.shutdown)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,7 +103,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v2/account", account.account, methods=["GET"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
-        Route("/openapi.json", openapi.endpoint(settings), methods=["GET"]),
+        Route("/openapi.json", document.endpoint(settings), methods=["GET"]),
         Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/docs", pages.docs, methods=["GET"]),
         Route("/demo", pages.demo, methods=["GET"]),
@@ -105,8 +111,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static", pages.static_files()),
     ]
     middleware = [
-        Middleware(RequestContext, max_headers=settings.max_headers, trusted_proxies=settings.trusted_proxies,
-                   proxy_header=settings.proxy_header),
+        Middleware(
+            RequestContext,
+            max_headers=settings.max_headers,
+            trusted_proxies=settings.trusted_proxies,
+            proxy_header=settings.proxy_header,
+        ),
         Middleware(
             Cors,
             allow_origins=settings.cors_origins,
@@ -140,4 +150,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.drain = drain
     return app
-

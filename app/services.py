@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from app.admission import AccountSlots
+from app.accounts.admission import AccountSlots
+from app.accounts.limits import RateLimits
 from app.inference.gate import WorkerGate
 from app.inference.registry import ModelRegistry
-from app.limits import RateLimits
 from app.settings import Settings
 from app.store import Store
 

@@ -114,7 +114,7 @@ class ModelSpec(BaseModel):
         return int(self.peak_mb * 1024 * 1024 + self.peak_bytes_per_pixel * pixels)
 
     @model_validator(mode="after")
-    def _check_resolutions(self) -> "ModelSpec":
+    def _check_resolutions(self) -> ModelSpec:
         for name in self.resolutions:
             width, _, height = name.partition("x")
             if not (width.isdigit() and width == height):
@@ -144,7 +144,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CUTOUT_", extra="ignore")
 
     data_dir: Path = Field(Path("./data"), description="embedded store (SQLite) location")
-    models_dir: Path = Field(Path("./models"), description="weights location (`python -m app models fetch` writes there)")
+    models_dir: Path = Field(
+        Path("./models"), description="weights location (`python -m app models fetch` writes there)"
+    )
     redis_url: str = Field(
         "",
         description="Redis (`redis://host:6379/0`) for accounts, credits, idempotency and limits shared by replicas; "
@@ -158,7 +160,9 @@ class Settings(BaseSettings):
         description="held credits older than this are refunded (crash/outage recovery), freeing their "
         "`Idempotency-Key`; keep it above `memory_wait_s` + `processing_timeout_s`",
     )
-    idempotency_window_s: float = Field(86400.0, gt=0, description="how long a completed `Idempotency-Key` is remembered")
+    idempotency_window_s: float = Field(
+        86400.0, gt=0, description="how long a completed `Idempotency-Key` is remembered"
+    )
     auth_failure_limit: str = Field("30/minute", description="wrong API keys per client address before 429")
 
     host: str = Field("0.0.0.0", description="address `python -m app serve` listens on")
@@ -209,7 +213,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")
     trusted_proxies: list[str] = Field(
         default_factory=list,
-        description="proxies (JSON list of addresses or networks, e.g. `[\"10.0.0.0/8\"]`) whose `proxy_header` "
+        description='proxies (JSON list of addresses or networks, e.g. `["10.0.0.0/8"]`) whose `proxy_header` '
         "names the client; empty: the peer address is the client (anyone can write those headers)",
     )
     proxy_header: Literal["x-forwarded-for", "forwarded"] = Field(
@@ -256,7 +260,7 @@ class Settings(BaseSettings):
     plans: dict[str, PlanSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check_references(self) -> "Settings":
+    def _check_references(self) -> Settings:
         for name, model in self.models.items():
             if model.weights not in self.weights:
                 raise ValueError(f"model {name!r} uses unknown weights {model.weights!r}")
@@ -285,7 +289,9 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_dir = Path(os.environ.get("CUTOUT_CONFIG_DIR", DEFAULT_CONFIG_DIR))
         # A file the folder lacks comes from the defaults: a deployment ships only what it changes.
-        toml_files = [config_dir / name if (config_dir / name).exists() else DEFAULT_CONFIG_DIR / name for name in CONFIG_FILES]
+        toml_files = [
+            config_dir / name if (config_dir / name).exists() else DEFAULT_CONFIG_DIR / name for name in CONFIG_FILES
+        ]
         toml = TomlConfigSettingsSource(settings_cls, toml_file=[p for p in toml_files if p.exists()])
         return (init_settings, env_settings, toml)
 
@@ -297,7 +303,7 @@ class Settings(BaseSettings):
         """The named plan; an account on a plan the config no longer has gets the default plan."""
         return self.plans.get(name) or self.plans[self.default_plan]  # the default exists (checked)
 
-    def only_models(self, names: list[str] | tuple[str, ...]) -> "Settings":
+    def only_models(self, names: list[str] | tuple[str, ...]) -> Settings:
         """These settings with only the named models loaded, and the models they join (`union`)."""
         chosen = {name: self.models[name] for name in names}
         for spec in list(chosen.values()):

@@ -87,12 +87,22 @@ def parity_env(pair: Pair) -> dict[str, str]:
     # so that the check compares the engines on the same input. The shipped models normalise as
     # the export was made, (pixel - 128) / 256: on a photo whose brightest pixel is far from 255
     # the two inputs differ, and so do the masks (docs/performance.md).
-    alone = Settings().models[pair.ours].model_copy(
-        update={
-            "description": f"{pair.ours}'s network alone, once, at {pair.side}x{pair.side}, rembg's input",
-            "input_size": pair.side, "resolutions": {}, "mirror": "none", "union": None, "foreground": "none",
-            "scale": "image_max", "mean": (0.5, 0.5, 0.5), "std": (1.0, 1.0, 1.0),
-        }
+    alone = (
+        Settings()
+        .models[pair.ours]
+        .model_copy(
+            update={
+                "description": f"{pair.ours}'s network alone, once, at {pair.side}x{pair.side}, rembg's input",
+                "input_size": pair.side,
+                "resolutions": {},
+                "mirror": "none",
+                "union": None,
+                "foreground": "none",
+                "scale": "image_max",
+                "mean": (0.5, 0.5, 0.5),
+                "std": (1.0, 1.0, 1.0),
+            }
+        )
     )
     return {"CUTOUT_MODELS": json.dumps({PARITY_MODEL: alone.model_dump(mode="json")})}
 
@@ -192,8 +202,10 @@ def check_memory(ours: Server, images: list[bytes], count: int) -> bool:
         t.join()
     peak = ours.peak_rss_mb()
     ok = not failures and peak <= MAX_RSS_MB
-    print(f"\nMemory: peak RSS since start, all three models under load (concurrency 4): {peak:.0f} MB "
-          f"(limit {MAX_RSS_MB}){'' if ok else '  FAIL ' + '; '.join(failures[:1])}")
+    print(
+        f"\nMemory: peak RSS since start, all three models under load (concurrency 4): {peak:.0f} MB "
+        f"(limit {MAX_RSS_MB}){'' if ok else '  FAIL ' + '; '.join(failures[:1])}"
+    )
 
     big = jpeg(synthetic_photo(4000, 3000, seed=12), quality=92)
     baseline = ours.rss_mb()
@@ -205,14 +217,18 @@ def check_memory(ours: Server, images: list[bytes], count: int) -> bool:
             elapsed = time.perf_counter() - t0
             done = r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (4000, 3000)
             ok &= done
-            print(f"  12 MP JPEG ({len(big) >> 10} KiB), {model:6}: {'200' if done else r.status_code} in {elapsed:.1f} s, "
-                  f"peak RSS {ours.peak_rss_mb():.0f} MB")
+            print(
+                f"  12 MP JPEG ({len(big) >> 10} KiB), {model:6}: {'200' if done else r.status_code} in {elapsed:.1f} s, "
+                f"peak RSS {ours.peak_rss_mb():.0f} MB"
+            )
     time.sleep(1.0)
     after = ours.rss_mb()
     back = after <= baseline + RSS_SLACK_MB
     ok &= back
-    print(f"  RSS before {baseline:.0f} MB, after {after:.0f} MB: "
-          f"{'back to baseline' if back else 'NOT back to baseline  FAIL'} (slack {RSS_SLACK_MB} MB)")
+    print(
+        f"  RSS before {baseline:.0f} MB, after {after:.0f} MB: "
+        f"{'back to baseline' if back else 'NOT back to baseline  FAIL'} (slack {RSS_SLACK_MB} MB)"
+    )
     return ok
 
 
@@ -222,14 +238,26 @@ def check_memory(ours: Server, images: list[bytes], count: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
-    parser.add_argument("--quick", action="store_true",
-                        help="half the rounds, 2/3 of the requests: ghost 5 x 8 instead of 10 x 12, aurora 2 x 4 instead of 4 x 6")
-    parser.add_argument("--model", choices=sorted(PAIRS), default="ghost",
-                        help="ghost: vs rembg u2netp; aurora: vs rembg dis_custom on the same IS-Net file")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="half the rounds, 2/3 of the requests: ghost 5 x 8 instead of 10 x 12, aurora 2 x 4 instead of 4 x 6",
+    )
+    parser.add_argument(
+        "--model",
+        choices=sorted(PAIRS),
+        default="ghost",
+        help="ghost: vs rembg u2netp; aurora: vs rembg dis_custom on the same IS-Net file",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", help="default: 1 4 (ghost), 1 2 (aurora)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
-    parser.add_argument("--env", action="append", default=[], metavar="CUTOUT_KEY=VALUE",
-                        help="setting for our server (compare configurations), repeatable")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="CUTOUT_KEY=VALUE",
+        help="setting for our server (compare configurations), repeatable",
+    )
     args = parser.parse_args()
 
     # Many short rounds, servers alternating (A B, B A, ...): load from others on a shared box
@@ -243,11 +271,15 @@ def main() -> None:
     weights = models_dir / pair.weights
     overrides = dict(item.split("=", 1) for item in args.env)
 
-    print(f"machine: {os.cpu_count()} cores, {platform_cpu()}; onnxruntime {ort.__version__}, "
-          f"rembg {importlib.metadata.version('rembg')}")
-    print(f"{pair.ours} vs rembg s {pair.rembg_model} on {pair.weights}; "
-          f"images: {described}; {rounds} rounds x {count} requests per server and concurrency"
-          + (f"; ours with {overrides}" if overrides else ""))
+    print(
+        f"machine: {os.cpu_count()} cores, {platform_cpu()}; onnxruntime {ort.__version__}, "
+        f"rembg {importlib.metadata.version('rembg')}"
+    )
+    print(
+        f"{pair.ours} vs rembg s {pair.rembg_model} on {pair.weights}; "
+        f"images: {described}; {rounds} rounds x {count} requests per server and concurrency"
+        + (f"; ours with {overrides}" if overrides else "")
+    )
 
     with tempfile.TemporaryDirectory(prefix="cutout-bench-") as tmp:
         workdir = Path(tmp)
@@ -266,8 +298,10 @@ def main() -> None:
             }
             for runtime, floor in floors.items():
                 if floor:
-                    print(f"floor (bare {runtime}, {pair.weights} at {pair.side}x{pair.side}): {floor[0]:.0f} ms "
-                          f"per image on all cores, {floor[1]:.2f} images/s with one single-thread run per core")
+                    print(
+                        f"floor (bare {runtime}, {pair.weights} at {pair.side}x{pair.side}): {floor[0]:.0f} ms "
+                        f"per image on all cores, {floor[1]:.2f} images/s with one single-thread run per core"
+                    )
             floor_rps = max(floor[1] for floor in floors.values() if floor)
 
             results: dict[tuple[str, int], Summary] = {}
@@ -295,29 +329,41 @@ def platform_cpu() -> str:
 
 
 def report(
-    results: dict[tuple[str, int], Summary], servers: list[Server], concurrencies: list[int], floor_rps: float, pair: Pair
+    results: dict[tuple[str, int], Summary],
+    servers: list[Server],
+    concurrencies: list[int],
+    floor_rps: float,
+    pair: Pair,
 ) -> None:
     """The table and the ratios; the speed targets are reported, not enforced (a shared box is noisy)."""
-    print(f"\n{'server':8} {'conc':>4} {'req/s':>7} {'of floor':>8} {'p50 ms':>7} {'p95 ms':>7} "
-          f"{'CPU s/img':>9} {'peak RSS MB':>11} {'resp KiB':>8}")
+    print(
+        f"\n{'server':8} {'conc':>4} {'req/s':>7} {'of floor':>8} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'CPU s/img':>9} {'peak RSS MB':>11} {'resp KiB':>8}"
+    )
     for c in concurrencies:
         for server in servers:
             s = results[(server.name, c)]
-            print(f"{server.name:8} {c:>4} {s.throughput:7.2f} {s.throughput / floor_rps:8.0%} {s.latency_ms(50):7.0f} "
-                  f"{s.latency_ms(95):7.0f} {s.cpu_per_image:9.3f} {s.peak_rss:11.0f} {s.median_bytes / 1024:8.0f}")
+            print(
+                f"{server.name:8} {c:>4} {s.throughput:7.2f} {s.throughput / floor_rps:8.0%} {s.latency_ms(50):7.0f} "
+                f"{s.latency_ms(95):7.0f} {s.cpu_per_image:9.3f} {s.peak_rss:11.0f} {s.median_bytes / 1024:8.0f}"
+            )
     ours, theirs = servers[0].name, servers[1].name
     print("\nratios (ours / rembg):")
     for c in concurrencies:
         a, b = results[(ours, c)], results[(theirs, c)]
-        print(f"  concurrency {c}: throughput {a.throughput / b.throughput:.2f}x, p50 {a.latency_ms(50) / b.latency_ms(50):.2f}x, "
-              f"p95 {a.latency_ms(95) / b.latency_ms(95):.2f}x, CPU/img {a.cpu_per_image / b.cpu_per_image:.2f}x, "
-              f"bytes {a.median_bytes / b.median_bytes:.2f}x")
+        print(
+            f"  concurrency {c}: throughput {a.throughput / b.throughput:.2f}x, p50 {a.latency_ms(50) / b.latency_ms(50):.2f}x, "
+            f"p95 {a.latency_ms(95) / b.latency_ms(95):.2f}x, CPU/img {a.cpu_per_image / b.cpu_per_image:.2f}x, "
+            f"bytes {a.median_bytes / b.median_bytes:.2f}x"
+        )
     top, one = max(concurrencies), min(concurrencies)
     thr = results[(ours, top)].throughput / results[(theirs, top)].throughput
     p50 = results[(ours, one)].latency_ms(50) / results[(theirs, one)].latency_ms(50)
-    print(f"  target: throughput at concurrency {top} >= {pair.throughput_target}x: {thr:.2f}x "
-          f"{'met' if thr >= pair.throughput_target else 'MISSED'}; p50 at concurrency {one} <= {pair.p50_target}x: "
-          f"{p50:.2f}x {'met' if p50 <= pair.p50_target else 'MISSED'}")
+    print(
+        f"  target: throughput at concurrency {top} >= {pair.throughput_target}x: {thr:.2f}x "
+        f"{'met' if thr >= pair.throughput_target else 'MISSED'}; p50 at concurrency {one} <= {pair.p50_target}x: "
+        f"{p50:.2f}x {'met' if p50 <= pair.p50_target else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,11 +15,10 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.harness import RedisServer  # noqa: E402  (the tests' redis-server harness)
-
 from app.store import Store  # noqa: E402
 from app.store.redis import RedisStore  # noqa: E402
 from app.store.sqlite import SqliteStore  # noqa: E402
+from tests.harness import RedisServer  # noqa: E402  (the tests' redis-server harness)
 
 
 async def one_request_ms(store: Store, n: int) -> list[float]:

@@ -11,7 +11,7 @@ takes the fixed part and the steepest slope among adjacent points, rounded up.
     .venv/bin/python bench/memory.py --background [--sides 2000 4000 6000]
 
 --background measures instead what a bg_image adds (its decode and its scaling to a small cut-out),
-per pixel of the background, JPEG and PNG: app/output.py's BACKGROUND_PEAK_BYTES_PER_PIXEL.
+per pixel of the background, JPEG and PNG: app/imaging/compose.py's BACKGROUND_PEAK_BYTES_PER_PIXEL.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import options  # noqa: E402
+from app.imaging.compose import finish_cutout  # noqa: E402
 from app.inference.memory import release_large_frees_to_os  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
-from app.output import finish_cutout  # noqa: E402
+from app.removal import options  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.harness import subject_image  # noqa: E402  (the tests' image maker)
 
@@ -56,7 +56,7 @@ def measure_background(sides: list[int]) -> None:
     for side in sides:
         for fmt in ("JPEG", "PNG"):
             chosen = options.parse({}, subject_image(side, side, fmt=fmt), mask=False)
-            peak = peak_above_rest(lambda: finish_cutout(cutout, photo, chosen, 1, True))
+            peak = peak_above_rest(lambda chosen=chosen: finish_cutout(cutout, photo, chosen, 1, True))
             print(f"bg_image {side}x{side} {fmt}: peak {peak:.0f} MiB above rest, {peak * MIB / side / side:.1f} B/px")
 
 
@@ -80,7 +80,7 @@ def main() -> None:
         assert pipeline is not None
         pixels, peaks = [], []
         for side, photo in photos.items():
-            peak = peak_above_rest(lambda: pipeline.render(photo, "cutout"))
+            peak = peak_above_rest(lambda photo=photo, pipeline=pipeline: pipeline.render(photo, "cutout"))
             pixels.append(side * side)
             peaks.append(peak)
             print(f"{name} {side}x{side}: peak {peak:.0f} MiB above rest", flush=True)

@@ -46,7 +46,7 @@ def main() -> None:
             for model in models:  # warm-up: first requests pay for lazy allocations
                 drive(server, images[:2], 2, 1, model)
             for r in range(args.rounds):
-                order = models[r % len(models):] + models[: r % len(models)]
+                order = models[r % len(models) :] + models[: r % len(models)]
                 for model in order:
                     results[model].runs.append(drive(server, images, len(images), 1, model))
         finally:

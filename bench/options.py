@@ -33,9 +33,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app import fetch, images, options, output  # noqa: E402
-from app.client_address import parse_networks  # noqa: E402
+from app.http.client_address import parse_networks  # noqa: E402
+from app.imaging import codec, compose  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
+from app.removal import fetch, options  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "testdata" / "rembg"
@@ -110,15 +111,15 @@ def main() -> None:
 
     # The model's part is the same for every option: run it once, then time only what differs
     # (finishing and encoding), interleaved; the plain request's full time is the yardstick.
-    decoded = images.decode(data)
+    decoded = codec.decode(data)
     rgba = pipeline.cutout(decoded)
     level, fast = settings.png_compress_level, settings.png_fast
-    work: dict[str, Callable[[], object]] = {"plain PNG (today)": lambda: images.encode_png(rgba, level, fast)}
+    work: dict[str, Callable[[], object]] = {"plain PNG (today)": lambda: codec.encode_png(rgba, level, fast)}
     for name, fields in CASES.items():
         chosen = options.parse(fields, background if name == "bg_image" else None, mask=False)
 
         def finish(chosen: options.Options = chosen) -> object:
-            rendered = output.finish_cutout(rgba, decoded.rgb, chosen, level, fast)
+            rendered = compose.finish_cutout(rgba, decoded.rgb, chosen, level, fast)
             if chosen.sync_mode:  # what the route adds for a JSON answer
                 url = "data:image/png;base64," + base64.b64encode(rendered.body).decode("ascii")
                 return json.dumps({"image": {"url": url, "file_size": len(rendered.body)}})
@@ -150,17 +151,25 @@ def main() -> None:
     request, request_cpu = statistics.median(full), statistics.median(full_cpu)
     plain = statistics.median(times["plain PNG (today)"])
     plain_cpu = statistics.median(cpu["plain PNG (today)"])
-    print(f"photo {args.image.name} scaled to {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.2f} MP), model {model}, "
-          f"{args.rounds} interleaved rounds")
-    print(f"plain cut-out, whole worker time (decode, model, PNG): median {request * 1000:.1f} ms wall, "
-          f"{request_cpu * 1000:.1f} ms CPU; of which the PNG encode {plain * 1000:.1f} ms wall")
+    print(
+        f"photo {args.image.name} scaled to {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.2f} MP), model {model}, "
+        f"{args.rounds} interleaved rounds"
+    )
+    print(
+        f"plain cut-out, whole worker time (decode, model, PNG): median {request * 1000:.1f} ms wall, "
+        f"{request_cpu * 1000:.1f} ms CPU; of which the PNG encode {plain * 1000:.1f} ms wall"
+    )
     print(f"{'option':40} {'added wall ms':>13} {'x wall':>7} {'added CPU ms':>13} {'x CPU':>6}")
     for name in times:
         added = statistics.median(times[name]) - plain
         added_cpu = statistics.median(cpu[name]) - plain_cpu
-        print(f"{name:40} {added * 1000:13.1f} {(request + added) / request:6.2f}x "
-              f"{added_cpu * 1000:13.1f} {(request_cpu + added_cpu) / request_cpu:5.2f}x")
-    print(f"{'image_url fetch (loopback, same JPEG)':40} {loopback_fetch_ms(data, args.rounds):10.1f}   (before the worker)")
+        print(
+            f"{name:40} {added * 1000:13.1f} {(request + added) / request:6.2f}x "
+            f"{added_cpu * 1000:13.1f} {(request_cpu + added_cpu) / request_cpu:5.2f}x"
+        )
+    print(
+        f"{'image_url fetch (loopback, same JPEG)':40} {loopback_fetch_ms(data, args.rounds):10.1f}   (before the worker)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from app import images  # noqa: E402
+from app.imaging import codec  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -33,8 +33,10 @@ def measure(name: str, encode: Callable[[np.ndarray], bytes], cutouts: list[np.n
             t0 = time.perf_counter()
             size += len(encode(pixels))
             times.append((time.perf_counter() - t0) * 1000)
-    print(f"{name:24} mean {statistics.mean(times):6.1f} ms  median {statistics.median(times):6.1f} ms  "
-          f"total {size / 3 / 1024:7.0f} KiB")
+    print(
+        f"{name:24} mean {statistics.mean(times):6.1f} ms  median {statistics.median(times):6.1f} ms  "
+        f"total {size / 3 / 1024:7.0f} KiB"
+    )
 
 
 def main() -> None:
@@ -45,11 +47,11 @@ def main() -> None:
     if not photos:
         sys.exit(f"no .jpg photos in {args.images}")
     falcon = ModelRegistry.load(Settings(models_dir=ROOT / "models")).get("falcon")
-    cutouts = [falcon.cutout(images.decode(p.read_bytes())) for p in photos]
+    cutouts = [falcon.cutout(codec.decode(p.read_bytes())) for p in photos]
     print(f"{len(cutouts)} falcon cut-outs from {args.images}")
     for level in (1, 6):
-        measure(f"Pillow zlib level {level}", lambda px, lv=level: images.encode_png(px, lv), cutouts)
-    measure("fpng", lambda px: images.encode_png(px, 1, fast=True), cutouts)
+        measure(f"Pillow zlib level {level}", lambda px, lv=level: codec.encode_png(px, lv), cutouts)
+    measure("fpng", lambda px: codec.encode_png(px, 1, fast=True), cutouts)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,12 @@ def main() -> None:
     parser.add_argument("--ref", default=None, help="git ref for `before` (default: merge base with main)")
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
-    ref = args.ref or subprocess.run(
-        ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    ref = (
+        args.ref
+        or subprocess.run(
+            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -64,19 +67,25 @@ def main() -> None:
             for server in servers.values():
                 server.start(timeout_s=300)
             assert requests.get(servers["before"].url + "/metrics", timeout=5).status_code == 404, "before has no layer"
-            keys = {name: server.create_key(10 * args.rounds, "--rate", "100000/minute") for name, server in servers.items()}
+            keys = {
+                name: server.create_key(10 * args.rounds, "--rate", "100000/minute") for name, server in servers.items()
+            }
             photo = subject_image(160, 120)
             samples: dict[str, dict[str, list[float]]] = {"account": {}, "ghost_160x120": {}}
             for _ in range(args.rounds):
                 for name, server in servers.items():
                     headers = {"ApiKey": keys[name]}
                     samples["account"].setdefault(name, []).append(
-                        timed(lambda: requests.get(server.url + "/v2/account", headers=headers, timeout=30))
+                        timed(
+                            lambda server=server, headers=headers: requests.get(
+                                server.url + "/v2/account", headers=headers, timeout=30
+                            )
+                        )
                     )
             for _ in range(args.rounds // 5):
                 for name, server in servers.items():
                     samples["ghost_160x120"].setdefault(name, []).append(
-                        timed(lambda: server.remove(keys[name], photo, model="ghost"))
+                        timed(lambda server=server, name=name: server.remove(keys[name], photo, model="ghost"))
                     )
         finally:
             for server in servers.values():

@@ -19,6 +19,7 @@ process, every core). Not a test: it needs the shared photos and takes a few min
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import statistics
 import sys
@@ -147,7 +148,9 @@ def score(render, samples: list[Sample], repeat: int) -> Score:
         errors.append(float(np.abs(alpha - sample.alpha).mean()))
     worst_iou, worst_name = min(ious)
     return Score(
-        statistics.mean(i for i, _ in ious), statistics.mean(errors), f"{worst_name} ({worst_iou:.3f})",
+        statistics.mean(i for i, _ in ious),
+        statistics.mean(errors),
+        f"{worst_name} ({worst_iou:.3f})",
         statistics.median(times),
     )
 
@@ -173,11 +176,8 @@ def main() -> None:
         if pipeline is None:
             sys.exit(f"unknown model {name!r}")
         for resolution in pipeline.resolutions:
+            render = functools.partial(pipeline.render, output="cutout", resolution=resolution)
             for set_name, samples in sets.items():
-
-                def render(data: bytes) -> bytes:
-                    return pipeline.render(data, "cutout", resolution)
-
                 s = score(render, samples, args.repeat)
                 print(
                     f"| `{name}` | {resolution} | {set_name} | {s.mean_iou:.4f} | {s.mean_abs_error:.4f} "

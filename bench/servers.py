@@ -122,7 +122,9 @@ def start_rembg(workdir: Path, models_dir: Path, rembg_model: str, weights: str)
     log = workdir / "rembg.log"
     proc = subprocess.Popen(
         [str(exe), "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     # Its imports (gradio, fastapi, ...) take minutes on a busy box, more on the first run of a fresh venv.

@@ -79,7 +79,9 @@ def concurrency_env(max_concurrent: int) -> dict[str, str]:
     """Server environment giving every plan this `max_concurrent`: for tests that load one account
     with many requests at once on purpose (queueing, ledger races), not the per-account limit."""
     plans = tomllib.loads((ROOT / "config" / "plans.toml").read_text())["plans"]
-    return {"CUTOUT_PLANS": json.dumps({name: {**plan, "max_concurrent": max_concurrent} for name, plan in plans.items()})}
+    return {
+        "CUTOUT_PLANS": json.dumps({name: {**plan, "max_concurrent": max_concurrent} for name, plan in plans.items()})
+    }
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
@@ -113,10 +115,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def hang_up_after_upload(server: "LiveServer", key: str, image: bytes, model: str, after_s: float) -> None:
+def hang_up_after_upload(server: LiveServer, key: str, image: bytes, model: str, after_s: float) -> None:
     """Send a whole request on a raw socket, wait `after_s`, then close it before the answer comes."""
     prepared = requests.Request(
-        "POST", server.url + "/v2/rembg/", headers={"ApiKey": key}, files={"image": ("photo.jpg", image)},
+        "POST",
+        server.url + "/v2/rembg/",
+        headers={"ApiKey": key},
+        files={"image": ("photo.jpg", image)},
         data={"model": model},
     ).prepare()
     head = f"POST /v2/rembg/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n" + "".join(
@@ -167,7 +172,9 @@ def assert_error(response: requests.Response, status: int, code: str) -> dict[st
     return body
 
 
-def raw_request(url: str, head: str, body_chunks: Iterable[bytes] = (), pause_s: float = 0.0, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+def raw_request(
+    url: str, head: str, body_chunks: Iterable[bytes] = (), pause_s: float = 0.0, timeout: float = 30
+) -> tuple[int, dict[str, Any]]:
     """Send a hand-written HTTP request over a socket, possibly never finishing the body.
 
     Returns the status and the JSON body of whatever the server answers, as soon
@@ -226,7 +233,7 @@ class LiveServer:
         self.log_path = data_dir / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float | None = None) -> "LiveServer":
+    def start(self, timeout_s: float | None = None) -> LiveServer:
         if timeout_s is None:
             timeout_s = ISNET_STARTUP_TIMEOUT_S if self.isnet else STARTUP_TIMEOUT_S
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -315,13 +322,28 @@ class RedisServer:
         self.data_dir = data_dir
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         binary = shutil.which("redis-server")
         assert binary, "redis-server is missing: scripts/setup installs it"
         self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", "redis.log"],
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.data_dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                "redis.log",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )

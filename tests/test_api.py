@@ -16,7 +16,9 @@ COSTS = {"ghost": 1, "falcon": 1, "aurora": 2}
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_cutout_is_rgba_png_of_input_size_and_charges_model_cost(live_server: LiveServer, api_key: str, model: str) -> None:
+def test_cutout_is_rgba_png_of_input_size_and_charges_model_cost(
+    live_server: LiveServer, api_key: str, model: str
+) -> None:
     image = subject_image(160, 120)
     response = live_server.remove(api_key, image, model=model)
 
@@ -82,7 +84,9 @@ def test_other_authorization_forms_are_a_missing_key(live_server: LiveServer, he
 
 
 def test_wrong_bearer_key_is_refused(live_server: LiveServer) -> None:
-    assert_error(live_server.remove(None, headers={"Authorization": "Bearer co_not-a-real-key"}), 401, "invalid_api_key")
+    assert_error(
+        live_server.remove(None, headers={"Authorization": "Bearer co_not-a-real-key"}), 401, "invalid_api_key"
+    )
 
 
 def test_unknown_api_key(live_server: LiveServer) -> None:

@@ -1,7 +1,8 @@
-"""The README's client samples, run as they are against a live server: curl, Python requests,
+"""The client samples, run as they are against a live server: curl, Python requests,
 PHP cURL, browser fetch (headless Chromium, cross-origin), plus the /demo and /docs pages.
 
-The samples live in examples/; the README shows the same files verbatim (checked below).
+The samples live in examples/; docs/clients.md shows every file there verbatim, and the README
+points to both (checked below).
 """
 
 from __future__ import annotations
@@ -24,16 +25,27 @@ from playwright.sync_api import Browser, Page, expect
 from harness import ROOT, LiveServer, free_port, png_of, subject_image
 
 EXAMPLES = ROOT / "examples"
-SAMPLES = {"curl.sh": "sh", "python_requests.py": "python", "php_curl.php": "php", "browser.js": "js"}
+CLIENTS_PAGE = ROOT / "docs" / "clients.md"
+# The code block's language for each kind of sample file.
+LANGUAGES = {".sh": "sh", ".py": "python", ".php": "php", ".js": "js", ".mjs": "js", ".cjs": "js", ".ts": "ts"}
+SAMPLES = sorted(path.name for path in EXAMPLES.iterdir() if path.is_file())
 PHOTO_SIZE = (200, 150)
 BAD_KEY = "co_this-key-does-not-exist"
 
 
 @pytest.mark.parametrize("name", SAMPLES)
-def test_readme_shows_each_sample_verbatim(name: str) -> None:
+def test_clients_page_shows_each_sample_verbatim(name: str) -> None:
+    """Every file in examples/ (a new one included) stands in docs/clients.md exactly as it is."""
+    language = LANGUAGES.get(Path(name).suffix)
+    assert language, f"examples/{name}: add its code block language to LANGUAGES"
     sample = (EXAMPLES / name).read_text()
+    page = CLIENTS_PAGE.read_text()
+    assert f"```{language}\n{sample}```\n" in page, f"docs/clients.md's {name} block differs from examples/{name}"
+
+
+def test_readme_points_to_the_samples() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert f"```{SAMPLES[name]}\n{sample}```\n" in readme, f"README's {name} block differs from examples/{name}"
+    assert "(examples/)" in readme and "(docs/clients.md)" in readme
 
 
 @pytest.fixture
@@ -163,7 +175,9 @@ def assert_no_policy_violation(errors: list[str]) -> None:
     assert not [e for e in errors if "Content Security Policy" in e], errors
 
 
-def test_demo_page_cuts_out_a_chosen_photo(browser: Browser, live_server: LiveServer, api_key: str, workdir: Path) -> None:
+def test_demo_page_cuts_out_a_chosen_photo(
+    browser: Browser, live_server: LiveServer, api_key: str, workdir: Path
+) -> None:
     page = open_demo(browser, live_server)
     page.fill("#key", api_key)
     page.select_option("#model", "ghost")

@@ -100,7 +100,7 @@ def test_dockerfile_shape() -> None:
     assert [c.value for c in only(runtime, "COPY")] == [("/app", "/app")]
     assert only(runtime, "COPY")[0].flags == ("--from=build",)
     assert only(runtime, "USER")[0].value[0].split(":")[0] != "0"
-    gpu_env = dict(zip(*[iter(only(by_stage["base-gpu"], "ENV")[0].value)] * 2))
+    gpu_env = dict(zip(*[iter(only(by_stage["base-gpu"], "ENV")[0].value)] * 2, strict=True))
     assert "CUDAExecutionProvider" in gpu_env["CUTOUT_PROVIDERS"]
 
 
@@ -108,17 +108,25 @@ def check_service_venv(app_dir: Path) -> None:
     """The image's venv is a plain `pip install "cutout[cpu]"`: lean, and the package is the installed one."""
     venv = app_dir / ".venv"
     listed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     installed = {package["name"].lower() for package in json.loads(listed.stdout)}
     assert not installed & TEST_ONLY_PACKAGES, sorted(installed & TEST_ONLY_PACKAGES)
-    size_mb = int(subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True, check=True).stdout.split()[0])
+    size_mb = int(
+        subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True, check=True).stdout.split()[0]
+    )
     print(f"service venv: {size_mb} MB, {len(installed)} distributions")
     assert size_mb <= MAX_SERVICE_VENV_MB, f"{size_mb} MB"
     assert not (app_dir / "app").exists() and not (app_dir / "config").exists(), "no source tree in the image"
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import app; print(app.__file__)"],
-        cwd=app_dir, capture_output=True, text=True, check=True,
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert where.stdout.startswith(str(venv / "lib")), where.stdout
 
@@ -161,7 +169,9 @@ def test_dockerfile_builds_and_serves_as_its_non_root_user(image: ImageRoot) -> 
     by_stage = stages()
     # What a Debian machine has on PATH, not this checkout's virtualenv or pyenv (root-only here).
     build_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "VARIANT": "cpu"}
-    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
+    }
 
     workdir = Path("/")
     for command in by_stage["build"]:
@@ -173,7 +183,9 @@ def test_dockerfile_builds_and_serves_as_its_non_root_user(image: ImageRoot) -> 
             for source in sources:
                 assert source in allowed, f"COPY {source} is excluded by .dockerignore"
                 if (ROOT / source).is_dir():  # COPY dir ./dir
-                    shutil.copytree(ROOT / source, workdir / dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                    shutil.copytree(
+                        ROOT / source, workdir / dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                    )
                 else:  # COPY file... ./
                     shutil.copy2(ROOT / source, workdir / dest / source)
         elif command.cmd == "RUN":
@@ -185,7 +197,7 @@ def test_dockerfile_builds_and_serves_as_its_non_root_user(image: ImageRoot) -> 
     for command in only(runtime, "RUN"):
         run_step(image.map(command.value[0]), image.path, build_env)
     env_pairs = only(runtime, "ENV")[0].value
-    image_env = {key: image.map(value) for key, value in zip(env_pairs[::2], env_pairs[1::2])}
+    image_env = {key: image.map(value) for key, value in zip(env_pairs[::2], env_pairs[1::2], strict=True)}
     uid = int(only(runtime, "USER")[0].value[0].split(":")[0])
     python, *serve = [image.map(arg) for arg in only(runtime, "CMD")[0].value]
     assert serve == ["-m", "app", "serve"]
@@ -201,7 +213,14 @@ def test_dockerfile_builds_and_serves_as_its_non_root_user(image: ImageRoot) -> 
     try:
         server.start(timeout_s=IMAGE_STARTUP_TIMEOUT_S)
         probe = subprocess.run(
-            healthcheck[1:], env=server.env, capture_output=True, text=True, timeout=30, user=uid, group=uid, extra_groups=[]
+            healthcheck[1:],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            user=uid,
+            group=uid,
+            extra_groups=[],
         )
         assert probe.returncode == 0, probe.stderr
 

@@ -22,11 +22,22 @@ import httpx
 import pytest
 from PIL import Image
 
-from app import idempotency, openapi
-from app.errors import _HTTP_CODES, ERROR_CODES, ApiError
+from app.accounts import idempotency
+from app.errors import ERROR_CODES, ApiError
+from app.http.errors import _HTTP_CODES
 from app.main import create_app
+from app.openapi import document as openapi
 from harness import free_port, subject_image
-from inprocess import MAX_BODY_BYTES, MAX_SIDE, InProcess, check_error, check_response, client_for, fast_settings, running
+from inprocess import (
+    MAX_BODY_BYTES,
+    MAX_SIDE,
+    InProcess,
+    check_error,
+    check_response,
+    client_for,
+    fast_settings,
+    running,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +65,7 @@ def form(image: bytes | None = None, model: str | None = None) -> dict[str, Any]
 
 
 def test_every_code_has_a_scenario() -> None:
-    assert SCENARIOS == set(ERROR_CODES)
+    assert set(ERROR_CODES) == SCENARIOS
 
 
 def test_api_error_refuses_a_code_the_table_lacks() -> None:
@@ -124,7 +135,7 @@ async def test_method_not_allowed(app: InProcess) -> None:
 @answers("request_timeout")
 async def test_request_timeout(app: InProcess) -> None:
     async def stalling_body() -> AsyncIterator[bytes]:
-        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
         await anyio.sleep(5)  # far longer than BODY_TIMEOUT_S
         yield b"never sent"
 
@@ -180,7 +191,7 @@ async def test_image_too_large(app: InProcess) -> None:
 @answers("request_head_too_large")
 async def test_request_head_too_large(app: InProcess) -> None:
     """Over max_headers (100). A head over max_head_bytes gets the same code from the server's protocol
-    (app/server.py), which only a socket reaches: tests/test_connections.py."""
+    (app/http/server.py), which only a socket reaches: tests/test_connections.py."""
     headers = {f"X-Filler-{i}": "x" for i in range(150)}
     response = await app.client.get("/health", headers=headers)
     check_response(response, "request_head_too_large")
@@ -214,15 +225,27 @@ async def test_client_closed_request(app: InProcess) -> None:
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/v2/rembg/", "raw_path": b"/v2/rembg/", "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v2/rembg/",
+        "raw_path": b"/v2/rembg/",
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"apikey", key.encode()), (b"content-type", b"multipart/form-data; boundary=b")],
-        "client": ("203.0.113.7", 50000), "server": ("cutout.test", 80),
+        "client": ("203.0.113.7", 50000),
+        "server": ("cutout.test", 80),
     }
     await app.app(scope, receive, send)
     start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
-    check_error(start["status"], httpx.Headers([(k.decode(), v.decode()) for k, v in start["headers"]]), body,
-                "client_closed_request")
+    check_error(
+        start["status"],
+        httpx.Headers([(k.decode(), v.decode()) for k, v in start["headers"]]),
+        body,
+        "client_closed_request",
+    )
 
 
 @answers("internal_error")
@@ -242,7 +265,9 @@ async def test_processing_timeout(tmp_path: Path) -> None:
     async with running(settings) as tight:
         key = await tight.key()
         photo = subject_image(1000, 750)
-        check_response(await tight.client.post("/v2/rembg/", headers={"ApiKey": key}, **form(photo)), "processing_timeout")
+        check_response(
+            await tight.client.post("/v2/rembg/", headers={"ApiKey": key}, **form(photo)), "processing_timeout"
+        )
         with anyio.fail_after(5):
             while tight.services.gate.in_flight:
                 await anyio.sleep(0.01)
@@ -280,7 +305,9 @@ async def test_server_busy_and_concurrency_limit(tmp_path: Path) -> None:
 @answers("image_url_forbidden")
 async def test_image_url_forbidden(app: InProcess) -> None:
     # Refused on the address alone (nothing is sent): loopback is not in the default fetch_allow.
-    response = await app.client.post("/v2/rembg/", headers={"ApiKey": await app.key()}, json={"image_url": "http://127.0.0.1:9/a.jpg"})
+    response = await app.client.post(
+        "/v2/rembg/", headers={"ApiKey": await app.key()}, json={"image_url": "http://127.0.0.1:9/a.jpg"}
+    )
     body = check_response(response, "image_url_forbidden")
     assert "127.0.0.1" in body["error"]["message"]
 
@@ -322,7 +349,9 @@ async def test_service_unavailable(tmp_path: Path) -> None:
     """The configured Redis does not answer (nothing listens on port 1): fail closed, before any model runs
     (so this app loads none)."""
     async with running(fast_settings(tmp_path, redis_url="redis://127.0.0.1:1/0", models=())) as down:
-        check_response(await down.client.post("/v2/rembg/", headers={"ApiKey": "co_any"}, **form()), "service_unavailable")
+        check_response(
+            await down.client.post("/v2/rembg/", headers={"ApiKey": "co_any"}, **form()), "service_unavailable"
+        )
 
 
 @answers("shutting_down")

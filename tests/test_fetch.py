@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from app.errors import ApiError
-from app.client_address import parse_networks
-from app.fetch import _check_url, address_allowed
+from app.http.client_address import parse_networks
+from app.removal.fetch import _check_url, address_allowed
 from harness import LiveServer, assert_error, free_port, png_of, subject_image
 
 PHOTO = subject_image(96, 72)
@@ -100,8 +100,12 @@ def default_server(start_server) -> LiveServer:  # type: ignore[no-untyped-def]
 
 
 def fetch(server: LiveServer, key: str, url: str, **extra: object) -> requests.Response:
-    return requests.post(server.url + "/v2/rembg/", headers={"ApiKey": key},
-                         json={"image_url": url, "model": "ghost", **extra}, timeout=60)
+    return requests.post(
+        server.url + "/v2/rembg/",
+        headers={"ApiKey": key},
+        json={"image_url": url, "model": "ghost", **extra},
+        timeout=60,
+    )
 
 
 def test_fetches_from_an_allowlisted_address_and_prices_it(fetching_server: LiveServer, photos: str) -> None:
@@ -113,8 +117,12 @@ def test_fetches_from_an_allowlisted_address_and_prices_it(fetching_server: Live
     redirected = fetch(fetching_server, key, f"http://{photos}/redirect?http://{photos}/photo.jpg", shadow=True)
     assert redirected.status_code == 200 and redirected.headers["X-Credits-Charged"] == "4", "+ shadow (2)"
     # A multipart form with the field instead of the file part.
-    form = requests.post(fetching_server.url + "/v2/rembg/", headers={"ApiKey": key},
-                         files={"image_url": (None, f"http://{photos}/photo.jpg"), "model": (None, "ghost")}, timeout=60)
+    form = requests.post(
+        fetching_server.url + "/v2/rembg/",
+        headers={"ApiKey": key},
+        files={"image_url": (None, f"http://{photos}/photo.jpg"), "model": (None, "ghost")},
+        timeout=60,
+    )
     assert form.status_code == 200 and form.headers["X-Credits-Charged"] == "2"
     account = requests.get(fetching_server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()
     assert account["option_costs"] == {"image_url": 1, "bg_blur": 0, "bg_image": 0, "shadow": 2}
@@ -124,7 +132,11 @@ def test_fetches_from_an_allowlisted_address_and_prices_it(fetching_server: Live
 def test_failed_fetches_are_400s_with_their_codes_and_not_charged(fetching_server: LiveServer, photos: str) -> None:
     key = fetching_server.create_key(5)
     cases = [
-        (f"http://{photos}/redirect?http://127.0.0.2:{photos.split(':')[1]}/photo.jpg", "image_url_forbidden", "127.0.0.2"),
+        (
+            f"http://{photos}/redirect?http://127.0.0.2:{photos.split(':')[1]}/photo.jpg",
+            "image_url_forbidden",
+            "127.0.0.2",
+        ),
         (f"http://{photos}/loop", "image_url_unreachable", "more than 3"),
         (f"http://{photos}/missing", "image_url_unreachable", "HTTP 404"),
         (f"http://{photos}/big-declared", "image_url_too_large", str(MAX_BODY)),
@@ -178,12 +190,43 @@ def test_a_slow_fetch_does_not_block_the_event_loop_and_holds_its_accounts_slot(
 
 
 FORBIDDEN = [
-    "127.0.0.1", "127.255.255.254", "0.0.0.0", "10.0.0.1", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-    "169.254.169.254", "100.64.0.1", "100.127.255.254", "224.0.0.1", "239.255.255.250", "240.0.0.1",
-    "255.255.255.255", "192.0.0.1", "192.0.2.1", "198.18.0.1", "198.51.100.1", "203.0.113.1",
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1", "ff05::2", "2001:db8::1", "100::1",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::ffff:100.64.0.1",
-    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "::127.0.0.1",
+    "127.0.0.1",
+    "127.255.255.254",
+    "0.0.0.0",
+    "10.0.0.1",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",
+    "100.127.255.254",
+    "224.0.0.1",
+    "239.255.255.250",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.0.0.1",
+    "192.0.2.1",
+    "198.18.0.1",
+    "198.51.100.1",
+    "203.0.113.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "ff02::1",
+    "ff05::2",
+    "2001:db8::1",
+    "100::1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:10.0.0.1",
+    "::ffff:100.64.0.1",
+    "2002:7f00:1::1",
+    "2002:a9fe:a9fe::1",
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b::7f00:1",
+    "::127.0.0.1",
     "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo to a private client address
 ]
 PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8"]
@@ -210,8 +253,14 @@ def test_allowlist_opens_exactly_its_networks() -> None:
 def test_a_url_in_unicode_is_requested_in_ascii_and_a_broken_host_is_a_400() -> None:
     # httpcore takes ASCII only: a raw IDN host or path reached it as a TypeError (a 500).
     url, host = _check_url("https://bücher.example:8443/straße/foto.jpg?q=ä#top")
-    assert url == "https://xn--bcher-kva.example:8443/stra%C3%9Fe/foto.jpg?q=%C3%A4" and host == b"xn--bcher-kva.example:8443"
-    assert _check_url("http://127.0.0.1:8080/a%20b.jpg?x=1&y=2") == ("http://127.0.0.1:8080/a%20b.jpg?x=1&y=2", b"127.0.0.1:8080")
+    assert (
+        url == "https://xn--bcher-kva.example:8443/stra%C3%9Fe/foto.jpg?q=%C3%A4"
+        and host == b"xn--bcher-kva.example:8443"
+    )
+    assert _check_url("http://127.0.0.1:8080/a%20b.jpg?x=1&y=2") == (
+        "http://127.0.0.1:8080/a%20b.jpg?x=1&y=2",
+        b"127.0.0.1:8080",
+    )
     with pytest.raises(ApiError) as refused:
         _check_url("http://ä..com/photo.jpg")
     assert refused.value.code == "invalid_parameter"

@@ -29,7 +29,10 @@ def client_package(live_server: LiveServer, tmp_path_factory: pytest.TempPathFac
     bin_dir = Path(sys.executable).parent  # the generator runs ruff from PATH on what it writes
     generated = subprocess.run(
         [str(bin_dir / "openapi-python-client"), "generate", "--path", "openapi.json", "--output-path", "client"],
-        cwd=work, capture_output=True, text=True, timeout=180,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=180,
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
     )
     assert generated.returncode == 0, generated.stdout[-3000:] + generated.stderr[-3000:]

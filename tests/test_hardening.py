@@ -5,6 +5,7 @@ an idempotent request cut off by a crash becoming retryable once the sweeper fre
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import threading
 import time
@@ -46,8 +47,13 @@ def test_data_dir_and_database_files_are_private(server: LiveServer) -> None:
 def test_credit_amounts_are_validated(server: LiveServer) -> None:
     key = server.create_key(10)
     account = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()["account_id"]
-    for args in (("grant", account, "-10"), ("deduct", account, "-50"), ("grant", account, "0"),
-                 ("grant", account, "99999999999999999999"), ("grant", account, "ten")):
+    for args in (
+        ("grant", account, "-10"),
+        ("deduct", account, "-50"),
+        ("grant", account, "0"),
+        ("grant", account, "99999999999999999999"),
+        ("grant", account, "ten"),
+    ):
         result = server.cli("keys", *args)
         assert result.returncode == 2, args
         assert "is not a whole number from 1 to" in result.stderr and "Traceback" not in result.stderr
@@ -65,9 +71,13 @@ def test_404_does_not_echo_a_long_path(server: LiveServer) -> None:
 
 def test_refused_cors_preflight_is_in_our_shape(server: LiveServer) -> None:
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "apikey"}
-    allowed = requests.options(server.url + "/v2/rembg/", headers={**preflight, "Origin": "https://shop.example"}, timeout=10)
+    allowed = requests.options(
+        server.url + "/v2/rembg/", headers={**preflight, "Origin": "https://shop.example"}, timeout=10
+    )
     assert allowed.status_code == 200
-    refused = requests.options(server.url + "/v2/rembg/", headers={**preflight, "Origin": "https://evil.example"}, timeout=10)
+    refused = requests.options(
+        server.url + "/v2/rembg/", headers={**preflight, "Origin": "https://evil.example"}, timeout=10
+    )
     body = assert_error(refused, 400, "invalid_parameter")
     assert "CORS" in body["error"]["message"] and "Access-Control-Allow-Origin" not in refused.headers
 
@@ -102,7 +112,5 @@ def test_an_idempotent_request_cut_off_by_a_crash_is_retryable_after_the_sweep(s
 
 
 def _ignore_errors(fn: Callable[[], object]) -> None:
-    try:
+    with contextlib.suppress(requests.RequestException):  # the server was killed under it
         fn()
-    except requests.RequestException:
-        pass  # the server was killed under it

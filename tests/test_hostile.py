@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from app import images
 from app.errors import ApiError
+from app.imaging import codec
 from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, proc_status_mb, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
@@ -204,7 +204,15 @@ def test_service_answers_normally_after_the_corpus(live_server: LiveServer, corp
 
 # --- property-based -----------------------------------------------------------------------------
 
-MAGICS = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a", b"BM", b"II*\x00", b"\x00\x00\x00\x18ftypheic"]
+MAGICS = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"\x00\x00\x00\x18ftypheic",
+]
 BASES = [encode(base_photo().resize((48, 36)), fmt) for fmt in FORMATS]
 
 
@@ -227,8 +235,8 @@ def mutated_images(draw: st.DrawFn) -> bytes:
 def test_probe_and_decode_fail_only_with_api_errors(data: bytes) -> None:
     """In process, many examples: any input is decoded or refused with a 4xx ApiError, never another exception."""
     try:
-        info = images.probe(data, max_pixels=4_000_000, max_side=4000)
-        decoded = images.decode(data)
+        info = codec.probe(data, max_pixels=4_000_000, max_side=4000)
+        decoded = codec.decode(data)
     except ApiError as err:
         assert err.status in (400, 413) and err.message
         return
@@ -242,14 +250,18 @@ def fuzz_key(live_server: LiveServer) -> str:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.one_of(mutated_images(), st.binary(max_size=2048)), path=st.sampled_from(["/v2/rembg/", "/v2/rembg/mask/"]))
+@given(
+    data=st.one_of(mutated_images(), st.binary(max_size=2048)), path=st.sampled_from(["/v2/rembg/", "/v2/rembg/mask/"])
+)
 def test_upload_path_answers_png_or_4xx(live_server: LiveServer, fuzz_key: str, data: bytes, path: str) -> None:
     response = live_server.remove(fuzz_key, data, model="ghost", path=path)
     assert response.status_code in (200, 400, 413), (response.status_code, response.text[:300])
     if response.status_code == 200:
         assert response.headers["content-type"] == "image/png" and response.headers["X-Credits-Charged"] == "1"
     else:
-        assert_error(response, response.status_code, "invalid_image" if response.status_code == 400 else "image_too_large")
+        assert_error(
+            response, response.status_code, "invalid_image" if response.status_code == 400 else "image_too_large"
+        )
 
 
 ORIENTATION_SWAPS = {1: False, 2: False, 3: False, 4: False, 5: True, 6: True, 7: True, 8: True}
@@ -362,7 +374,9 @@ def test_messages_and_logs_never_contain_keys_or_uploaded_bytes(start_server: Ca
     bodies.append(requests.get(server.url + "/v2/account", headers={"ApiKey": wrong_key}, timeout=10).content)
     bodies.append(server.remove(key, valid, model=marker).content)  # echoed cut short, never the upload
     status, _ = raw_request(
-        server.url, f"POST /v2/rembg/ HTTP/1.1\nHost: x\nApiKey: {key}\nContent-Type: text/plain\nContent-Length: 16\n", [marker.encode()]
+        server.url,
+        f"POST /v2/rembg/ HTTP/1.1\nHost: x\nApiKey: {key}\nContent-Type: text/plain\nContent-Length: 16\n",
+        [marker.encode()],
     )
     assert status == 400
     log = server.log()

@@ -13,7 +13,6 @@ import struct
 import threading
 import time
 import zlib
-
 from collections.abc import Callable
 
 import pytest
@@ -21,7 +20,16 @@ import requests
 import urllib3
 from PIL import Image, ImageDraw
 
-from harness import LiveServer, assert_error, concurrency_env, cpu_seconds, hang_up_after_upload, proc_status_mb, reset_peak_rss, subject_image
+from harness import (
+    LiveServer,
+    assert_error,
+    concurrency_env,
+    cpu_seconds,
+    hang_up_after_upload,
+    proc_status_mb,
+    reset_peak_rss,
+    subject_image,
+)
 
 CRAFTED_BYTES = 24 * 1024 * 1024  # under the 25 MB body limit: the probe, not the limit, must refuse it
 HEALTH_BUDGET_S = 0.1
@@ -71,7 +79,7 @@ class HealthProbe:
                 self.latencies.append(time.perf_counter() - started)
                 time.sleep(0.02)
 
-    def __enter__(self) -> "HealthProbe":
+    def __enter__(self) -> HealthProbe:
         self._thread.start()
         return self
 
@@ -104,8 +112,10 @@ def test_crafted_headers_are_refused_fast_and_never_stall_the_loop(live_server: 
         time.sleep(0.2)  # a few answers before the uploads start
         results = list(pool.map(send, crafted))
     worst = max(health.latencies)
-    print(f"/health: {len(health.latencies)} answers, worst {worst * 1000:.0f} ms;",
-          ", ".join(f"{name} {seconds:.2f} s" for name, seconds, _ in results))
+    print(
+        f"/health: {len(health.latencies)} answers, worst {worst * 1000:.0f} ms;",
+        ", ".join(f"{name} {seconds:.2f} s" for name, seconds, _ in results),
+    )
     for name, seconds, response in results:
         assert_error(response, 400, "invalid_image")
         assert seconds < REFUSAL_BUDGET_S, (name, seconds)
@@ -155,7 +165,9 @@ def test_a_client_that_hangs_up_stops_costing_cpu(server: LiveServer, photo_12mp
     hang_up_after_upload(server, key, photo_12mp, "aurora", after_s=0.4)
     settle(server)
     hung_up = cpu_seconds(pid) - started
-    print(f"12 MP aurora: {full:.2f} CPU s delivered, {hung_up:.2f} CPU s when the client hangs up 0.4 s after the upload")
+    print(
+        f"12 MP aurora: {full:.2f} CPU s delivered, {hung_up:.2f} CPU s when the client hangs up 0.4 s after the upload"
+    )
     assert server.balance(key) == 8, "the hung-up request is not charged"
     assert hung_up < 0.5 * full
 
@@ -229,10 +241,15 @@ def test_a_huge_background_counts_in_the_memory_budget(start_server: Callable[..
     )
     key = server.create_key(10, "--rate", "1000/minute")
     background = flat_photo(6000)
-    files = {"image": ("photo.jpg", subject_image(200, 150), "image/jpeg"), "bg_image": ("bg.png", background, "image/png")}
+    files = {
+        "image": ("photo.jpg", subject_image(200, 150), "image/jpeg"),
+        "bg_image": ("bg.png", background, "image/png"),
+    }
 
     def post(_: int) -> requests.Response:
-        return requests.post(server.url + "/v2/rembg/", headers={"ApiKey": key}, files=files, data={"model": "ghost"}, timeout=300)
+        return requests.post(
+            server.url + "/v2/rembg/", headers={"ApiKey": key}, files=files, data={"model": "ghost"}, timeout=300
+        )
 
     assert server.process is not None
     pid = server.process.pid

@@ -12,15 +12,15 @@ import io
 import time
 from collections.abc import Callable
 
+import hostile_files
 import numpy as np
 import pytest
 import requests
 import urllib3
 from PIL import Image
-
-import hostile_files
-from harness import LiveServer, assert_error, cpu_seconds, proc_status_mb, reset_peak_rss, subject_image
 from test_hostile_clients import HealthProbe, settle
+
+from harness import LiveServer, assert_error, cpu_seconds, proc_status_mb, reset_peak_rss, subject_image
 
 CPU_BUDGET_S = 1.0
 RSS_BUDGET_MB = 100
@@ -32,7 +32,9 @@ def server(start_server: Callable[..., LiveServer]) -> LiveServer:
     return start_server()
 
 
-def post(server: LiveServer, key: str, files: dict[str, tuple[str, bytes, str]], model: str = "ghost") -> requests.Response:
+def post(
+    server: LiveServer, key: str, files: dict[str, tuple[str, bytes, str]], model: str = "ghost"
+) -> requests.Response:
     return requests.post(
         server.url + "/v2/rembg/", headers={"ApiKey": key}, files=files, data={"model": model}, timeout=120
     )
@@ -49,16 +51,22 @@ def test_a_background_that_cannot_be_decoded_costs_no_inference(server: LiveServ
 
     settle(server)
     started = cpu_seconds(pid)
-    paid = post(server, key, {"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("bg.png", whole, "image/png")}, "aurora")
+    paid = post(
+        server, key, {"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("bg.png", whole, "image/png")}, "aurora"
+    )
     settle(server)
     full = cpu_seconds(pid) - started
     assert paid.status_code == 200, paid.text[:300]
 
     started = cpu_seconds(pid)
-    refused = post(server, key, {"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("bg.png", truncated, "image/png")}, "aurora")
+    refused = post(
+        server, key, {"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("bg.png", truncated, "image/png")}, "aurora"
+    )
     settle(server)
     wasted = cpu_seconds(pid) - started
-    print(f"12 MP aurora over a 12 MP bg_image: {full:.2f} CPU s paid; truncated bg_image refused in {wasted:.2f} CPU s")
+    print(
+        f"12 MP aurora over a 12 MP bg_image: {full:.2f} CPU s paid; truncated bg_image refused in {wasted:.2f} CPU s"
+    )
     body = assert_error(refused, 400, "invalid_image")
     assert "bg_image" in body["error"]["message"]
     assert server.balance(key) == 10 - int(paid.headers["X-Credits-Charged"]), "the refusal is not charged"
@@ -120,7 +128,10 @@ def test_crafted_files_at_once_neither_stall_the_loop_nor_delay_an_honest_reques
     def send(name: str) -> requests.Response:
         body, content_type = bodies[name]
         return requests.post(
-            server.url + "/v2/rembg/", data=body, headers={"ApiKey": keys[name], "Content-Type": content_type}, timeout=120
+            server.url + "/v2/rembg/",
+            data=body,
+            headers={"ApiKey": keys[name], "Content-Type": content_type},
+            timeout=120,
         )
 
     settle(server)
@@ -136,9 +147,11 @@ def test_crafted_files_at_once_neither_stall_the_loop_nor_delay_an_honest_reques
         results = [future.result() for future in refused]
     latencies = sorted(health.latencies)
     worst = latencies[-1]
-    print(f"/health during {len(crafted)} crafted uploads: {len(latencies)} answers, p50 "
-          f"{latencies[len(latencies) // 2] * 1000:.0f} ms, worst {worst * 1000:.0f} ms; honest request "
-          f"{meanwhile:.2f} s (alone {alone:.2f} s)")
+    print(
+        f"/health during {len(crafted)} crafted uploads: {len(latencies)} answers, p50 "
+        f"{latencies[len(latencies) // 2] * 1000:.0f} ms, worst {worst * 1000:.0f} ms; honest request "
+        f"{meanwhile:.2f} s (alone {alone:.2f} s)"
+    )
     for response in results:
         assert_error(response, 400, "invalid_image")
     assert honest.status_code == 200

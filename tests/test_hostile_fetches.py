@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import requests
+from test_hostile_clients import HealthProbe, settle
 
 from harness import LiveServer, assert_error, cpu_seconds, subject_image
-from test_hostile_clients import HealthProbe, settle
 
 CPU_BUDGET_S = 1.0
 HEALTH_BUDGET_S = 0.1
@@ -31,9 +31,13 @@ CONTINUES = b"HTTP/1.1 100 Continue\r\n\r\n" * 2000
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
 PHOTO = subject_image(2000, 1500, quality=95)
 # An honest server's small chunks (256 bytes: smaller than any web server's buffer) with an extension.
-HONEST_CHUNKS = b"".join(
-    b"%x;name=value\r\n%s\r\n" % (len(PHOTO[at : at + 256]), PHOTO[at : at + 256]) for at in range(0, len(PHOTO), 256)
-) + b"0\r\n\r\n"
+HONEST_CHUNKS = (
+    b"".join(
+        b"%x;name=value\r\n%s\r\n" % (len(PHOTO[at : at + 256]), PHOTO[at : at + 256])
+        for at in range(0, len(PHOTO), 256)
+    )
+    + b"0\r\n\r\n"
+)
 
 
 class Hostile(socketserver.BaseRequestHandler):
@@ -125,13 +129,17 @@ def test_three_hostile_fetches_at_once_leave_health_under_100_ms(server: LiveSer
     started = cpu_seconds(pid)
     with HealthProbe(server.url) as health, concurrent.futures.ThreadPoolExecutor(3) as pool:
         time.sleep(0.2)
-        results = list(pool.map(lambda pair: fetch(server, *pair), zip(keys, [upstream + p for p in paths])))
+        results = list(
+            pool.map(lambda pair: fetch(server, *pair), zip(keys, [upstream + p for p in paths], strict=True))
+        )
         time.sleep(0.3)
     settle(server)
     spent = cpu_seconds(pid) - started
     latencies = sorted(health.latencies)
-    print(f"3 hostile fetches at once: {spent:.2f} CPU s in all; /health {len(latencies)} answers, "
-          f"p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, worst {latencies[-1] * 1000:.0f} ms")
+    print(
+        f"3 hostile fetches at once: {spent:.2f} CPU s in all; /health {len(latencies)} answers, "
+        f"p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, worst {latencies[-1] * 1000:.0f} ms"
+    )
     for response in results:
         assert_error(response, 400, "image_url_unreachable")
     assert spent <= 3 * CPU_BUDGET_S

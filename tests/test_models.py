@@ -47,7 +47,11 @@ def test_every_offered_resolution_runs_and_costs_its_price(server: LiveServer) -
         assert listed["resolutions"] == {r: p.model_dump() for r, p in spec.prices().items()}
         for resolution, price in spec.prices().items():
             response = server.remove(
-                key, subject_image(96, 64), model=name, path="/v2/rembg/mask/", fields={"operating_resolution": resolution}
+                key,
+                subject_image(96, 64),
+                model=name,
+                path="/v2/rembg/mask/",
+                fields={"operating_resolution": resolution},
             )
             assert response.status_code == 200, (name, resolution, response.text)
             assert response.headers["X-Operating-Resolution"] == resolution
@@ -75,7 +79,11 @@ def test_isnet_graph_runs_only_at_sizes_its_pyramid_divides() -> None:
 
 @pytest.mark.parametrize(
     ("model", "union"),
-    [("falcon", "nope"), ("falcon", "falcon"), ("ghost", "aurora")],  # unknown, itself, a chain (falcon -> ghost -> aurora)
+    [
+        ("falcon", "nope"),
+        ("falcon", "falcon"),
+        ("ghost", "aurora"),
+    ],  # unknown, itself, a chain (falcon -> ghost -> aurora)
 )
 def test_a_union_names_another_model_without_one(model: str, union: str) -> None:
     with pytest.raises(ValueError, match="union names"):
@@ -94,7 +102,9 @@ def test_falcon_keeps_per_pixel_the_larger_of_isnet_and_ghost() -> None:
 
     rgb = np.asarray(png_of(subject_image(160, 120, fmt="PNG")).convert("RGB"))
     joined, own = falcon.predict(rgb), alone.predict(rgb)
-    theirs = np.asarray(Image.fromarray(ghost.predict(rgb).astype(np.float32)).resize((768, 768), Image.Resampling.BILINEAR))
+    theirs = np.asarray(
+        Image.fromarray(ghost.predict(rgb).astype(np.float32)).resize((768, 768), Image.Resampling.BILINEAR)
+    )
     assert joined.shape == own.shape == (768, 768)
     np.testing.assert_allclose(joined, np.maximum(own, theirs), atol=1e-6)
     assert (theirs > own + 0.1).any(), "on this image ghost must keep something IS-Net drops, or the test shows nothing"

@@ -1,5 +1,7 @@
-"""One home for each default and each error code: the README's generated sections match the
-code, and neither config/cutout.toml nor the Dockerfile repeats a default of the settings model."""
+"""One home for each default and each error code: the generated sections of the README and of
+docs/ match the code, and neither config/cutout.toml nor the Dockerfile repeats a default of the
+settings model. The README stays a short front door whose links, and the docs pages', all lead
+somewhere."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import TypeAdapter
 
 from app import docgen
@@ -20,13 +23,67 @@ def _is_default(key: str, value: Any) -> bool:
     """Whether a value given in a file (TOML, or an environment variable's text) is the setting's default."""
     field = Settings.model_fields[key]
     adapter = TypeAdapter(field.annotation)
-    parsed = adapter.validate_json(value) if isinstance(value, str) and value.startswith("[") else adapter.validate_python(value)
+    parsed = (
+        adapter.validate_json(value)
+        if isinstance(value, str) and value.startswith("[")
+        else adapter.validate_python(value)
+    )
     return parsed == field.get_default(call_default_factory=True)
 
 
-def test_readme_generated_sections_are_current() -> None:
-    text = docgen.README.read_text()
-    assert docgen.render(text) == text, "README.md is stale: run `python -m app docs`"
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 200
+
+
+def test_generated_sections_are_current() -> None:
+    """Every page with a generated section (the README, docs/*.md) matches the code."""
+    assert docgen.README in docgen.pages()
+    stale = [str(path.relative_to(ROOT)) for path in docgen.stale()]
+    assert not stale, f"stale: {stale}: run `python -m app docs`"
+
+
+def test_each_generated_section_is_shown_somewhere() -> None:
+    shown = {name for path in docgen.pages() for name in docgen.sections_in(path.read_text())}
+    assert shown == set(docgen.SECTIONS), f"never shown: {set(docgen.SECTIONS) - shown}"
+
+
+def test_a_generated_section_needs_its_end_and_a_known_name() -> None:
+    with pytest.raises(ValueError, match="no `<!-- end: errors -->`"):
+        docgen.render("<!-- generated: errors -->\n| stale |\n")
+    with pytest.raises(ValueError, match="unknown generated section 'nonsense'"):
+        docgen.render("<!-- generated: nonsense -->\n<!-- end: nonsense -->")
+
+
+def test_readme_is_a_short_front_door() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES, "README.md is the front door: move detail to docs/"
+    assert "```sh\n./scripts/serve\n```" in readme and "```sh\n./scripts/test\n```" in readme
+    assert "/demo" in readme[: readme.index("## A first request")], "the first screen sends newcomers to /demo"
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+    return {_slug(title) for title in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda path: path.name)
+def test_relative_links_lead_somewhere(page: Path) -> None:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name} links {target}: no such file"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), f"{page.name} links {target}: no such heading"
 
 
 def test_every_service_setting_is_documented() -> None:
@@ -74,6 +131,7 @@ HOMES = {
     "code comments": [*sorted((ROOT / "app").rglob("*.py")), *sorted((ROOT / "bench").glob("*.py"))],
     "config comments": sorted((ROOT / "config").glob("*.toml")),
     "README": [ROOT / "README.md"],
+    "other docs pages": [path for path in sorted((ROOT / "docs").glob("*.md")) if path.name != "performance.md"],
     "performance doc": [ROOT / "docs" / "performance.md"],
 }
 

@@ -20,11 +20,23 @@ from harness import LiveServer, assert_error, png_of, subject_image
 PHOTO = subject_image(160, 120, "PNG")  # lossless input: the photo's own pixels are known exactly
 
 
-def post(server: LiveServer, key: str, data: dict[str, str] | None = None, path: str = "/v2/rembg/",
-         files: dict[str, Any] | None = None, **kwargs: Any) -> requests.Response:
+def post(
+    server: LiveServer,
+    key: str,
+    data: dict[str, str] | None = None,
+    path: str = "/v2/rembg/",
+    files: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> requests.Response:
     files = {"image": ("photo.png", PHOTO, "image/png"), **(files or {})}
-    return requests.post(server.url + path, headers={"ApiKey": key, **kwargs.pop("headers", {})},
-                         files=files, data={"model": "falcon", **(data or {})}, timeout=60, **kwargs)
+    return requests.post(
+        server.url + path,
+        headers={"ApiKey": key, **kwargs.pop("headers", {})},
+        files=files,
+        data={"model": "falcon", **(data or {})},
+        timeout=60,
+        **kwargs,
+    )
 
 
 def pixels(response: requests.Response) -> np.ndarray:
@@ -61,7 +73,11 @@ def test_crop_is_the_subjects_box(live_server: LiveServer, api_key: str, plain: 
 
 
 def test_jpeg_has_the_background_colour_in_its_corners(live_server: LiveServer, api_key: str) -> None:
-    for data, colour in (({}, (255, 255, 255)), ({"bg_color": "#1E90FF"}, (30, 144, 255)), ({"bg_color": "tomato"}, (255, 99, 71))):
+    for data, colour in (
+        ({}, (255, 255, 255)),
+        ({"bg_color": "#1E90FF"}, (30, 144, 255)),
+        ({"bg_color": "tomato"}, (255, 99, 71)),
+    ):
         response = post(live_server, api_key, {"output_format": "jpeg", **data})
         assert response.headers["content-type"] == "image/jpeg"
         img = png_of(response.content)
@@ -105,7 +121,9 @@ def test_bg_blur_keeps_the_subject_sharp(live_server: LiveServer, api_key: str, 
     solid = plain[..., 3] == 255
     assert solid.sum() > 4000 and np.array_equal(arr[solid], photo[solid]), "the subject is the photo's own pixels"
     corner, original = arr[:20, :20].astype(float), photo[:20, :20].astype(float)
-    assert corner.std(axis=(0, 1)).max() < original.std(axis=(0, 1)).min() / 2, "the background's texture is blurred away"
+    assert corner.std(axis=(0, 1)).max() < original.std(axis=(0, 1)).min() / 2, (
+        "the background's texture is blurred away"
+    )
     assert np.abs(corner.mean(axis=(0, 1)) - original.mean(axis=(0, 1))).max() < 3, "but it is the same background"
 
 
@@ -147,7 +165,9 @@ def test_mask_takes_crop_and_format(live_server: LiveServer, api_key: str, plain
     assert response.headers["content-type"] == "image/webp"
     left, top, right, bottom = box_of(plain[..., 3])
     assert png_of(response.content).size == (right - left, bottom - top)
-    body = assert_error(post(live_server, api_key, {"bg_color": "red"}, path="/v2/rembg/mask/"), 400, "invalid_parameter")
+    body = assert_error(
+        post(live_server, api_key, {"bg_color": "red"}, path="/v2/rembg/mask/"), 400, "invalid_parameter"
+    )
     assert "bg_color" in body["error"]["message"]
 
 
@@ -162,7 +182,9 @@ def _decode_file(entry: dict[str, Any]) -> Image.Image:
 
 
 def test_json_answer_with_mask(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
-    response = post(live_server, api_key, {"output_mask": "true", "crop_to_bbox": "true"}, headers={"Accept": "application/json"})
+    response = post(
+        live_server, api_key, {"output_mask": "true", "crop_to_bbox": "true"}, headers={"Accept": "application/json"}
+    )
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     body = response.json()
     assert set(body) == {"image", "mask"}
@@ -179,15 +201,23 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
     uri = "data:image/png;base64," + base64.b64encode(PHOTO).decode()
     url = live_server.url + "/v2/rembg/"
     headers = {"ApiKey": api_key}
-    answer = requests.post(url, json={"image_data_uri": uri, "model": "falcon", "sync_mode": True}, headers=headers, timeout=60)
+    answer = requests.post(
+        url, json={"image_data_uri": uri, "model": "falcon", "sync_mode": True}, headers=headers, timeout=60
+    )
     assert answer.status_code == 200, answer.text
     entry = answer.json()["image"]
     assert entry["content_type"] == "image/png" and (entry["width"], entry["height"]) == (160, 120)
     assert np.array_equal(np.asarray(_decode_file(entry)), plain)
-    raw = requests.post(url, json={"image_data_uri": uri, "output_format": "jpeg", "bg_color": "black"}, headers=headers, timeout=60)
+    raw = requests.post(
+        url, json={"image_data_uri": uri, "output_format": "jpeg", "bg_color": "black"}, headers=headers, timeout=60
+    )
     assert raw.headers["content-type"] == "image/jpeg" and png_of(raw.content).size == (160, 120)
-    cropped = requests.post(url, json={"image_data_uri": uri, "crop_to_bbox": True, "crop_margin": 2, "sync_mode": True},
-                            headers=headers, timeout=60).json()["image"]
+    cropped = requests.post(
+        url,
+        json={"image_data_uri": uri, "crop_to_bbox": True, "crop_margin": 2, "sync_mode": True},
+        headers=headers,
+        timeout=60,
+    ).json()["image"]
     left, top, right, bottom = box_of(plain[..., 3])
     assert (cropped["width"], cropped["height"]) == (right - left + 4, bottom - top + 4)
     bad = [
@@ -200,8 +230,11 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
     ]
     for payload, code in bad:
         assert_error(requests.post(url, json=payload, headers=headers, timeout=60), 400, code)
-    assert_error(requests.post(url, data=b"{nope", headers={**headers, "Content-Type": "application/json"}, timeout=60),
-                 400, "invalid_parameter")
+    assert_error(
+        requests.post(url, data=b"{nope", headers={**headers, "Content-Type": "application/json"}, timeout=60),
+        400,
+        "invalid_parameter",
+    )
 
 
 BAD_VALUES = [
@@ -231,7 +264,9 @@ def test_bad_values_are_400s_that_name_the_field_and_charge_nothing(live_server:
         body = assert_error(post(live_server, key, data), 400, "invalid_parameter")
         message = body["error"]["message"]
         assert field in message and accepts in message, (data, message)
-    body = assert_error(post(live_server, key, files={"bg_image": ("bg.png", b"not an image", "image/png")}), 400, "invalid_image")
+    body = assert_error(
+        post(live_server, key, files={"bg_image": ("bg.png", b"not an image", "image/png")}), 400, "invalid_image"
+    )
     assert "bg_image" in body["error"]["message"]
     assert_error(post(live_server, key, {"bg_image": "text"}), 400, "invalid_parameter")
     assert live_server.balance(key) == 10
@@ -240,7 +275,11 @@ def test_bad_values_are_400s_that_name_the_field_and_charge_nothing(live_server:
 def test_settings_of_a_switched_off_option_are_ignored(live_server: LiveServer, api_key: str) -> None:
     # A form may send all its fields and toggle one flag: the plain PNG, byte for byte.
     plain = post(live_server, api_key)
-    for data in ({"crop_to_bbox": "false", "crop_margin": "5"}, {"shadow": "false", "shadow_blur": "9"}, {"quality": "80"}):
+    for data in (
+        {"crop_to_bbox": "false", "crop_margin": "5"},
+        {"shadow": "false", "shadow_blur": "9"},
+        {"quality": "80"},
+    ):
         response = post(live_server, api_key, data)
         assert response.headers["content-type"] == "image/png" and response.content == plain.content, data
 

@@ -10,8 +10,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 import pytest
 import requests
 
-from harness import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
 from app.store import StoreUnavailable
 from app.store.redis import RedisStore
+from harness import LiveServer, RedisServer, assert_error, concurrency_env, subject_image
 
 TINY = subject_image(48, 36)
 

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -29,7 +29,9 @@ def _start_many(start_server: Callable[..., LiveServer], count: int, **env: str)
 
 @pytest.fixture(scope="module")
 def pair(start_server: Callable[..., LiveServer], redis_server: RedisServer) -> list[LiveServer]:
-    return _start_many(start_server, 2, CUTOUT_REDIS_URL=redis_server.url, CUTOUT_QUEUE_SIZE="256", **concurrency_env(256))
+    return _start_many(
+        start_server, 2, CUTOUT_REDIS_URL=redis_server.url, CUTOUT_QUEUE_SIZE="256", **concurrency_env(256)
+    )
 
 
 def account_id_of(server: LiveServer, key: str) -> str:
@@ -134,8 +136,11 @@ def test_same_idempotency_key_sent_twice_concurrently_charges_once(pair: list[Li
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         first, second = pool.map(send, pair)
     outcomes = sorted(
-        "charged" if r.headers.get("X-Credits-Charged") == "1" else
-        "replayed" if r.status_code == 200 else assert_error(r, 409, "idempotency_key_in_use")["error"]["code"]
+        "charged"
+        if r.headers.get("X-Credits-Charged") == "1"
+        else "replayed"
+        if r.status_code == 200
+        else assert_error(r, 409, "idempotency_key_in_use")["error"]["code"]
         for r in (first, second)
     )
     assert outcomes in (["charged", "idempotency_key_in_use"], ["charged", "replayed"]), outcomes
@@ -151,7 +156,9 @@ def test_same_idempotency_key_sent_twice_concurrently_charges_once(pair: list[Li
     # The same key for another request is refused, not replayed.
     other = pair[0].remove(key, subject_image(50, 36), model="ghost", headers=retry_key)
     assert_error(other, 422, "idempotency_key_reused")
-    assert_error(pair[0].remove(key, TINY, model="ghost", headers={"Idempotency-Key": "x" * 300}), 400, "invalid_parameter")
+    assert_error(
+        pair[0].remove(key, TINY, model="ghost", headers={"Idempotency-Key": "x" * 300}), 400, "invalid_parameter"
+    )
     assert pair[1].balance(key) == 9
 
 

@@ -19,9 +19,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
@@ -53,7 +52,9 @@ class HAProxy:
         binary = shutil.which("haproxy")
         assert binary, "haproxy is missing: scripts/setup installs it"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen([binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [binary, "-db", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
 
     def states(self) -> dict[str, str]:
         """Server name -> UP / DOWN / ..., from HAProxy's own stats; {} until it listens."""
@@ -63,7 +64,9 @@ class HAProxy:
         except requests.ConnectionError:
             return {}
         rows = csv.DictReader(io.StringIO(text))
-        return {row["svname"]: row["status"] for row in rows if row["pxname"] == "cutout" and row["svname"].startswith("r")}
+        return {
+            row["svname"]: row["status"] for row in rows if row["pxname"] == "cutout" and row["svname"].startswith("r")
+        }
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -89,8 +92,11 @@ class Load:
             while not self.stopping.is_set():
                 try:
                     response = session.post(
-                        self.url + "/v2/rembg/", headers={"ApiKey": self.key},
-                        files={"image": ("photo.jpg", self.image, "image/jpeg")}, data={"model": "ghost"}, timeout=60,
+                        self.url + "/v2/rembg/",
+                        headers={"ApiKey": self.key},
+                        files={"image": ("photo.jpg", self.image, "image/jpeg")},
+                        data={"model": "ghost"},
+                        timeout=60,
                     )
                     charged = int(response.headers.get("X-Credits-Charged", 0))
                     result = (response.status_code, charged, "" if response.ok else response.text[:200])
@@ -147,11 +153,11 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
             assert replica.process is not None
             replica.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            wait_until(lambda: proxy.states()[name] != "UP", DRAIN_DELAY_S, f"HAProxy to take {name} out")
+            wait_until(lambda name=name: proxy.states()[name] != "UP", DRAIN_DELAY_S, f"HAProxy to take {name} out")
             taken_out_s.append(time.monotonic() - signalled)
             assert replica.process.wait(timeout=DRAIN_DELAY_S + 30) == 0, replica.log()
             replica.start()
-            wait_until(lambda: proxy.states()[name] == "UP", 30, f"HAProxy to put {name} back")
+            wait_until(lambda name=name: proxy.states()[name] == "UP", 30, f"HAProxy to put {name} back")
         # The last replica restarted serves alongside the first: the load carries on through both.
         served = load.count()
         wait_until(lambda: load.count() >= served + 10, 60, "the load to carry on after the restart")
@@ -161,7 +167,8 @@ def test_rolling_restart_behind_haproxy_loses_nothing(
     failures = [r for r in results if r[0] != 200]
     print(
         f"{len(results)} requests, {len(failures)} not 200; out of rotation "
-        + ", ".join(f"{s:.1f}" for s in taken_out_s) + " s after SIGTERM"
+        + ", ".join(f"{s:.1f}" for s in taken_out_s)
+        + " s after SIGTERM"
     )
     assert not failures, failures[:5]
     charged = sum(r[1] for r in results)

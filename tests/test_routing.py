@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from starlette.routing import Route
 
-from app import openapi
+from app.openapi import document as openapi
 from harness import subject_image
 from inprocess import InProcess, check_response
 
@@ -66,8 +66,10 @@ async def test_every_served_route_answers(fast_app: InProcess) -> None:
 
 async def test_the_model_field_picks_the_pipeline(fast_app: InProcess) -> None:
     response = await fast_app.client.post(
-        "/v2/rembg/", headers={"ApiKey": await fast_app.key()},
-        files={"image": ("a.jpg", subject_image(64, 48), "image/jpeg")}, data={"model": "falcon"},
+        "/v2/rembg/",
+        headers={"ApiKey": await fast_app.key()},
+        files={"image": ("a.jpg", subject_image(64, 48), "image/jpeg")},
+        data={"model": "falcon"},
     )
     assert response.status_code == 200 and response.headers["x-model"] == "falcon"
 
@@ -79,9 +81,17 @@ async def test_the_model_field_picks_the_pipeline(fast_app: InProcess) -> None:
         ({"files": {"image": ("a.jpg", b"x")}, "data": {"size": "full"}}, "invalid_parameter", "'size'"),
         ({"files": [("image", ("a.jpg", b"x")), ("image", ("b.jpg", b"x"))]}, "invalid_parameter", "several 'image'"),
         ({"json": {"image": "aGVsbG8="}}, "invalid_image", "application/json"),
-        ({"content": b"garbage", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, "invalid_parameter", '"image"'),
+        (
+            {"content": b"garbage", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+            "invalid_parameter",
+            '"image"',
+        ),
         ({"files": {"image": ("a.jpg", b"")}}, "invalid_image", "empty"),
-        ({"files": {"image": ("a.jpg", subject_image(32, 24))}, "headers": {"Idempotency-Key": "k" * 256}}, "invalid_parameter", "Idempotency-Key"),
+        (
+            {"files": {"image": ("a.jpg", subject_image(32, 24))}, "headers": {"Idempotency-Key": "k" * 256}},
+            "invalid_parameter",
+            "Idempotency-Key",
+        ),
     ],
 )
 async def test_bad_forms_get_a_400_that_names_the_problem(

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from app.http.shutdown import CANCEL_GRACE_S
 from app.settings import Settings
-from app.shutdown import CANCEL_GRACE_S
 from harness import ROOT
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -45,8 +45,13 @@ def test_manifests_validate_strictly() -> None:
     result = validate(*MANIFESTS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert {
-        "Deployment/cutout", "Service/cutout", "HorizontalPodAutoscaler/cutout", "PodDisruptionBudget/cutout",
-        "StatefulSet/cutout-redis", "Service/cutout-redis", "ConfigMap/cutout-config",
+        "Deployment/cutout",
+        "Service/cutout",
+        "HorizontalPodAutoscaler/cutout",
+        "PodDisruptionBudget/cutout",
+        "StatefulSet/cutout-redis",
+        "Service/cutout-redis",
+        "ConfigMap/cutout-config",
     } <= set(resources())
 
 

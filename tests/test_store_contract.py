@@ -14,7 +14,7 @@ import anyio
 import pytest
 import redis
 
-from harness import RedisServer
+from app.accounts.idempotency import idempotency_digest
 from app.store import (
     IdempotencyClaim,
     IdempotencyInFlight,
@@ -23,10 +23,10 @@ from app.store import (
     Store,
     UnknownAccount,
 )
-from app.idempotency import idempotency_digest
 from app.store.base import hash_api_key
 from app.store.redis import RedisStore
 from app.store.sqlite import SqliteStore
+from harness import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image, ImageCms
 
-from app import images
+from app.imaging import codec
 from harness import LiveServer, assert_error, png_of, raw_request, subject_image
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
@@ -115,17 +115,17 @@ def _with_red_primary(profile: bytes, xyz: tuple[float, float, float]) -> bytes:
 
 def test_srgb_profiles_are_not_applied_and_other_profiles_are() -> None:
     # decode() is the unit here: the skip is a speed lever, so the pixels must say it changed nothing.
-    plain = images.decode(subject_image(160, 120, "JPEG")).rgb
-    tagged_srgb = images.decode(subject_image(160, 120, "JPEG", icc_profile=SRGB_ICC)).rgb
+    plain = codec.decode(subject_image(160, 120, "JPEG")).rgb
+    tagged_srgb = codec.decode(subject_image(160, 120, "JPEG", icc_profile=SRGB_ICC)).rgb
     np.testing.assert_array_equal(tagged_srgb, plain)
     wide_red = _with_red_primary(SRGB_ICC, P3_RED_XYZ)
-    converted = images.decode(subject_image(160, 120, "JPEG", icc_profile=wide_red)).rgb
+    converted = codec.decode(subject_image(160, 120, "JPEG", icc_profile=wide_red)).rgb
     assert np.abs(converted.astype(int) - plain).max() > 10, "a non-sRGB profile must still be applied"
-    assert images._is_srgb(SRGB_ICC) and not images._is_srgb(wide_red)
+    assert codec._is_srgb(SRGB_ICC) and not codec._is_srgb(wide_red)
     # A vendor's sRGB with its own rounding of the primaries is still sRGB; junk is not.
-    assert images._is_srgb(_with_red_primary(SRGB_ICC, (0.4361, 0.2225, 0.0139)))
-    assert not images._is_srgb(b"not a profile" * 10)
-    assert not images._is_srgb(b"x" * 70_000), "oversized profiles are never taken for sRGB (nor cached)"
+    assert codec._is_srgb(_with_red_primary(SRGB_ICC, (0.4361, 0.2225, 0.0139)))
+    assert not codec._is_srgb(b"not a profile" * 10)
+    assert not codec._is_srgb(b"x" * 70_000), "oversized profiles are never taken for sRGB (nor cached)"
 
 
 def test_transparent_pixels_of_the_upload_stay_transparent(live_server: LiveServer, api_key: str) -> None:
@@ -208,7 +208,9 @@ def test_form_messages_name_the_problem(live_server: LiveServer, api_key: str) -
     message = assert_error(post_form(live_server, api_key, files={"file": ("a.jpg", image)}), 400, "invalid_image")
     assert "'file'" in message["error"]["message"]
     message = assert_error(
-        post_form(live_server, api_key, files={"image": ("a.jpg", image)}, data={"size": "full"}), 400, "invalid_parameter"
+        post_form(live_server, api_key, files={"image": ("a.jpg", image)}, data={"size": "full"}),
+        400,
+        "invalid_parameter",
     )
     assert "'size'" in message["error"]["message"]
     message = assert_error(post_form(live_server, api_key, json={}), 400, "invalid_image")
@@ -227,7 +229,9 @@ def test_image_part_without_content_type_or_odd_filename_is_sniffed(live_server:
 def test_empty_file_and_text_renamed(live_server: LiveServer, api_key: str) -> None:
     body = assert_error(live_server.remove(api_key, b""), 400, "invalid_image")
     assert "empty" in body["error"]["message"]
-    body = assert_error(live_server.remove(api_key, b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"), 400, "invalid_image")
+    body = assert_error(
+        live_server.remove(api_key, b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"), 400, "invalid_image"
+    )
     assert "JPEG" in body["error"]["message"], "the message lists what to send"
     assert live_server.balance(api_key) == 100
 
@@ -332,7 +336,11 @@ def test_cors_headers_on_results_and_errors(limited_server: LiveServer) -> None:
 def test_cors_default_allows_any_origin(live_server: LiveServer) -> None:
     response = requests.options(
         live_server.url + "/v2/rembg/",
-        headers={"Origin": "https://anything.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "ApiKey"},
+        headers={
+            "Origin": "https://anything.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "ApiKey",
+        },
         timeout=10,
     )
     assert response.status_code == 200 and response.headers["Access-Control-Allow-Origin"] == "*"
@@ -345,7 +353,7 @@ def test_openapi_lists_every_route_the_app_serves(live_server: LiveServer) -> No
     from starlette.routing import Route
 
     from app.main import create_app
-    from app.openapi import UNDOCUMENTED
+    from app.openapi.document import UNDOCUMENTED
 
     document = requests.get(live_server.url + "/openapi.json", timeout=10).json()
     assert document["openapi"].startswith("3.1")
@@ -368,7 +376,9 @@ def test_openapi_lists_every_route_the_app_serves(live_server: LiveServer) -> No
     assert {"400", "401", "402", "408", "413", "429", "500", "503"} <= set(upload["responses"])
 
 
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(live_server: LiveServer, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     # Enough credits and rate that the run explores the API instead of collecting 402/429s.
     key = live_server.create_key(100_000, "--rate", "100000/minute")
     result = subprocess.run(

@@ -29,16 +29,20 @@ PIP_TIMEOUT_S = 600
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        args, cwd=cwd, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home()), **env},
-        capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+        args,
+        cwd=cwd,
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home()), **env},
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT_S,
     )
 
 
 def test_wheel_lists_every_package_under_app() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    on_disk = {
-        ".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "app").rglob("__init__.py")
-    } | {"app.static"}
+    on_disk = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "app").rglob("__init__.py")} | {
+        "app.static"
+    }
     assert on_disk | {"app.config"} == listed
 
 
@@ -52,7 +56,9 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copy2(ROOT / name, tree / name)
     for name in ("app", "config"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    built = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(work / "dist"), str(tree)], work)
+    built = run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(work / "dist"), str(tree)], work
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (work / "dist").glob("cutout-*.whl")
     venv.create(work / "venv", with_pip=True)
@@ -95,8 +101,10 @@ def test_installed_package_reads_its_own_config_and_the_override(bare_venv: Path
     renamed = models_toml.replace("[models.ghost]", "[models.phantom]").replace('union = "ghost"', 'union = "phantom"')
     (override / "models.toml").write_text(renamed)
     overridden = run(
-        [str(bare_venv), "-m", "app", "models", "list"], elsewhere,
-        CUTOUT_MODELS_DIR=str(elsewhere), CUTOUT_CONFIG_DIR=str(override),
+        [str(bare_venv), "-m", "app", "models", "list"],
+        elsewhere,
+        CUTOUT_MODELS_DIR=str(elsewhere),
+        CUTOUT_CONFIG_DIR=str(override),
     )
     assert overridden.returncode == 0, overridden.stderr
     names = [line.split()[0] for line in overridden.stdout.splitlines()]

@@ -90,7 +90,7 @@ class OnnxRuntimeEngine:
         self._running = 0
 
     @classmethod
-    def create(cls, settings: Settings, weights_name: str) -> "OnnxRuntimeEngine":
+    def create(cls, settings: Settings, weights_name: str) -> OnnxRuntimeEngine:
         wide = create_session(settings, weights_name, settings.intra_op_threads)
         on_cpu = wide.get_providers()[0] == "CPUExecutionProvider"
         wants_narrow = on_cpu and settings.concurrent_inferences > 1 and settings.intra_op_threads != 1

@@ -80,7 +80,12 @@ def split_concat_convolutions(network: ov.Model) -> int:
             channels = part.get_partial_shape()[1].get_length()
             piece = ops.constant(np.ascontiguousarray(kernel[:, start : start + channels]))
             out = ops.convolution(
-                part, piece, attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"],
+                part,
+                piece,
+                attrs["strides"],
+                attrs["pads_begin"],
+                attrs["pads_end"],
+                attrs["dilations"],
                 attrs["auto_pad"],
             )
             total = out if total is None else ops.add(total, out)
@@ -147,8 +152,13 @@ def bf16_heaviest_convolutions(network: ov.Model, min_share: float) -> int:
         attrs = conv.get_attributes()
         # An explicit Convert pins this one layer to bf16 whatever the inference precision hint says.
         low = ops.convolution(
-            ops.convert(conv.input_value(0), ov.Type.bf16), ops.convert(conv.input_value(1), ov.Type.bf16),
-            attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"], attrs["auto_pad"],
+            ops.convert(conv.input_value(0), ov.Type.bf16),
+            ops.convert(conv.input_value(1), ov.Type.bf16),
+            attrs["strides"],
+            attrs["pads_begin"],
+            attrs["pads_end"],
+            attrs["dilations"],
+            attrs["auto_pad"],
         )
         conv.output(0).replace(ops.convert(low, ov.Type.f32).output(0))
         converted += 1
@@ -192,7 +202,7 @@ class OpenVinoEngine:
             self._requests.put(compiled.create_infer_request())
 
     @classmethod
-    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> "OpenVinoEngine":
+    def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> OpenVinoEngine:
         core = ov.Core()
         spec = settings.weights[weights_name]
         network, bf16, throughout = prepare_network(
@@ -202,7 +212,11 @@ class OpenVinoEngine:
         compiled = core.compile_model(network, "CPU", config)
         log.info(
             "%s at %s: OpenVINO %s on CPU, %s, %d convolutions in bf16",
-            weights_name, side or "its exported size", ov.get_version(), config, bf16,
+            weights_name,
+            side or "its exported size",
+            ov.get_version(),
+            config,
+            bf16,
         )
         return cls(compiled, settings.concurrent_inferences, bf16)
 

@@ -14,11 +14,11 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import uniform_filter
 
-from app import images
+from app.imaging import codec
+from app.imaging.compose import Rendered, decode_background, finish_cutout, finish_mask
 from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
-from app.options import Options
-from app.output import Rendered, decode_background, finish_cutout, finish_mask
+from app.removal.options import Options
 from app.settings import ModelSpec, Price, resolution_side
 
 Output = Literal["cutout", "mask"]
@@ -141,7 +141,7 @@ class Pipeline:
         engines: dict[str, Engine],
         png_compress_level: int,
         png_fast: bool = True,
-        union: "Pipeline | None" = None,
+        union: Pipeline | None = None,
     ) -> None:
         """`engines`: operating resolution ("1024x1024") -> the engine running the network at that size;
         the first is the default. `union`: the pipeline spec.union names, whose mask joins this one's."""
@@ -204,7 +204,7 @@ class Pipeline:
             pred = np.clip((pred - 0.5) * self.spec.edge_contrast + 0.5, 0.0, 1.0)
         return _resize((pred * 255).astype(np.uint8), (width, height), Image.Resampling.LANCZOS)
 
-    def cutout(self, decoded: images.Decoded, resolution: str | None = None) -> np.ndarray:
+    def cutout(self, decoded: codec.Decoded, resolution: str | None = None) -> np.ndarray:
         """Full-size RGBA cut-out with straight (not premultiplied) alpha, as PNG expects."""
         alpha = self.mask(decoded.rgb, resolution)
         checkpoint()
@@ -223,18 +223,18 @@ class Pipeline:
 
     def render(self, data: bytes, output: Output, resolution: str | None = None) -> bytes:
         # Checkpoints between stages: a job whose client hung up stops at the next one (cancel.py).
-        decoded = images.decode(data)
+        decoded = codec.decode(data)
         checkpoint()
         pixels = self.mask(decoded.rgb, resolution) if output == "mask" else self.cutout(decoded, resolution)
         checkpoint()
-        return images.encode_png(pixels, self._png_level, self._png_fast)
+        return codec.encode_png(pixels, self._png_level, self._png_fast)
 
     def render_with(self, data: bytes, output: Output, options: Options, resolution: str | None = None) -> Rendered:
         """The result finished as the options say (crop, background, format, ...)."""
         # The background is decoded first, before the photo and the model: a file that fails to decode is
         # refused (and refunded) for the cost of its decode, never after a whole inference.
         background = decode_background(options.bg_image) if options.bg_image is not None else None
-        decoded = images.decode(data)
+        decoded = codec.decode(data)
         checkpoint()
         if output == "mask":
             return finish_mask(self.mask(decoded.rgb, resolution), options, self._png_level)
@@ -246,4 +246,4 @@ class Pipeline:
         probe = np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)
         probe[8:-8, 8:-8] = 200
         for resolution in self.resolutions:
-            self.cutout(images.Decoded(rgb=probe, alpha=None), resolution)
+            self.cutout(codec.Decoded(rgb=probe, alpha=None), resolution)

@@ -17,7 +17,7 @@ class ModelRegistry:
         self._pipelines = pipelines
 
     @classmethod
-    def load(cls, settings: Settings) -> "ModelRegistry":
+    def load(cls, settings: Settings) -> ModelRegistry:
         """Verify every weights file the models use, create one engine per file and operating
         resolution (models on the same weights share them), warm each pipeline.
 

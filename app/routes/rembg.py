@@ -13,20 +13,28 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app import context, idempotency, metrics, submission
-from app.answer import check_headers, prepare
-from app.auth import authenticate
-from app.billing import charge
-from app.errors import ApiError, client_closed_request, invalid_parameter, processing_timeout, request_id_of
+from app.accounts import idempotency
+from app.accounts.auth import authenticate
+from app.accounts.billing import charge
+from app.errors import (
+    ApiError,
+    client_closed_request,
+    invalid_parameter,
+    processing_timeout,
+)
+from app.http import context, metrics
+from app.http.context import request_id_of
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Output, Pipeline
+from app.removal import submission
+from app.removal.job import check_headers, prepare
 from app.services import services
 from app.store import Account
 
 T = TypeVar("T")
 
 # Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
-# builds from a header image_structure lets through (a TIFF of 65536 strips: ~15 MB).
+# builds from a header imaging.structure lets through (a TIFF of 65536 strips: ~15 MB).
 HEADER_CHECK_BYTES = 32 * 1024 * 1024
 
 
@@ -93,7 +101,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         # A client that hangs up during a fetch stops it (and frees its slot).
         answer = await _unless_client_leaves(request, lambda: prepare(request, svc.settings, sub, output))
         # Off the event loop: work proportional to the upload (header walks, hashing) must not stall other
-        # clients; inside the memory admission, what Pillow builds from a header is bounded by image_structure.
+        # clients; inside the memory admission, what Pillow builds from a header is bounded by imaging.structure.
         check = functools.partial(check_headers, answer, svc.settings)
         try:
             async with svc.gate.admitted(HEADER_CHECK_BYTES + len(answer.image) + len(answer.options.bg_image or b"")):
@@ -117,15 +125,19 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         # Another resolution is another request; the default keeps the fingerprint it always had.
         asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
         claim = await idempotency.claim_for(
-            request, account, svc.settings.idempotency_window_s, output=output, model=asked, image=data,
+            request,
+            account,
+            svc.settings.idempotency_window_s,
+            output=output,
+            model=asked,
+            image=data,
             options=answer.fingerprint,
         )
         async with charge(svc.store, account, cost, request_id_of(request), claim) as reservation:
             try:
                 result, inference_s = await _unless_client_leaves(
-                    request, lambda: svc.gate.run(
-                        render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes
-                    )
+                    request,
+                    lambda: svc.gate.run(render, timeout=svc.settings.processing_timeout_s, memory_bytes=memory_bytes),
                 )
             except Busy:
                 raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None

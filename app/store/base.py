@@ -91,9 +91,7 @@ def now() -> float:
 
 
 class Store(Protocol):
-    async def create_account(
-        self, *, credits: int, plan: str, rate_limit: str | None = None
-    ) -> tuple[Account, str]:
+    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
         """Create an account and return it with its API key (shown once, stored hashed)."""
         ...
 

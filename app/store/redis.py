@@ -27,7 +27,6 @@ from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 
-from app.redis_client import client_options, unavailable_on_redis_errors
 from app.store.base import (
     Account,
     IdempotencyClaim,
@@ -41,6 +40,7 @@ from app.store.base import (
     new_api_key,
     now,
 )
+from app.store.redis_client import client_options, unavailable_on_redis_errors
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,7 +49,6 @@ PREFIX = "cutout:"
 LEDGER_MAX = 1_000_000
 # A settled reservation is kept this long so that a retried commit/refund sees the outcome.
 SETTLED_TTL_S = 3600
-
 
 
 def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -174,9 +173,7 @@ class RedisStore:
     _LEDGER = PREFIX + "ledger"
 
     @_fail_closed
-    async def create_account(
-        self, *, credits: int, plan: str, rate_limit: str | None = None
-    ) -> tuple[Account, str]:
+    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
             id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()

@@ -11,8 +11,9 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -72,9 +73,7 @@ _ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at"
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    return Account(
-        id=row[0], plan=row[1], credits=row[2], rate_limit=row[3], revoked=bool(row[4]), created_at=row[5]
-    )
+    return Account(id=row[0], plan=row[1], credits=row[2], rate_limit=row[3], revoked=bool(row[4]), created_at=row[5])
 
 
 def _private(path: Path) -> None:
@@ -122,9 +121,7 @@ class SqliteStore:
         db.execute("COMMIT")
         return result
 
-    async def create_account(
-        self, *, credits: int, plan: str, rate_limit: str | None = None
-    ) -> tuple[Account, str]:
+    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
             id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
@@ -147,9 +144,7 @@ class SqliteStore:
     async def account_by_key(self, api_key: str) -> Account | None:
         digest = hash_api_key(api_key)
         row = await self._run(
-            lambda db: db.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE key_hash = ?", (digest,)
-            ).fetchone()
+            lambda db: db.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE key_hash = ?", (digest,)).fetchone()
         )
         return None if row is None else _account(row)
 
@@ -174,7 +169,9 @@ class SqliteStore:
         await self._update_account(account_id, "UPDATE accounts SET revoked = 1 WHERE id = ?", ())
 
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
-        await self._update_account(account_id, "UPDATE accounts SET plan = ?, rate_limit = ? WHERE id = ?", (plan, rate_limit))
+        await self._update_account(
+            account_id, "UPDATE accounts SET plan = ?, rate_limit = ? WHERE id = ?", (plan, rate_limit)
+        )
 
     async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
         def op(db: sqlite3.Connection) -> int:

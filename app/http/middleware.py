@@ -15,18 +15,20 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import context, metrics
-from app.client_address import client_address, parse_networks
-from app.errors import ApiError, error_response, payload_too_large
+from app.errors import ApiError, payload_too_large
+from app.http import context, metrics
+from app.http.client_address import client_address, parse_networks
+from app.http.errors import error_response
 
 log = logging.getLogger("cutout.access")
+
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
 class RequestContext:
-    """Gives every request an id (header X-Request-ID) and its typed info (app/context.py: the id
+    """Gives every request an id (header X-Request-ID) and its typed info (app/http/context.py: the id
     and the client address), then writes its JSON access log line and counts it in the metrics.
 
     Handlers and error responses fill in what only they know: the account, the
@@ -67,7 +69,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = new_request_id()
-        # The address rate limits count against (auth failures): see app.client_address.
+        # The address rate limits count against (auth failures): see app.http.client_address.
         info = context.start(scope, request_id, self._client_address(scope))
         app = self._too_many_headers(request_id) if len(scope["headers"]) > self.max_headers else self.app
         started = time.perf_counter()

@@ -21,24 +21,31 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import idempotency, openapi_options
-from app.auth import API_KEY_HEADER, X_API_KEY_HEADER
+from app.accounts import idempotency
+from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.errors import ERROR_CODES, error_table
+from app.openapi import options as option_schemas
 from app.settings import Settings
 
 JSON = dict[str, Any]
 
 API_KEY_SCHEME = "ApiKey"
-# Any one of these authenticates (app/auth.py); ApiKey is the documented one.
+# Any one of these authenticates (app/accounts/auth.py); ApiKey is the documented one.
 SECURITY_SCHEMES: JSON = {
     API_KEY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER, "description": "Your API key."},
     "XApiKey": {
-        "type": "apiKey", "in": "header", "name": X_API_KEY_HEADER, "description": "The same key, as remove.bg clients send it."
+        "type": "apiKey",
+        "in": "header",
+        "name": X_API_KEY_HEADER,
+        "description": "The same key, as remove.bg clients send it.",
     },
     "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
 }
 SECURITY = [{name: []} for name in SECURITY_SCHEMES]
-_REQUEST_ID = {"description": "Id of this request; quote it to support.", "schema": {"type": "string", "pattern": "^req_"}}
+_REQUEST_ID = {
+    "description": "Id of this request; quote it to support.",
+    "schema": {"type": "string", "pattern": "^req_"},
+}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 1}}
 _INT_HEADER = {"schema": {"type": "integer", "minimum": 0}}
 # The body is image/png; generators such as openapi-python-client return raw bytes only for
@@ -110,7 +117,9 @@ def json_response(description: str, schema: JSON, headers: JSON | None = None) -
 def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) -> JSON:
     models = sorted(settings.models)
     binary = {"schema": {"type": "string", "format": "binary"}}
-    resolutions = sorted({r for spec in settings.models.values() for r in spec.prices()}, key=lambda r: int(r.split("x")[0]))
+    resolutions = sorted(
+        {r for spec in settings.models.values() for r in spec.prices()}, key=lambda r: int(r.split("x")[0])
+    )
     success_headers = {
         "X-Request-ID": _REQUEST_ID,
         "X-Credits-Charged": _INT_HEADER,
@@ -153,8 +162,7 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                                     "The photo: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF or AVIF. "
                                     f"At most {settings.max_body_bytes} bytes in the body, "
                                     f"{settings.max_pixels} pixels and {settings.max_side} px a side. "
-                                    "EXIF orientation is applied."
-                                    + openapi_options.IMAGE_URL_IN_FORM
+                                    "EXIF orientation is applied." + option_schemas.IMAGE_URL_IN_FORM
                                 ),
                             },
                             "model": {"type": "string", "enum": models, "default": settings.default_model},
@@ -166,14 +174,14 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                                     "some of these (GET /v2/account lists them with their cost); another is a 400."
                                 ),
                             },
-                            **openapi_options.form_properties(mask),
+                            **option_schemas.form_properties(mask),
                         },
                     },
                     "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
                 },
                 "application/json": {
-                    "schema": openapi_options.json_request(models, settings.default_model, mask),
-                    "example": openapi_options.json_example(mask),
+                    "schema": option_schemas.json_request(models, settings.default_model, mask),
+                    "example": option_schemas.json_example(mask),
                 },
             },
         },
@@ -185,13 +193,10 @@ def _upload_operation(settings: Settings, summary: str, png: str, mask: bool) ->
                     **{media_type: binary for media_type in PNG_MEDIA_TYPES},
                     "image/webp": binary,
                     "image/jpeg": binary,
-                    "application/json": {"schema": openapi_options.json_answer()},
+                    "application/json": {"schema": option_schemas.json_answer()},
                 },
             },
-            **{
-                str(status): error_response(status)
-                for status in (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)
-            },
+            **{str(status): error_response(status) for status in (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)},
         },
     }
 
@@ -255,7 +260,15 @@ def _account_schema() -> JSON:
     }
     return {
         "type": "object",
-        "required": ["account_id", "credits", "plan", "rate_limit", "rate_limit_remaining", "rate_limit_reset", "models"],
+        "required": [
+            "account_id",
+            "credits",
+            "plan",
+            "rate_limit",
+            "rate_limit_remaining",
+            "rate_limit_reset",
+            "models",
+        ],
         "properties": {
             "account_id": {"type": "string"},
             "credits": {"type": "integer"},
@@ -287,7 +300,7 @@ def build(settings: Settings) -> JSON:
         "paths": operations(settings),
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
-            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema(), **openapi_options.COMPONENTS},
+            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema(), **option_schemas.COMPONENTS},
         },
     }
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app import fetch, images, options
-from app.client_address import parse_networks
 from app.errors import ApiError, invalid_image, invalid_parameter
+from app.http.client_address import parse_networks
+from app.imaging import codec
+from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
 from app.inference.pipeline import Output, Pipeline
-from app.output import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
+from app.removal import fetch, options
+from app.removal.submission import Submission
 from app.settings import Settings
-from app.submission import Submission
 
 # Options that cost credits on top of the model (config/models.toml [option_costs]).
 PRICED_OPTIONS = ("image_url", "bg_blur", "bg_image", "shadow")
@@ -86,18 +87,18 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     """The background's header checked like an upload's: its digest for the Idempotency-Key
     fingerprint, and its pixels for the memory admission."""
     try:
-        info = images.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
+        info = codec.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
-            raise images.image_too_large(f"bg_image: {err.message}") from None
+            raise codec.image_too_large(f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-def check_headers(answer: Answer, settings: Settings) -> tuple[images.ImageInfo, Answer]:
+def check_headers(answer: Answer, settings: Settings) -> tuple[codec.ImageInfo, Answer]:
     """The photo's header and the background's (in a thread, inside the account's slot and the memory
     admission): the photo's size, and the answer with the background's fingerprint and memory."""
-    info = images.probe(answer.image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    info = codec.probe(answer.image, max_pixels=settings.max_pixels, max_side=settings.max_side)
     if answer.options.bg_image is None:
         return info, answer
     digest, pixels = _probe_background(answer.options.bg_image, settings)

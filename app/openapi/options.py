@@ -1,6 +1,6 @@
-"""The OpenAPI text of the rembg routes' output options, image_url and JSON bodies (app/openapi.py uses it).
+"""The OpenAPI text of the rembg routes' output options, image_url and JSON bodies (app/openapi/document.py uses it).
 
-Kept next to app/options.py's names: a field added there is described here.
+Kept next to app/removal/options.py's names: a field added there is described here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,12 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from app import options
-from app.output import SHADOW_BLUR_SHARE, SHADOW_OFFSET_X_SHARE, SHADOW_OFFSET_Y_SHARE
+from app.imaging.compose import (
+    SHADOW_BLUR_SHARE,
+    SHADOW_OFFSET_X_SHARE,
+    SHADOW_OFFSET_Y_SHARE,
+)
+from app.removal import options
 
 JSON = dict[str, Any]
 
@@ -27,7 +31,10 @@ _SIGNED = {"type": "string", "pattern": options.SIGNED_INTEGER}
 COMPONENTS: dict[str, JSON] = {"OutputFormat": {"type": "string", "enum": list(options.FORMAT_NAMES)}}
 
 _OPTIONS: dict[str, tuple[JSON, str]] = {
-    "crop_to_bbox": (_BOOL_TEXT, "Crop to the subject's bounding box (alpha above ~4%; with `shadow`, the shadow too)."),
+    "crop_to_bbox": (
+        _BOOL_TEXT,
+        "Crop to the subject's bounding box (alpha above ~4%; with `shadow`, the shadow too).",
+    ),
     "crop_margin": (
         {"type": "string", "pattern": options.MARGIN, "examples": ["20", "20px", "10%"]},
         "Margin around the subject's box, in pixels or % of the box (clamped to the photo); implies `crop_to_bbox` "
@@ -64,7 +71,10 @@ _OPTIONS: dict[str, tuple[JSON, str]] = {
         _DECIMAL,
         f"Implies `shadow`: blur radius in px (default {SHADOW_BLUR_SHARE:.1%} of the longer side).",
     ),
-    "shadow_opacity": (_DECIMAL, "Implies `shadow`: its opacity, 0-1 (default 0.5). Shadow settings are ignored with `shadow=false`."),
+    "shadow_opacity": (
+        _DECIMAL,
+        "Implies `shadow`: its opacity, 0-1 (default 0.5). Shadow settings are ignored with `shadow=false`.",
+    ),
     "max_side": (
         {**_INTEGER, "examples": ["1024"]},
         "Downscale the finished result so its longer side is at most this; never upscales.",
@@ -79,8 +89,16 @@ _NATIVE: dict[str, JSON] = {
     "output_mask": {"type": "boolean"},
     "quality": {"type": "integer", "minimum": 1, "maximum": 100},
     "bg_blur": {"type": "number", "minimum": 0.5, "maximum": options.MAX_BLUR_PX},
-    "shadow_offset_x": {"type": "integer", "minimum": -options.MAX_SHADOW_OFFSET_PX, "maximum": options.MAX_SHADOW_OFFSET_PX},
-    "shadow_offset_y": {"type": "integer", "minimum": -options.MAX_SHADOW_OFFSET_PX, "maximum": options.MAX_SHADOW_OFFSET_PX},
+    "shadow_offset_x": {
+        "type": "integer",
+        "minimum": -options.MAX_SHADOW_OFFSET_PX,
+        "maximum": options.MAX_SHADOW_OFFSET_PX,
+    },
+    "shadow_offset_y": {
+        "type": "integer",
+        "minimum": -options.MAX_SHADOW_OFFSET_PX,
+        "maximum": options.MAX_SHADOW_OFFSET_PX,
+    },
     "shadow_blur": {"type": "number", "minimum": 0, "maximum": options.MAX_BLUR_PX},
     "shadow_opacity": {"type": "number", "minimum": 0, "maximum": 1},
     "max_side": {"type": "integer", "minimum": 1, "maximum": 100000},
@@ -149,7 +167,11 @@ def json_request(models: list[str], default_model: str, mask: bool) -> JSON:
             continue
         # JSON takes the native type or the form's text.
         native = _NATIVE.get(name)
-        props[name] = {"anyOf": [native, schema], "description": description} if native else {**schema, "description": description}
+        props[name] = (
+            {"anyOf": [native, schema], "description": description}
+            if native
+            else {**schema, "description": description}
+        )
     return {
         "type": "object",
         "additionalProperties": False,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from app import context
+from app.accounts.limits import RateLimits
 from app.errors import invalid_api_key
-from app.limits import RateLimits
+from app.http import context
 from app.store import Account, Store
 
 API_KEY_HEADER = "ApiKey"
@@ -41,7 +41,7 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
     # One message for unknown and revoked keys: the response does not tell which keys exist.
     if account is None or account.revoked:
         # Only wrong keys are limited, so a valid key is served even from an address (or a proxy
-        # shared with others) that sent many wrong ones. The address: app.client_address.
+        # shared with others) that sent many wrong ones. The address: app.http.client_address.
         client_ip = context.of_scope(request.scope).client_address
         await limits.auth_failed(client_ip)
         raise invalid_api_key("The API key is unknown or revoked.")

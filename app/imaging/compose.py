@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from app import images
 from app.errors import ApiError, invalid_image
-from app.options import DEFAULT_QUALITY, Options
+from app.imaging import codec
+from app.removal.options import DEFAULT_QUALITY, Options
 
 # "The subject" for cropping: alpha above ~4%, so faint model noise does not stretch the box.
 CROP_ALPHA_THRESHOLD = 10
@@ -123,7 +123,7 @@ def _over_colour(rgba: np.ndarray, colour: tuple[int, int, int, int]) -> np.ndar
 def decode_background(data: bytes) -> np.ndarray:
     """A bg_image's pixels (RGB), or 400 invalid_image naming it."""
     try:
-        return images.decode(data).rgb
+        return codec.decode(data).rgb
     except ApiError as err:
         raise invalid_image(f"bg_image: {err.message}") from None
 
@@ -155,7 +155,7 @@ def _downscale(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
 
 def encode(pixels: np.ndarray, options: Options, png_level: int, png_fast: bool) -> bytes:
     if options.output_format == "png":
-        return images.encode_png(pixels, png_level, png_fast)
+        return codec.encode_png(pixels, png_level, png_fast)
     buf = io.BytesIO()
     img = Image.fromarray(pixels)
     if options.output_format == "jpeg":

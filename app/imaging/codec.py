@@ -18,7 +18,7 @@ import pillow_heif
 from PIL import Image, ImageCms, ImageOps
 
 from app.errors import ApiError, invalid_image
-from app.image_structure import check_structure
+from app.imaging.structure import check_structure
 
 pillow_heif.register_heif_opener()
 
@@ -29,7 +29,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF or AVIF"
 
 # Pillow's decoders written in Python, a few interpreter steps per pixel: BMP's RLE8/RLE4 (refused
-# first by image_structure, with a clear message), and BLP, DDS, FITS, MSP, PPM, QOI, SGI 16-bit and
+# first by imaging.structure, with a clear message), and BLP, DDS, FITS, MSP, PPM, QOI, SGI 16-bit and
 # XPM, formats we do not accept. Switched off, so that no file can reach one.
 Image.init()
 Image.DECODERS.clear()

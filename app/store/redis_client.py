@@ -1,5 +1,5 @@
 """What every Redis client of the service shares: the accounts store (app/store/redis.py) and
-the rate limiter (app/limits.py) connect the same way and fail closed the same way.
+the rate limiter (app/accounts/limits.py) connect the same way and fail closed the same way.
 
 Imported only when CUTOUT_REDIS_URL is set: a SQLite deployment never loads redis-py.
 """

@@ -1,7 +1,7 @@
 """Reading a rembg request: multipart/form-data or a JSON body (fal's shape), into one Submission.
 
 Multipart: a file part "image" (or a text field "image_url"), an optional file part
-"bg_image", a text field "model" and the option fields of app/options.py.
+"bg_image", a text field "model" and the option fields of app/removal/options.py.
 JSON: {"image_url": ...} or {"image_data_uri": ...}, the same options as JSON values,
 and "bg_image_data_uri" for a background image. Anything else is a 400 that says what to send.
 """
@@ -15,13 +15,12 @@ import re
 from dataclasses import dataclass, field
 
 import anyio
-
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from app import options
 from app.errors import client_closed_request, invalid_image, invalid_parameter
+from app.removal import options
 
 # Text fields are held in memory: each needs a few bytes (an image_url up to 1 KB in a form;
 # longer URLs go in a JSON body). Extra parts are parsed (bounded) only so the error can name them.

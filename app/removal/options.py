@@ -61,7 +61,7 @@ class Options:
     bg_blur: float | None = None
     bg_image: bytes | None = None
     shadow: bool = False
-    shadow_offset_x: int | None = None  # None: a share of the image's longer side (output.py)
+    shadow_offset_x: int | None = None  # None: a share of the image's longer side (app/imaging/compose.py)
     shadow_offset_y: int | None = None
     shadow_blur: float | None = None
     shadow_opacity: float = 0.5

@@ -22,7 +22,7 @@ MAX_KEY_LENGTH = 255
 
 
 def idempotency_digest(account_id: str, client_key: str) -> str:
-    return hashlib.sha256(f"{account_id}\n{client_key}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{account_id}\n{client_key}".encode()).hexdigest()
 
 
 def client_key(request: Request) -> str | None:
@@ -32,9 +32,7 @@ def client_key(request: Request) -> str | None:
         return None
     key = key.strip()
     if not key or len(key) > MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
-        raise invalid_parameter(
-            f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters (a UUID is ideal)."
-        )
+        raise invalid_parameter(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable ASCII characters (a UUID is ideal).")
     return key
 
 

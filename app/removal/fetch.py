@@ -192,8 +192,13 @@ class _Budget:
 
 
 def _get(
-    url: str, host: bytes, allow: Sequence[IPNetwork], max_bytes: int, connect_timeout_s: float,
-    deadline: float, stopped: threading.Event,
+    url: str,
+    host: bytes,
+    allow: Sequence[IPNetwork],
+    max_bytes: int,
+    connect_timeout_s: float,
+    deadline: float,
+    stopped: threading.Event,
 ) -> bytes | str:
     """The body of a 200, or the next URL of a redirect (blocking: runs in a thread)."""
     parts = urlsplit(url)
@@ -211,8 +216,11 @@ def _get(
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
         headers = [
-            (b"Host", host), (b"User-Agent", USER_AGENT.encode()), (b"Accept", b"image/*"),
-            (b"Accept-Encoding", b"identity"), (b"Connection", b"close"),
+            (b"Host", host),
+            (b"User-Agent", USER_AGENT.encode()),
+            (b"Accept", b"image/*"),
+            (b"Accept-Encoding", b"identity"),
+            (b"Connection", b"close"),
         ]
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         sock.sendall(conn.send(h11.Request(method="GET", target=target.encode(), headers=headers)) or b"")
@@ -278,7 +286,11 @@ def _read(sock: socket.socket, deadline: float, stopped: threading.Event) -> byt
 
 
 def _fetch_blocking(
-    url: str, allow: Sequence[IPNetwork], max_bytes: int, connect_timeout_s: float, deadline: float,
+    url: str,
+    allow: Sequence[IPNetwork],
+    max_bytes: int,
+    connect_timeout_s: float,
+    deadline: float,
     stopped: threading.Event,
 ) -> bytes:
     for _ in range(MAX_REDIRECTS + 1):
@@ -325,6 +337,8 @@ async def fetch_image(
             f"{MAX_RESPONSE_HEAD_BYTES} bytes)."
         ) from None
     except (OSError, ssl.SSLError, UnicodeError):
-        raise unreachable("image_url could not be fetched: the connection failed or the answer was not valid HTTP.") from None
+        raise unreachable(
+            "image_url could not be fetched: the connection failed or the answer was not valid HTTP."
+        ) from None
     finally:
         stopped.set()  # a thread still running (the caller was cancelled) stops at its next read

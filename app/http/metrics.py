@@ -8,12 +8,18 @@ models only names the registry knows, codes only our error codes.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.http.shutdown import Drain
 from app.inference.gate import WorkerGate
-from app.shutdown import Drain
 
 # Seconds: from a cached 404 up to a big image queued behind others.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

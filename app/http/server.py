@@ -7,7 +7,7 @@ cost per request, tens of microseconds of pure Python, is nothing beside 100+ ms
 uvicorn closes idle keep-alive connections (`timeout_keep_alive`) but neither bounds how long a
 client may take to send a request head (slowloris) nor how many connections are open; this
 protocol class adds both. Granian and Hypercorn have such settings too, but the drain on SIGTERM
-(app.shutdown) is built on uvicorn's server.
+(app.http.shutdown) is built on uvicorn's server.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.errors import ApiError, error_response
-from app.middleware import new_request_id
+from app.errors import ApiError
+from app.http.errors import error_response
+from app.http.middleware import new_request_id
 from app.settings import Settings
 
 
@@ -126,7 +127,6 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "h11_max_incomplete_event_size": settings.max_head_bytes,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
         # Client addresses come from forwarding headers only when the peer is a configured trusted
-        # proxy (app.client_address); uvicorn's own handling trusts 127.0.0.1 by default.
+        # proxy (app.http.client_address); uvicorn's own handling trusts 127.0.0.1 by default.
         "proxy_headers": False,
     }
-

@@ -26,8 +26,9 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import context
-from app.errors import ApiError, error_response
+from app.errors import ApiError
+from app.http import context
+from app.http.errors import error_response
 
 # Answered while draining: orchestrators keep probing and scraping until the end.
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})

@@ -61,7 +61,10 @@ def _storage(settings: Settings) -> tuple[Storage, Callable[[], AbstractContextM
     """The counters' storage, and the guard that turns its outages into StoreUnavailable."""
     if not settings.redis_url:
         return MemoryStorage(), contextlib.nullcontext
-    from app.redis_client import client_options, unavailable_on_redis_errors  # loads redis-py: only when used
+    from app.store.redis_client import (  # loads redis-py: only when used
+        client_options,
+        unavailable_on_redis_errors,
+    )
 
     storage = RedisStorage(
         "async+" + settings.redis_url, implementation="redispy", key_prefix=KEY_PREFIX, **client_options()

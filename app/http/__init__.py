@@ -1,0 +1,1 @@
+"""HTTP plumbing under every route: middleware, server options, shutdown, request context, metrics, logs, error rendering."""

@@ -1,0 +1,1 @@
+"""Pixels and files: codecs, structure probing, compositing. Knows neither HTTP nor the models."""

@@ -1,0 +1,1 @@
+"""/openapi.json: the document, its option schemas built from the option table."""
