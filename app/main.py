@@ -17,7 +17,7 @@ from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.accounts.limits import RateLimits
 from app.http import metrics
 from app.http.errors import EXCEPTION_HANDLERS
-from app.http.middleware import BodyLimit, Cors, RequestContext
+from app.http.middleware import BodyLimit, Cors, RequestContext, relative_slash_redirects
 from app.http.shutdown import Drain, DrainGate
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
@@ -148,5 +148,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    relative_slash_redirects(app.router)
     app.state.drain = drain
     return app

@@ -13,6 +13,7 @@ protocol class adds both. Granian and Hypercorn have such settings too, but the 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import h11
@@ -22,6 +23,9 @@ from app.errors import ApiError
 from app.http.errors import error_response
 from app.http.middleware import new_request_id
 from app.settings import Settings
+
+# The blank line that ends a head (h11 accepts bare LF line ends too).
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 def _error_bytes(err: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -90,13 +94,40 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing() and self._waiting_on_client():
             self._await_head()
 
+    def _head_too_large(self) -> ApiError:
+        return ApiError(
+            "request_head_too_large",
+            f"The request head (request line and headers) is over {self.max_head_bytes} bytes.",
+        )
+
+    def data_received(self, data: bytes) -> None:
+        # h11's limit applies to a head still incomplete: one that arrives whole in a single read, however
+        # long, would pass. Before a request, the head must end within max_head_bytes of its start.
+        if self.conn.their_state is h11.IDLE and self._head_over_limit(data):
+            status, headers, body = _error_bytes(self._head_too_large())
+            reason = b"Request Header Fields Too Large"
+            head = b"HTTP/1.1 %d %s\r\n" % (status, reason) + b"".join(b"%s: %s\r\n" % pair for pair in headers)
+            self.transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+            self.transport.close()
+            return
+        super().data_received(data)
+
+    def _head_over_limit(self, data: bytes) -> bool:
+        limit = self.max_head_bytes + 4
+        buffered = self.conn.trailing_data[0]  # under the limit: h11 refuses a longer incomplete head
+        start = (buffered + data[: limit + 1]).lstrip(b"\r\n")  # h11 skips blank lines before a request
+        return len(start) > limit and _HEAD_END.search(start, 0, limit) is None
+
     def send_400_response(self, msg: str) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            # Our answer has gone out already (a 4xx sent before the body was read) and the rest of the
+            # body breaks HTTP: there is nothing to answer, only the connection to close. (Sending a
+            # second response raised inside the transport's callback: a traceback per request.)
+            self.transport.close()
+            return
         buffered = len(self.conn.trailing_data[0])
         if buffered > self.max_head_bytes:
-            err = ApiError(
-                "request_head_too_large",
-                f"The request head (request line and headers) is over {self.max_head_bytes} bytes.",
-            )
+            err = self._head_too_large()
         else:
             err = ApiError("invalid_parameter", "The request is not valid HTTP/1.1.")
         status, headers, body = _error_bytes(err)
