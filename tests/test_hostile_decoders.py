@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import requests
 import urllib3
-from PIL import Image
+from PIL import Image, ImageDraw
 from test_hostile_clients import HealthProbe, settle
 
 from harness import LiveServer, assert_error, cpu_seconds, proc_status_mb, reset_peak_rss, subject_image
@@ -160,3 +160,36 @@ def test_crafted_files_at_once_neither_stall_the_loop_nor_delay_an_honest_reques
     assert meanwhile < alone + 2.0
     for name in crafted:
         assert server.balance(keys[name]) == 5
+
+
+def _flat_background(side: int, sixteen_bit: bool) -> bytes:
+    img = Image.new("L", (side, side), 200)
+    ImageDraw.Draw(img).ellipse((side // 4, side // 5, 3 * side // 4, 4 * side // 5), fill=60)
+    if sixteen_bit:
+        img = Image.fromarray(np.asarray(img, np.uint16) * 257)  # mode I;16
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_a_16_bit_background_peaks_no_higher_than_an_8_bit_one(server: LiveServer) -> None:
+    """The memory admission counts 10 B per background pixel (bench/memory.py --background, 8-bit
+    files); a 16-bit greyscale background peaked 40 % above it (14 B/px) through its float conversion."""
+    key = server.create_key(10, "--rate", "1000/minute")
+    pid = server.process.pid
+    photo = subject_image(200, 150)
+    growth = {}
+    for bits in (8, 16):
+        background = _flat_background(5000, sixteen_bit=bits == 16)
+        files = {"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("bg.png", background, "image/png")}
+        settle(server)
+        rest = proc_status_mb(pid, "VmRSS")
+        reset_peak_rss(pid)
+        assert post(server, key, files).status_code == 200
+        growth[bits] = proc_status_mb(pid, "VmHWM") - rest
+    print(
+        f"5000x5000 bg_image peak above rest: 8-bit {growth[8]:.0f} MB, 16-bit {growth[16]:.0f} MB "
+        f"(admitted as {10 * 25e6 / 2**20:.0f} MiB)"
+    )
+    assert growth[16] <= 1.1 * growth[8] + 10
+    assert growth[16] <= 10 * 25e6 / 2**20 + 60  # the background's estimate, plus the small photo's job
