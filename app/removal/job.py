@@ -1,86 +1,97 @@
-"""What a rembg request asks back: its options, its input bytes, its price and the response's shape.
+"""Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
-`prepare` and `check_headers` do everything that can refuse a request before credits are reserved
-(option validation, the image_url fetch, the photo's and the background image's header checks);
-`Answer.renderer` is the work for the worker thread and `Answer.response` the
-HTTP answer. With no option, the work and the answer are exactly the plain PNG's.
+`plan` does everything that can refuse a request before credits are reserved: the model and
+its operating resolution, option validation, the image_url fetch, the headers of the photo
+and of a background image. What it answers is all the rest of the request needs: what to
+run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the memory
+estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
+import contextlib
+import functools
 import hashlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Literal
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+import anyio
 
+from app.accounts import pricing
 from app.errors import ApiError, invalid_image, invalid_parameter
 from app.http.client_address import parse_networks
 from app.imaging import codec
-from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
-from app.inference.pipeline import Output, Pipeline
+from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL
+from app.inference.pipeline import Pipeline
+from app.inference.registry import ModelRegistry
 from app.removal import fetch, options
 from app.removal.submission import Submission
 from app.settings import Settings
 
-# Options that cost credits on top of the model (config/models.toml [option_costs]).
-PRICED_OPTIONS = ("image_url", "bg_blur", "bg_image", "shadow")
+Output = pricing.Output
+Answer = Literal["image", "json"]
 
 
 @dataclass(frozen=True)
-class Answer:
-    image: bytes
+class Job:
+    image: bytes  # the photo: uploaded, or fetched from image_url
+    fetched: bool  # it came from image_url
+    pipeline: Pipeline
+    resolution: str  # the operating resolution it runs at
+    output: Output
     options: options.Options
-    json: bool
-    extra_cost: int
-    fingerprint: str  # what the Idempotency-Key fingerprint adds ("" for a plain request)
-    # Peak memory the options add to the model's own estimate (a bg_image's decode), for the admission.
-    memory_bytes: int = 0
+    answer: Answer
+    price: int  # credits
+    fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
+    memory_bytes: int  # the estimated peak, for the memory admission
 
     @property
-    def plain(self) -> bool:
-        """The PNG bytes of today: no option changes the picture or the answer's shape."""
-        return not self.json and not self.options.changes_pixels()
+    def model(self) -> str:
+        return self.pipeline.name
 
-    def renderer(
-        self, pipeline: Pipeline, output: Output, resolution: str | None = None
-    ) -> Callable[[bytes], bytes | Rendered]:
-        if self.plain:
-            return lambda data: pipeline.render(data, output, resolution)
-        chosen = self.options
-        return lambda data: pipeline.render_with(data, output, chosen, resolution)
-
-    def response(self, result: object, output: Output, headers: dict[str, str]) -> Response:
-        if isinstance(result, bytes):
-            return Response(result, media_type="image/png", headers=headers)
-        assert isinstance(result, Rendered)
-        if not self.json:
-            return Response(result.body, media_type=result.content_type, headers=headers)
-        body = {"image": _file(result.body, result, output)}
-        if result.mask is not None:
-            body["mask"] = _file(result.mask, result, "mask")
-        return JSONResponse(body, headers=headers)
+    @property
+    def asked(self) -> str:
+        """The model as the fingerprint names it: another resolution is another request, and the
+        default keeps the fingerprint it always had."""
+        default = self.resolution == self.pipeline.resolutions[0]
+        return self.model if default else f"{self.model}@{self.resolution}"
 
 
-def _file(data: bytes, rendered: Rendered, name: str) -> dict[str, object]:
-    """fal's File shape, with the bytes inline as a data URI."""
-    extension = rendered.content_type.split("/")[1]
-    return {
-        "url": f"data:{rendered.content_type};base64,{base64.b64encode(data).decode('ascii')}",
-        "content_type": rendered.content_type,
-        "file_name": f"{name}.{'jpg' if extension == 'jpeg' else extension}",
-        "file_size": len(data),
-        "width": rendered.width,
-        "height": rendered.height,
-    }
-
-
-def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
+def wants_json(accept: str) -> bool:
     return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
+
+
+def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> Pipeline:
+    """The model the submission names (or the default), or a 400 naming those there are."""
+    name = settings.default_model if sub.model is None else sub.model
+    pipeline = registry.get(name)
+    if pipeline is None:
+        names = ", ".join(registry.names)
+        raise invalid_parameter(f"Unknown model {name[:40]!r}. Choose one of: {names}.")
+    return pipeline
+
+
+def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
+    """The resolution asked for (default: the model's own), or a 400 naming those the model accepts."""
+    if value is None:
+        return pipeline.resolutions[0]
+    if value.strip().lower() in pipeline.resolutions:
+        return value.strip().lower()
+    accepted = ", ".join(pipeline.resolutions)
+    raise invalid_parameter(
+        f"Model {pipeline.name!r} cannot run at operating_resolution {value[:40]!r}; it accepts: {accepted}."
+    )
+
+
+def _answer(chosen: options.Options, accept: str) -> Answer:
+    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(accept)
+    if chosen.output_mask and not json_answer:
+        raise invalid_parameter(
+            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
+        )
+    return "json" if json_answer else "image"
 
 
 def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
@@ -95,46 +106,89 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-def check_headers(answer: Answer, settings: Settings) -> tuple[codec.ImageInfo, Answer]:
-    """The photo's header and the background's (in a thread, inside the account's slot and the memory
-    admission): the photo's size, and the answer with the background's fingerprint and memory."""
-    info = codec.probe(answer.image, max_pixels=settings.max_pixels, max_side=settings.max_side)
-    if answer.options.bg_image is None:
-        return info, answer
-    digest, pixels = _probe_background(answer.options.bg_image, settings)
-    return info, dataclasses.replace(
-        answer,
-        fingerprint=f"{answer.fingerprint}\n{digest}",
-        memory_bytes=pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
+async def _image(sub: Submission, settings: Settings) -> bytes:
+    if sub.image is not None:
+        return sub.image
+    if sub.image_url is None:
+        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+    if not settings.fetch_enabled:
+        raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
+    return await fetch.fetch_image(
+        sub.image_url,
+        allow=parse_networks(settings.fetch_allow),
+        max_bytes=settings.max_body_bytes,
+        connect_timeout_s=settings.fetch_connect_timeout_s,
+        total_timeout_s=settings.fetch_timeout_s,
     )
 
 
-async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
-    chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
-    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(request)
-    if chosen.output_mask and not json_answer:
-        raise invalid_parameter(
-            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
-        )
-    if sub.image is not None:
-        image = sub.image
-    else:
-        assert sub.image_url is not None
-        if not settings.fetch_enabled:
-            raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
-        image = await fetch.fetch_image(
-            sub.image_url,
-            allow=parse_networks(settings.fetch_allow),
-            max_bytes=settings.max_body_bytes,
-            connect_timeout_s=settings.fetch_connect_timeout_s,
-            total_timeout_s=settings.fetch_timeout_s,
-        )
+def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     used = {
         "image_url": sub.image_url is not None,
-        "bg_blur": chosen.bg_blur is not None,
+        "bg_blur": chosen.finish.bg_blur is not None,
         "bg_image": chosen.bg_image is not None,
-        "shadow": chosen.shadow,
+        "shadow": chosen.finish.shadow,
     }
-    extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
-    # The headers (the background's digest and memory among them) are checked next: check_headers.
-    return Answer(image=image, options=chosen, json=json_answer, extra_cost=extra, fingerprint=chosen.fingerprint())
+    return {name for name, on in used.items() if on}
+
+
+def _check_headers(image: bytes, background: bytes | None, settings: Settings) -> tuple[codec.ImageInfo, str, int]:
+    """The photo's header, and the background's: its digest and its pixels ("", 0 without one)."""
+    info = codec.probe(image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    if background is None:
+        return info, "", 0
+    return info, *_probe_background(background, settings)
+
+
+# Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
+# builds from a header that imaging.structure lets through (a TIFF of 65536 strips: ~15 MB).
+HEADER_CHECK_BYTES = 32 * 1024 * 1024
+
+Admit = Callable[[int], AbstractAsyncContextManager[None]]
+
+
+async def plan(
+    sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, admit: Admit | None = None
+) -> Job:
+    """The job the submission asks of `pipeline`, or the 4xx that refuses it. Work proportional to
+    the upload (header walks, hashing) runs off the event loop; the header checks inside `admit`
+    (the memory admission: WorkerGate.admitted), after the fetch."""
+    resolution = _operating_resolution(pipeline, sub.operating_resolution)
+    chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
+    answer = _answer(chosen, accept)
+    image = await _image(sub, settings)
+    check = functools.partial(_check_headers, image, chosen.bg_image, settings)
+    held = HEADER_CHECK_BYTES + len(image) + len(chosen.bg_image or b"")
+    async with admit(held) if admit is not None else contextlib.nullcontext():
+        info, background_digest, background_pixels = await anyio.to_thread.run_sync(check)
+    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
+    memory = pipeline.spec.peak_bytes(info.width * info.height)
+    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    return Job(
+        image=image,
+        fetched=sub.image_url is not None,
+        pipeline=pipeline,
+        resolution=resolution,
+        output=output,
+        options=chosen,
+        answer=answer,
+        price=pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen)),
+        fingerprint=chosen.fingerprint() + (f"\n{background_digest}" if background_digest else ""),
+        memory_bytes=memory,
+    )
+
+
+def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolution: str | None = None) -> Job:
+    """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
+    return Job(
+        image=image,
+        fetched=False,
+        pipeline=pipeline,
+        resolution=resolution or pipeline.resolutions[0],
+        output=output,
+        options=options.Options(),
+        answer="image",
+        price=0,
+        fingerprint="",
+        memory_bytes=0,
+    )

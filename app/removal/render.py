@@ -1,0 +1,93 @@
+"""The one render path, in a worker thread: decode -> the network's mask -> compose -> encode.
+
+Each stage is a small step with a checkpoint() after it: a job whose client hung up (or
+that ran out of time) stops at the next one (app/inference/cancel.py). With no option,
+compose changes nothing and the bytes are the plain PNG's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.errors import ApiError, invalid_image
+from app.imaging import codec, compose
+from app.inference.cancel import checkpoint
+from app.removal.job import Job
+from app.removal.options import Options
+
+
+@dataclass(frozen=True)
+class Finished:
+    body: bytes
+    width: int
+    height: int
+    mask: bytes | None = None  # the mask in the same format and geometry, when output_mask
+
+
+@dataclass(frozen=True)
+class Result:
+    image: Finished
+    content_type: str
+    inference_s: float  # decode to encode, without the queue's wait
+
+
+def _encoded(pixels: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> bytes:
+    return codec.encode(pixels, chosen.output_format, chosen.quality, png_level, png_fast)
+
+
+def decode_background(data: bytes) -> np.ndarray:
+    """A bg_image's pixels (RGB), or 400 invalid_image naming it."""
+    try:
+        return codec.decode(data).rgb
+    except ApiError as err:
+        raise invalid_image(f"bg_image: {err.message}") from None
+
+
+def finish_cutout(
+    rgba: np.ndarray,
+    photo: np.ndarray,
+    chosen: Options,
+    png_level: int,
+    png_fast: bool,
+    background: np.ndarray | None = None,
+) -> Finished:
+    """The model's cut-out composed and encoded as `chosen` says; photo: the decoded input, same size;
+    background: chosen.bg_image decoded (decode_background), when the caller decoded it first."""
+    if background is None and chosen.bg_image is not None:
+        background = decode_background(chosen.bg_image)
+    opaque = chosen.output_format == "jpeg"
+    composed = compose.cutout(
+        rgba, photo, chosen.finish, background=background, opaque=opaque, with_mask=chosen.output_mask
+    )
+    checkpoint()
+    height, width = composed.pixels.shape[:2]
+    mask = None if composed.mask is None else _encoded(composed.mask, chosen, png_level, False)
+    return Finished(_encoded(composed.pixels, chosen, png_level, png_fast), width, height, mask)
+
+
+def finish_mask(alpha: np.ndarray, chosen: Options, png_level: int) -> Finished:
+    composed = compose.mask(alpha, chosen.finish)
+    checkpoint()
+    height, width = composed.pixels.shape[:2]
+    return Finished(_encoded(composed.pixels, chosen, png_level, False), width, height)
+
+
+def render(job: Job, png_level: int, png_fast: bool) -> Result:
+    """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
+    started = time.perf_counter()
+    # Every input is decoded before the model runs, the background first: a file that fails to decode is
+    # refused (and refunded) for the cost of its decode, never after a whole inference.
+    background = decode_background(job.options.bg_image) if job.options.bg_image is not None else None
+    decoded = codec.decode(job.image)
+    checkpoint()
+    if job.output == "mask":
+        finished = finish_mask(job.pipeline.mask(decoded.rgb, job.resolution), job.options, png_level)
+    else:
+        rgba = job.pipeline.cutout(decoded, job.resolution)
+        checkpoint()
+        finished = finish_cutout(rgba, decoded.rgb, job.options, png_level, png_fast, background)
+    content_type = codec.CONTENT_TYPES[job.options.output_format]
+    return Result(finished, content_type, time.perf_counter() - started)
