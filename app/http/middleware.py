@@ -248,4 +248,4 @@ def relative_slash_redirects(router: Router) -> None:
                 return
         await not_found(scope, receive, send)
 
-    router.default = default  # type: ignore[method-assign]
+    router.default = default
