@@ -20,6 +20,7 @@ from app.http import metrics
 from app.http.errors import EXCEPTION_HANDLERS
 from app.http.middleware import BodyLimit, Cors, RequestContext, relative_slash_redirects
 from app.http.shutdown import Drain, DrainGate
+from app.http.unsent import UNSENT
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
@@ -63,6 +64,9 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
     )
     if budget.capacity <= 0:
         log.warning("memory_budget_mb is below the RSS at rest: jobs run one at a time")
+    # Answers their clients have not read yet hold memory too (app/http/unsent.py).
+    budget.outside = lambda: UNSENT.bytes
+    UNSENT.on_release = budget.wake
     return budget
 
 

@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     head_timeout_s: float = Field(
         10.0, gt=0, description="no complete request head this long after opening (or the last response): closed"
     )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="a client that reads nothing of its answer this long has its connection closed"
+    )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")
     trusted_proxies: list[str] = Field(

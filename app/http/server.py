@@ -22,7 +22,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from app.errors import ApiError
 from app.http.errors import error_response
 from app.http.middleware import new_request_id
+from app.http.unsent import UNSENT
 from app.settings import Settings
+
+# How often an unread answer's write buffer is looked at.
+UNSENT_CHECK_S = 0.5
 
 # The blank line that ends a head (h11 accepts bare LF line ends too).
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -42,16 +46,25 @@ class GuardedH11Protocol(H11Protocol):
       whose body is still coming in that long after an early answer (a 4xx sent before the
       body was read: nobody reads the rest, and trickling it would hold the connection);
     - closes new connections at once while `max_connections` are open;
-    - answers a head over the size limit with 431 in our error shape (uvicorn: a plain-text 400).
+    - answers a head over the size limit with 431 in our error shape (uvicorn: a plain-text 400),
+      however the head arrives (h11 bounds only a head still incomplete);
+    - counts the bytes of answers its client has not read yet (app/http/unsent.py), and closes the
+      connection when its client has read nothing for `send_timeout_s` (uvicorn has no send timeout:
+      an unread answer stayed in memory as long as the client kept the connection).
     """
 
     head_timeout_s: float = 10.0
     max_connections: int = 1000
     max_head_bytes: int = 16384
+    send_timeout_s: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_deadline: asyncio.TimerHandle | None = None
+        # An answer the client is not reading: its bytes as accounted in UNSENT, and when it last read.
+        self._unsent = 0
+        self._unsent_watch: asyncio.TimerHandle | None = None
+        self._last_read_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -62,7 +75,40 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_received()
+        self._stop_watching_unsent()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The write buffer is over the transport's high-water mark (64 KB): an answer is waiting for its
+        # client to read it. Accounted and watched until it is read.
+        super().pause_writing()
+        if self._unsent_watch is None:
+            UNSENT.change(0, 1)
+            self._last_read_at = self.loop.time()
+            self._watch_unsent()
+
+    def _watch_unsent(self) -> None:
+        self._unsent_watch = None
+        # Also once closing: a graceful close (keep-alive or head timeout) keeps the buffer until it is read.
+        size = self.transport.get_write_buffer_size()
+        if size < self._unsent:
+            self._last_read_at = self.loop.time()
+        UNSENT.change(size - self._unsent)
+        self._unsent = size
+        if size == 0:
+            UNSENT.change(0, -1)
+            return
+        if self.loop.time() - self._last_read_at > self.send_timeout_s:
+            # The client has read nothing for send_timeout_s: its answer is dropped with the connection.
+            self.transport.abort()  # connection_lost releases the bytes
+        self._unsent_watch = self.loop.call_later(UNSENT_CHECK_S, self._watch_unsent)
+
+    def _stop_watching_unsent(self) -> None:
+        if self._unsent_watch is not None:
+            self._unsent_watch.cancel()
+            self._unsent_watch = None
+            UNSENT.change(-self._unsent, -1)
+            self._unsent = 0
 
     def _await_head(self) -> None:
         self._head_received()
@@ -147,6 +193,7 @@ def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
             "head_timeout_s": settings.head_timeout_s,
             "max_connections": settings.max_connections,
             "max_head_bytes": settings.max_head_bytes,
+            "send_timeout_s": settings.send_timeout_s,
         },
     )
 
