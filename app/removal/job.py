@@ -155,6 +155,8 @@ async def plan(
     (the memory admission: WorkerGate.admitted), after the fetch."""
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
+    fingerprint = chosen.fingerprint()
+    price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
     answer = _answer(chosen, accept)
     image = await _image(sub, settings)
     check = functools.partial(_check_headers, image, chosen.bg_image, settings)
@@ -172,8 +174,8 @@ async def plan(
         output=output,
         options=chosen,
         answer=answer,
-        price=pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen)),
-        fingerprint=chosen.fingerprint() + (f"\n{background_digest}" if background_digest else ""),
+        price=price,
+        fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
         memory_bytes=memory,
     )
 

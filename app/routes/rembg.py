@@ -21,7 +21,6 @@ from app.accounts.auth import authenticate
 from app.accounts.billing import charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
-from app.http.context import request_id_of
 from app.inference.gate import Busy, Expired
 from app.inference.pipeline import Pipeline
 from app.removal import job as planning
@@ -71,11 +70,10 @@ async def _run(request: Request, svc: Services, job: Job) -> Result:
         raise processing_timeout() from None
 
 
-def _record(request: Request, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
     """The delivery, as the metrics and the access log line count it."""
     charged = 0 if reservation.replayed else reservation.amount
     metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
-    logged = context.of_scope(request.scope)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
 
@@ -93,23 +91,24 @@ async def _plan(request: Request, svc: Services, sub: submission.Submission, pip
 
 
 async def _serve(request: Request, svc: Services, account: Account, output: Output) -> Response:
+    logged = context.of_scope(request.scope)  # what the access log line says
     # One slot from the body to the result: a client holds no more bodies (JSON or multipart), fetches or
     # header checks at once than its plan's max_concurrent.
     with svc.slots.hold(account):
         sub = await submission.read(request)
         pipeline = planning.choose_model(sub, svc.settings, svc.registry)
-        context.of_scope(request.scope).model = pipeline.name
+        logged.model = pipeline.name
         job = await _plan(request, svc, sub, pipeline, output)
         window = svc.settings.idempotency_window_s
         claim = await idempotency.claim_for(
             request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
         )
-        async with charge(svc.store, account, job.price, request_id_of(request), claim) as reservation:
+        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
             result = await _run(request, svc, job)
             if await request.is_disconnected():
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
-    _record(request, job, result, reservation)
+    _record(logged, job, result, reservation)
     return await respond.response(job, result, reservation)
 
 
