@@ -128,3 +128,38 @@ def test_unsent_answers_count_in_the_memory_admission() -> None:
         budget.release(running)
 
     asyncio.run(scenario())
+
+
+def test_replays_are_served_from_the_stored_answer(server: LiveServer) -> None:
+    """Ten retries of a 4 MP request under one Idempotency-Key: the first answer's bytes, 0 credits, and
+    next to no CPU (each recomputed the whole job for 0 credits before: 7.2 CPU s for ten)."""
+    key = server.create_key(10, "--rate", "1000/minute")
+    photo = noise_photo(2400, 1600)
+    pid = server.process.pid
+    headers = {"Idempotency-Key": "replay-me"}
+
+    def send(extra: dict[str, str] | None = None) -> requests.Response:
+        return server.remove(key, photo, model="ghost", headers={**headers, **(extra or {})})
+
+    settle(server)
+    started = cpu_seconds(pid)
+    first = send()
+    settle(server)
+    once = cpu_seconds(pid) - started
+    assert first.status_code == 200 and first.headers["X-Credits-Charged"] == "1"
+    started = cpu_seconds(pid)
+    replays = [send() for _ in range(10)]
+    settle(server)
+    replayed = cpu_seconds(pid) - started
+    print(f"4 MP ghost: {once:.2f} CPU s; 10 replays {replayed:.2f} CPU s, {len(first.content) / 1e6:.1f} MB each")
+    for response in replays:
+        assert response.status_code == 200
+        assert response.headers["Idempotent-Replayed"] == "true" and response.headers["X-Credits-Charged"] == "0"
+        assert response.content == first.content
+    assert server.balance(key) == 9
+    assert replayed / 10 < 0.25 * once, "a replay costs its upload and checks, not the job"
+    # A retry asking for the other shape (JSON) has no stored answer to be served: new work, charged.
+    as_json = send({"Accept": "application/json"})
+    assert as_json.status_code == 200 and as_json.headers["X-Credits-Charged"] == "1"
+    assert "Idempotent-Replayed" not in as_json.headers
+    assert server.balance(key) == 8

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -17,6 +17,7 @@ from app.store import (
     InsufficientCredits,
     Reservation,
     Store,
+    StoredAnswer,
     StoreUnavailable,
 )
 
@@ -47,8 +48,14 @@ async def _reserve(
 
 @asynccontextmanager
 async def charge(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None = None,
+    keep: Callable[[], StoredAnswer | None] | None = None,
 ) -> AsyncIterator[Reservation]:
+    """keep: at the commit, the answer to keep with the Idempotency-Key (None: nothing kept)."""
     reservation = await _reserve(store, account, amount, request_id, idempotency)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield reservation
@@ -65,7 +72,7 @@ async def charge(
                 log.warning("refund of %s deferred to the sweeper: store unavailable", reservation.id)
         raise
     with anyio.CancelScope(shield=True):
-        charged = await store.commit(reservation)
+        charged = await store.commit(reservation, keep() if keep is not None else None)
     if not charged:
         # Held past reservation_ttl_s and refunded by the sweeper: the work goes undelivered, unpaid.
         raise processing_timeout()

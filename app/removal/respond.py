@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from app.accounts import idempotency
 from app.removal.job import Job
 from app.removal.render import Result
-from app.store import Reservation
+from app.store import Reservation, StoredAnswer
 
 
 def headers(job: Job, reservation: Reservation) -> dict[str, str]:
@@ -52,3 +52,20 @@ async def response(job: Job, result: Result, reservation: Reservation) -> Respon
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
     return await anyio.to_thread.run_sync(_json, job, result, with_headers)
+
+
+def kept(response: Response) -> StoredAnswer | None:
+    """What to keep with the Idempotency-Key: the answer's bytes, when not over the bound."""
+    body = bytes(response.body)
+    if len(body) > idempotency.MAX_STORED_ANSWER_BYTES:
+        return None
+    return StoredAnswer(response.media_type or "application/octet-stream", body)
+
+
+def replay(job: Job, reservation: Reservation) -> Response | None:
+    """A retry's answer from the one its first request delivered, or None: nothing was kept (over
+    MAX_STORED_ANSWER_BYTES), or the retry asks for the other shape (JSON or bytes)."""
+    answer = reservation.answer
+    if answer is None or (answer.content_type == "application/json") != (job.answer == "json"):
+        return None
+    return Response(answer.body, media_type=answer.content_type, headers=headers(job, reservation))

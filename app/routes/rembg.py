@@ -28,7 +28,7 @@ from app.removal import respond, submission
 from app.removal.job import Job, Output
 from app.removal.render import Result, render
 from app.services import Services, services
-from app.store import Account, Reservation
+from app.store import Account, IdempotencyClaim, Reservation, StoredAnswer
 
 T = TypeVar("T")
 
@@ -103,13 +103,37 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
         claim = await idempotency.claim_for(
             request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
         )
-        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
-            result = await _run(request, svc, job)
-            if await request.is_disconnected():
-                # Nobody will receive the result: raising refunds it instead of charging for it.
-                raise client_closed_request()
+        return await _deliver(request, svc, account, job, claim, logged)
+
+
+async def _deliver(
+    request: Request,
+    svc: Services,
+    account: Account,
+    job: Job,
+    claim: IdempotencyClaim | None,
+    logged: context.RequestInfo,
+) -> Response:
+    """Reserve, run, respond, charge; a retry under a completed Idempotency-Key is served the answer its
+    first request delivered (kept by the commit), never recomputed for free."""
+    answer: StoredAnswer | None = None
+    async with charge(svc.store, account, job.price, logged.request_id, claim, keep=lambda: answer) as reservation:
+        if reservation.replayed:
+            replayed = respond.replay(job, reservation)
+            if replayed is None:
+                # Nothing kept to serve (an answer over the bound, or the other shape): new work, charged so.
+                return await _deliver(request, svc, account, job, None, logged)
+            logged.credits_charged = 0
+            return replayed
+        result = await _run(request, svc, job)
+        if await request.is_disconnected():
+            # Nobody will receive the result: raising refunds it instead of charging for it.
+            raise client_closed_request()
+        response = await respond.response(job, result, reservation)
+        if claim is not None:
+            answer = respond.kept(response)
     _record(logged, job, result, reservation)
-    return await respond.response(job, result, reservation)
+    return response
 
 
 async def _remove(request: Request, output: Output) -> Response:

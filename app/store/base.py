@@ -62,6 +62,14 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True)
+class StoredAnswer:
+    """A delivered answer kept with its Idempotency-Key for the window: a retry is served these bytes."""
+
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
 class Reservation:
     id: str
     account_id: str
@@ -70,6 +78,8 @@ class Reservation:
     idempotency: IdempotencyClaim | None = None
     # A retry of a request already charged: nothing was reserved, nothing is committed.
     replayed: bool = False
+    # With `replayed`: the answer committed under the key (None when none was kept: see commit).
+    answer: StoredAnswer | None = None
 
 
 def new_api_key() -> str:
@@ -115,16 +125,17 @@ class Store(Protocol):
         """Atomically take `amount` credits or raise InsufficientCredits.
 
         With a claim: a completed request under the same key (and fingerprint)
-        returns a `replayed` reservation of 0 credits; one still in flight raises
+        returns a `replayed` reservation of 0 credits, with the answer its commit kept; one still in flight raises
         IdempotencyInFlight; a different request under the key raises
         IdempotencyMismatch. Repeating a call with the same reservation_id
         reserves once (safe to retry after a lost reply).
         """
         ...
 
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         """Make the charge final (idempotent). False when the reservation is gone
-        (refunded or swept as stale): then nothing was charged."""
+        (refunded or swept as stale): then nothing was charged. With an Idempotency-Key, `answer`
+        is kept with the key for its window: a replayed reservation carries it."""
         ...
 
     async def refund(self, reservation: Reservation) -> int:

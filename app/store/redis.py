@@ -12,7 +12,8 @@ Keys (all under `cutout:`):
     accounts          sorted set of account ids by creation time
     resv:{id}         hash: account, amount, idem, created_at, state (held|charged|refunded)
     resv:held         sorted set of held reservation ids by creation time (for the sweeper)
-    idem:{digest}     hash: fingerprint, reservation, state (pending|done), expires with its window
+    idem:{digest}     hash: fingerprint, reservation, state (pending|done), answer_type and answer (base64)
+                      of a delivered request, expires with its window
     ledger            stream of credit movements, trimmed to about LEDGER_MAX entries
 
 Durability is Redis's: run it with `appendonly yes` (`appendfsync always` to
@@ -21,6 +22,7 @@ lose no acknowledged charge on a crash).
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
@@ -34,6 +36,7 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -183,7 +186,7 @@ class RedisStore:
         self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
     ) -> Reservation:
         idem_key = f"{PREFIX}idem:{idempotency.key}" if idempotency else f"{PREFIX}idem:-"
-        outcome, balance = await self._reserve(
+        outcome, balance, *kept = await self._reserve(
             keys=[self._acct(account_id), self._resv(reservation_id), self._HELD, idem_key],
             args=[
                 amount,
@@ -198,7 +201,9 @@ class RedisStore:
         if outcome == "ok":
             return Reservation(reservation_id, account_id, amount, balance, idempotency)
         if outcome == "replay":
-            return Reservation(reservation_id, account_id, 0, balance, idempotency, replayed=True)
+            # Kept in base64: this client decodes every answer as text.
+            answer = StoredAnswer(kept[0], base64.b64decode(kept[1])) if kept and kept[0] else None
+            return Reservation(reservation_id, account_id, 0, balance, idempotency, replayed=True, answer=answer)
         if outcome == "in_flight":
             raise IdempotencyInFlight()
         if outcome == "mismatch":
@@ -206,11 +211,12 @@ class RedisStore:
         raise InsufficientCredits(balance, amount)
 
     @_fail_closed
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
+        kept = ["", ""] if answer is None else [answer.content_type, base64.b64encode(answer.body).decode("ascii")]
         charged = await self._commit(
             keys=[self._resv(reservation.id), self._HELD, self._LEDGER],
-            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX],
+            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX, *kept],
         )
         return bool(charged)
 

@@ -7,10 +7,10 @@ if not credits then return {'unknown', 0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok', credits} end
 local fingerprint = ARGV[4]
 if fingerprint ~= '' then
-    local seen = redis.call('HMGET', KEYS[4], 'fingerprint', 'state')
+    local seen = redis.call('HMGET', KEYS[4], 'fingerprint', 'state', 'answer_type', 'answer')
     if seen[1] then
         if seen[1] ~= fingerprint then return {'mismatch', credits} end
-        if seen[2] == 'done' then return {'replay', credits} end
+        if seen[2] == 'done' then return {'replay', credits, seen[3] or '', seen[4] or ''} end
         return {'in_flight', credits}
     end
 end
@@ -28,7 +28,8 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', left}
 """
 
-# KEYS: resv, resv:held, ledger   ARGV: reservation id, now, settled ttl s, window ms, ledger max
+# KEYS: resv, resv:held, ledger
+# ARGV: reservation id, now, settled ttl s, window ms, ledger max, answer type ('' = none), answer (base64)
 COMMIT = """
 local r = redis.call('HMGET', KEYS[1], 'account', 'amount', 'idem', 'state')
 if r[4] == 'charged' then return 1 end
@@ -38,6 +39,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if r[3] ~= '' then
     redis.call('HSET', r[3], 'state', 'done')
+    if ARGV[6] ~= '' then redis.call('HSET', r[3], 'answer_type', ARGV[6], 'answer', ARGV[7]) end
     redis.call('PEXPIRE', r[3], ARGV[4])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',

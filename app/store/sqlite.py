@@ -24,6 +24,7 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -66,6 +67,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     reservation_id TEXT NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
     expires_at REAL NOT NULL
+);
+-- The answer a completed request under the key delivered, served to its retries.
+CREATE TABLE IF NOT EXISTS idempotency_answers (
+    key TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL
 );
 """
 
@@ -209,7 +216,13 @@ class SqliteStore:
                         raise IdempotencyMismatch()
                     if not seen[1]:
                         raise IdempotencyInFlight()
-                    return Reservation(reservation_id, account_id, 0, balance(db), idempotency, replayed=True)
+                    kept = db.execute(
+                        "SELECT content_type, body FROM idempotency_answers WHERE key = ?", (idempotency.key,)
+                    ).fetchone()
+                    answer = None if kept is None else StoredAnswer(kept[0], bytes(kept[1]))
+                    return Reservation(
+                        reservation_id, account_id, 0, balance(db), idempotency, replayed=True, answer=answer
+                    )
             row = db.execute(
                 "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
                 (amount, account_id, amount),
@@ -227,11 +240,12 @@ class SqliteStore:
                     " VALUES (?, ?, ?, 0, ?)",
                     (idempotency.key, idempotency.fingerprint, reservation_id, now() + idempotency.window_s),
                 )
+                db.execute("DELETE FROM idempotency_answers WHERE key = ?", (idempotency.key,))
             return Reservation(reservation_id, account_id, amount, int(row[0]), idempotency)
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         def op(db: sqlite3.Connection) -> bool:
             if not db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount:
                 already = db.execute(
@@ -247,6 +261,11 @@ class SqliteStore:
                     "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
                     (now() + reservation.idempotency.window_s, reservation.id),
                 )
+                if answer is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO idempotency_answers (key, content_type, body) VALUES (?, ?, ?)",
+                        (reservation.idempotency.key, answer.content_type, answer.body),
+                    )
             return True
 
         return await self._run(lambda db: self._tx(db, op))
@@ -274,6 +293,7 @@ class SqliteStore:
             for reservation_id, account_id, amount in stale:
                 self._refund_row(db, reservation_id, account_id, amount)
             db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now(),))
+            db.execute("DELETE FROM idempotency_answers WHERE key NOT IN (SELECT key FROM idempotency)")
             return len(stale)
 
         return await self._run(lambda db: self._tx(db, op))
