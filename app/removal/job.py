@@ -1,10 +1,11 @@
 """Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
-`plan` does everything that can refuse a request before credits are reserved: the model and
-its operating resolution, option validation, the image_url fetch, the headers of the photo
-and of a background image. What it answers is all the rest of the request needs: what to
-run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the memory
-estimate and the answer's shape (app/removal/respond.py).
+Everything that can refuse a request before credits are reserved happens here, in three steps:
+`order` checks what is asked (the operating resolution, the options, the answer's shape) and prices
+it; `fetch_photo` brings an image_url's bytes; `job` checks the photo's and a background's headers
+(inside the account's slot and the memory admission) and estimates the memory. The Job is all the
+rest of the request needs: what to run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the
+memory estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from app.settings import Settings
 
 Output = pricing.Output
 Answer = Literal["image", "json"]
+Source = Literal["upload", "image_url"]
 
 
 @dataclass(frozen=True)
-class Job:
-    image: bytes  # the photo: uploaded, or fetched from image_url
-    fetched: bool  # it came from image_url
+class Order:
+    """What a submission asks, checked and priced: the job but for its photo."""
+
+    source: Source
     pipeline: Pipeline
     resolution: str  # the operating resolution it runs at
     output: Output
@@ -45,7 +48,6 @@ class Job:
     answer: Answer
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
-    memory_bytes: int  # the estimated peak, for the memory admission
 
     @property
     def model(self) -> str:
@@ -57,6 +59,13 @@ class Job:
         default keeps the fingerprint it always had."""
         default = self.resolution == self.pipeline.resolutions[0]
         return self.model if default else f"{self.model}@{self.resolution}"
+
+
+@dataclass(frozen=True)
+class Job:
+    order: Order
+    image: bytes  # the photo: uploaded, or fetched from image_url
+    memory_bytes: int  # the estimated peak, for the memory admission
 
 
 def wants_json(accept: str) -> bool:
@@ -94,23 +103,38 @@ def _answer(chosen: options.Options, accept: str) -> Answer:
     return "json" if json_answer else "image"
 
 
-def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
-    """The background's header checked like an upload's: its digest for the Idempotency-Key
-    fingerprint, and its pixels for the memory admission."""
+def _probe_background(data: bytes, settings: Settings) -> int:
+    """The background's header checked like an upload's: its pixels, for the memory admission."""
     try:
         info = codec.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
             raise codec.image_too_large(f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
-    return hashlib.sha256(data).hexdigest(), info.width * info.height
+    return info.width * info.height
 
 
-async def _image(sub: Submission, settings: Settings) -> bytes:
-    if sub.image is not None:
-        return sub.image
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_headers(image: bytes, background: bytes | None, settings: Settings) -> tuple[codec.ImageInfo, int]:
+    """The photo's header, and the background's pixels (0 without one)."""
+    info = codec.probe(image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    return info, 0 if background is None else _probe_background(background, settings)
+
+
+# Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
+# builds from a header that imaging.structure lets through (a TIFF of 65536 strips: ~15 MB).
+HEADER_CHECK_BYTES = 32 * 1024 * 1024
+
+Admit = Callable[[int], AbstractAsyncContextManager[None]]
+
+
+async def fetch_photo(sub: Submission, settings: Settings) -> bytes:
+    """The photo at the submission's image_url, or the 400 that says why not."""
     if sub.image_url is None:
-        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+        raise invalid_image("No image: send an image or an image_url.")  # a Submission has one or the other
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
     return await fetch.fetch_image(
@@ -132,43 +156,19 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-def _check_headers(image: bytes, background: bytes | None, settings: Settings) -> tuple[codec.ImageInfo, str, int]:
-    """The photo's header, and the background's: its digest and its pixels ("", 0 without one)."""
-    info = codec.probe(image, max_pixels=settings.max_pixels, max_side=settings.max_side)
-    if background is None:
-        return info, "", 0
-    return info, *_probe_background(background, settings)
-
-
-# Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
-# builds from a header that imaging.structure lets through (a TIFF of 65536 strips: ~15 MB).
-HEADER_CHECK_BYTES = 32 * 1024 * 1024
-
-Admit = Callable[[int], AbstractAsyncContextManager[None]]
-
-
-async def plan(
-    sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, admit: Admit | None = None
-) -> Job:
-    """The job the submission asks of `pipeline`, or the 4xx that refuses it. Work proportional to
-    the upload (header walks, hashing) runs off the event loop; the header checks inside `admit`
-    (the memory admission: WorkerGate.admitted), after the fetch."""
+async def order(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> Order:
+    """What the submission asks of `pipeline`, or the 4xx that refuses it."""
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
     fingerprint = chosen.fingerprint()
     price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
     answer = _answer(chosen, accept)
-    image = await _image(sub, settings)
-    check = functools.partial(_check_headers, image, chosen.bg_image, settings)
-    held = HEADER_CHECK_BYTES + len(image) + len(chosen.bg_image or b"")
-    async with admit(held) if admit is not None else contextlib.nullcontext():
-        info, background_digest, background_pixels = await anyio.to_thread.run_sync(check)
-    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
-    memory = pipeline.spec.peak_bytes(info.width * info.height)
-    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
-    return Job(
-        image=image,
-        fetched=sub.image_url is not None,
+    background_digest = ""
+    if chosen.bg_image is not None:
+        # Off the event loop: work proportional to the upload. Its header is checked with the photo's (job).
+        background_digest = await anyio.to_thread.run_sync(_digest, chosen.bg_image)
+    return Order(
+        source="upload" if sub.image is not None else "image_url",
         pipeline=pipeline,
         resolution=resolution,
         output=output,
@@ -176,15 +176,26 @@ async def plan(
         answer=answer,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
-        memory_bytes=memory,
     )
+
+
+async def job(asked: Order, image: bytes, settings: Settings, admit: Admit | None = None) -> Job:
+    """The order with its photo, whose header (and a background's) is checked (400/413) before any pixel
+    is decoded: in a thread, inside `admit` (the memory admission: WorkerGate.admitted)."""
+    check = functools.partial(_check_headers, image, asked.options.bg_image, settings)
+    held = HEADER_CHECK_BYTES + len(image) + len(asked.options.bg_image or b"")
+    async with admit(held) if admit is not None else contextlib.nullcontext():
+        info, background_pixels = await anyio.to_thread.run_sync(check)
+    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
+    memory = asked.pipeline.spec.peak_bytes(info.width * info.height)
+    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    return Job(order=asked, image=image, memory_bytes=memory)
 
 
 def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolution: str | None = None) -> Job:
     """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
-    return Job(
-        image=image,
-        fetched=False,
+    asked = Order(
+        source="upload",
         pipeline=pipeline,
         resolution=resolution or pipeline.resolutions[0],
         output=output,
@@ -192,5 +203,5 @@ def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolutio
         answer="image",
         price=0,
         fingerprint="",
-        memory_bytes=0,
     )
+    return Job(order=asked, image=image, memory_bytes=0)

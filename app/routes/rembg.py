@@ -1,8 +1,10 @@
 """POST /v2/rembg/ (cut-out) and POST /v2/rembg/mask/ (mask), as a flat script of named steps:
 
 authenticate -> rate limit -> (one concurrent-request slot of the account, held to the end:) read the
-submission -> choose the model -> plan the Job (options, fetch, probes in the memory admission, price)
--> claim the Idempotency-Key and reserve the credits -> run it in a worker -> charge -> respond.
+submission -> choose the model -> order (options, price, answer) -> [fetch an image_url] -> the job
+(the photo's and a background's headers checked, in the memory admission) -> claim the
+Idempotency-Key and reserve the credits -> run it in a worker (or serve a replay's kept answer) ->
+charge -> respond.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from app.accounts.billing import charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
 from app.inference.gate import Busy, Expired
-from app.inference.pipeline import Pipeline
 from app.removal import job as planning
 from app.removal import respond, submission
-from app.removal.job import Job, Output
+from app.removal.job import Job, Order, Output
 from app.removal.render import Result, render
 from app.services import Services, services
 from app.store import Account, IdempotencyClaim, Reservation, StoredAnswer
@@ -70,22 +71,24 @@ async def _run(request: Request, svc: Services, job: Job) -> Result:
         raise processing_timeout() from None
 
 
-def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, asked: Order, result: Result, reservation: Reservation) -> None:
     """The delivery, as the metrics and the access log line count it."""
     charged = 0 if reservation.replayed else reservation.amount
-    metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
+    metrics.observe_delivery(asked.model, asked.output, result.inference_s, charged)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
 
 
-async def _plan(request: Request, svc: Services, sub: submission.Submission, pipeline: Pipeline, output: Output) -> Job:
-    """The job, with its header checks in the memory admission; a client that hangs up during the
-    image_url fetch stops it (and frees its slot)."""
-    accept = request.headers.get("accept", "")
+async def _job(request: Request, svc: Services, sub: submission.Submission, asked: Order) -> Job:
+    """The job: an image_url fetched (a client that hangs up stops it, and frees its slot), the headers
+    checked in the memory admission."""
+
+    async def planned() -> Job:
+        image = sub.image if sub.image is not None else await planning.fetch_photo(sub, svc.settings)
+        return await planning.job(asked, image, svc.settings, svc.gate.admitted)
+
     try:
-        return await _unless_client_leaves(
-            request, lambda: planning.plan(sub, pipeline, output, accept, svc.settings, svc.gate.admitted)
-        )
+        return await _unless_client_leaves(request, planned)
     except Busy:
         raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
 
@@ -93,15 +96,16 @@ async def _plan(request: Request, svc: Services, sub: submission.Submission, pip
 async def _serve(request: Request, svc: Services, account: Account, output: Output) -> Response:
     logged = context.of_scope(request.scope)  # what the access log line says
     # One slot from the body to the result: a client holds no more bodies (JSON or multipart), fetches or
-    # header checks at once than its plan's max_concurrent.
+    # header checks at once than its plan's max_concurrent (issue 21).
     with svc.slots.hold(account):
         sub = await submission.read(request)
         pipeline = planning.choose_model(sub, svc.settings, svc.registry)
         logged.model = pipeline.name
-        job = await _plan(request, svc, sub, pipeline, output)
+        asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+        job = await _job(request, svc, sub, asked)
         window = svc.settings.idempotency_window_s
         claim = await idempotency.claim_for(
-            request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
+            request, account, window, output=output, model=asked.asked, image=job.image, options=asked.fingerprint
         )
         return await _deliver(request, svc, account, job, claim, logged)
 
@@ -117,9 +121,11 @@ async def _deliver(
     """Reserve, run, respond, charge; a retry under a completed Idempotency-Key is served the answer its
     first request delivered (kept by the commit), never recomputed for free."""
     answer: StoredAnswer | None = None
-    async with charge(svc.store, account, job.price, logged.request_id, claim, keep=lambda: answer) as reservation:
+    async with charge(
+        svc.store, account, job.order.price, logged.request_id, claim, keep=lambda: answer
+    ) as reservation:
         if reservation.replayed:
-            replayed = respond.replay(job, reservation)
+            replayed = respond.replay(job.order, reservation)
             if replayed is None:
                 # Nothing kept to serve (an answer over the bound, or the other shape): new work, charged so.
                 return await _deliver(request, svc, account, job, None, logged)
@@ -129,10 +135,10 @@ async def _deliver(
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
             raise client_closed_request()
-        response = await respond.response(job, result, reservation)
+        response = await respond.response(job.order, result, reservation)
         if claim is not None:
             answer = respond.kept(response)
-    _record(logged, job, result, reservation)
+    _record(logged, job.order, result, reservation)
     return response
 
 
