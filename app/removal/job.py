@@ -4,8 +4,8 @@ Everything that can refuse a request before credits are reserved happens here, i
 `order` checks what is asked (the operating resolution, the options, the answer's shape) and prices
 it; `fetch_photo` brings an image_url's bytes; `job` checks the photo's and a background's headers
 (inside the account's slot and the memory admission) and estimates the memory. The Job is all the
-rest of the request needs: what to run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the
-memory estimate and the answer's shape (app/removal/respond.py).
+rest of the request needs: what to run (app/removal/render.py), what to charge, the Idempotency-Key
+fingerprint, the memory estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
