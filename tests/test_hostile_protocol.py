@@ -28,7 +28,8 @@ def server(start_server: Callable[..., LiveServer]) -> LiveServer:
 
 def exchange(server: LiveServer, *parts: bytes, pause_s: float = 0.3) -> bytes:
     """Send raw bytes in parts (pausing between them) and read until the server closes or goes quiet."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+    # Generous: a loaded machine may take seconds to answer; the server closes idle connections after 5 s.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         for part in parts:
             try:
                 sock.sendall(part)
