@@ -18,7 +18,7 @@ from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.accounts.limits import RateLimits
 from app.http import metrics
 from app.http.errors import EXCEPTION_HANDLERS
-from app.http.middleware import BodyLimit, Cors, RequestContext, relative_slash_redirects
+from app.http.middleware import AliasRoute, BodyLimit, Cors, RequestContext, relative_slash_redirects
 from app.http.shutdown import Drain, DrainGate
 from app.http.unsent import UNSENT
 from app.inference.gate import WorkerGate
@@ -105,12 +105,15 @@ def _lifespan(settings: Settings, drain: Drain) -> Callable[[Starlette], Abstrac
 
 def _routes(settings: Settings) -> list[BaseRoute]:
     return [
-        # Both spellings answer directly: a redirected POST loses its body in many clients.
+        # Both spellings answer directly: a redirected POST loses its body in many clients. The
+        # documented one (app/openapi/document.py) names the route in the logs and the metrics.
+        Route("/", pages.index, methods=["GET"]),
         Route("/v2/rembg/", rembg.remove_background, methods=["POST"]),
-        Route("/v2/rembg", rembg.remove_background, methods=["POST"]),
+        AliasRoute("/v2/rembg", "/v2/rembg/", rembg.remove_background, methods=["POST"]),
         Route("/v2/rembg/mask/", rembg.remove_background_mask, methods=["POST"]),
-        Route("/v2/rembg/mask", rembg.remove_background_mask, methods=["POST"]),
+        AliasRoute("/v2/rembg/mask", "/v2/rembg/mask/", rembg.remove_background_mask, methods=["POST"]),
         Route("/v2/account", account.account, methods=["GET"]),
+        AliasRoute("/v2/account/", "/v2/account", account.account, methods=["GET"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
         Route("/openapi.json", document.endpoint(settings), methods=["GET"]),

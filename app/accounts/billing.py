@@ -56,7 +56,8 @@ async def charge(
     keep: Callable[[], StoredAnswer | None] | None = None,
 ) -> AsyncIterator[Reservation]:
     """keep: at the commit, the answer to keep with the Idempotency-Key (None: nothing kept)."""
-    reservation = await _reserve(store, account, amount, request_id, idempotency)
+    # An unlimited account's requests go through the same steps (idempotency included), for nothing.
+    reservation = await _reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield reservation
         return

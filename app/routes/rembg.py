@@ -125,7 +125,7 @@ async def _deliver(
         svc.store, account, job.order.price, logged.request_id, claim, keep=lambda: answer
     ) as reservation:
         if reservation.replayed:
-            replayed = respond.replay(job.order, reservation)
+            replayed = respond.replay(job.order, reservation, account.unlimited)
             if replayed is None:
                 # Nothing kept to serve (an answer over the bound, or the other shape): new work, charged so.
                 return await _deliver(request, svc, account, job, None, logged)
@@ -135,7 +135,7 @@ async def _deliver(
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
             raise client_closed_request()
-        response = await respond.response(job.order, result, reservation)
+        response = await respond.response(job.order, result, reservation, account.unlimited)
         if claim is not None:
             answer = respond.kept(response)
     _record(logged, job.order, result, reservation)

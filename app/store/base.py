@@ -52,6 +52,8 @@ class Account:
     rate_limit: str | None  # overrides the plan's limit when set
     revoked: bool
     created_at: float
+    label: str | None = None  # the operator's name for the account (a customer, an app), never shown to callers
+    unlimited: bool = False  # requests are not charged: `credits` is neither checked nor spent
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,23 @@ def now() -> float:
 
 
 class Store(Protocol):
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         """Create an account and return it with its API key (shown once, stored hashed)."""
         ...
+
+    async def rotate_key(self, account_id: str) -> str:
+        """A new API key for the account (returned once, stored hashed); the old key stops working at once."""
+        ...
+
+    async def set_label(self, account_id: str, label: str | None) -> None: ...
 
     async def account_by_key(self, api_key: str) -> Account | None: ...
 
@@ -113,8 +129,9 @@ class Store(Protocol):
 
     async def revoke(self, account_id: str) -> None: ...
 
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
-        """Grant (delta > 0) or deduct (delta < 0); never below zero. Returns the balance."""
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
+        """Grant (delta > 0) or deduct (delta < 0). Returns the balance. A deduct below zero raises
+        InsufficientCredits and changes nothing; with `clamp` it deducts down to zero instead."""
         ...
 
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None: ...

@@ -7,7 +7,7 @@ reply was lost), so each is idempotent: a reservation id reserves once, and a
 settled reservation remembers whether it was charged or refunded.
 
 Keys (all under `cutout:`):
-    acct:{id}         hash: plan, credits, rate_limit, revoked, created_at, key_hash
+    acct:{id}         hash: plan, credits, rate_limit, revoked, created_at, key_hash, label, unlimited
     key:{sha256}      the account id for a hashed API key (keys themselves are never stored)
     accounts          sorted set of account ids by creation time
     resv:{id}         hash: account, amount, idem, created_at, state (held|charged|refunded)
@@ -44,7 +44,7 @@ from app.store.base import (
     now,
 )
 from app.store.redis_client import client_options, unavailable_on_redis_errors
-from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, UPDATE_FIELDS
+from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, ROTATE, UPDATE_FIELDS
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,6 +80,8 @@ def _account(answer: Mapping[Any, Any]) -> Account:
         rate_limit=fields.get("rate_limit") or None,
         revoked=fields.get("revoked") == "1",
         created_at=float(fields["created_at"]),
+        label=fields.get("label") or None,
+        unlimited=fields.get("unlimited") == "1",
     )
 
 
@@ -91,6 +93,7 @@ class RedisStore:
         self._refund = self._redis.register_script(REFUND)
         self._adjust = self._redis.register_script(ADJUST)
         self._update = self._redis.register_script(UPDATE_FIELDS)
+        self._rotate = self._redis.register_script(ROTATE)
 
     @staticmethod
     def _acct(account_id: str) -> str:
@@ -105,10 +108,25 @@ class RedisStore:
     _LEDGER = PREFIX + "ledger"
 
     @_fail_closed
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
-            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+            id=new_account_id(),
+            plan=plan,
+            credits=credits,
+            rate_limit=rate_limit,
+            revoked=False,
+            created_at=now(),
+            label=label,
+            unlimited=unlimited,
         )
         key_hash = hash_api_key(key)
         async with self._redis.pipeline(transaction=True) as tx:
@@ -122,6 +140,8 @@ class RedisStore:
                     "revoked": "0",
                     "created_at": repr(account.created_at),
                     "key_hash": key_hash,
+                    "label": label or "",
+                    "unlimited": "1" if unlimited else "0",
                 },
             )
             tx.set(f"{PREFIX}key:{key_hash}", account.id)
@@ -168,18 +188,35 @@ class RedisStore:
         await self._set_fields(account_id, {"revoked": "1"})
 
     @_fail_closed
+    async def rotate_key(self, account_id: str) -> str:
+        key = new_api_key()
+        key_hash = hash_api_key(key)
+        rotated = await self._rotate(
+            keys=[self._acct(account_id), f"{PREFIX}key:{key_hash}"], args=[key_hash, f"{PREFIX}key:", account_id]
+        )
+        if not rotated:
+            raise UnknownAccount(account_id)
+        return key
+
+    @_fail_closed
+    async def set_label(self, account_id: str, label: str | None) -> None:
+        await self._set_fields(account_id, {"label": label or ""})
+
+    @_fail_closed
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._set_fields(account_id, {"plan": plan, "rate_limit": rate_limit or ""})
 
     @_fail_closed
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
-        left = await self._adjust(
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
+        outcome, balance = await self._adjust(
             keys=[self._acct(account_id), self._LEDGER],
-            args=[delta, reason, repr(now()), LEDGER_MAX, account_id],
+            args=[delta, reason, repr(now()), LEDGER_MAX, account_id, "1" if clamp else "0"],
         )
-        if left < 0:
+        if outcome == "unknown":
             raise UnknownAccount(account_id)
-        return int(left)
+        if outcome == "insufficient":
+            raise InsufficientCredits(int(balance), -delta)
+        return int(balance)
 
     @_fail_closed
     async def reserve(

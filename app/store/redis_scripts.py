@@ -16,7 +16,9 @@ if fingerprint ~= '' then
 end
 local amount = tonumber(ARGV[1])
 if credits < amount then return {'insufficient', credits} end
-local left = redis.call('HINCRBY', KEYS[1], 'credits', -amount)
+-- Nothing to take (an unlimited account): HINCRBY would refuse Lua's -0.
+local left = credits
+if amount > 0 then left = redis.call('HINCRBY', KEYS[1], 'credits', -amount) end
 local idem = ''
 if fingerprint ~= '' then
     idem = KEYS[4]
@@ -63,15 +65,31 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return tonumber(redis.call('HGET', KEYS[3], 'credits') or 0)
 """
 
-# KEYS: acct, ledger   ARGV: delta, reason, now, ledger max
+# KEYS: acct, ledger   ARGV: delta, reason, now, ledger max, account id, clamp ('1' or '0')
+# Returns {'ok', balance}, {'insufficient', balance} (nothing changed) or {'unknown', 0}.
 ADJUST = """
 local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
-if not credits then return -1 end
-local left = math.max(credits + tonumber(ARGV[1]), 0)
-redis.call('HSET', KEYS[1], 'credits', left)
+if not credits then return {'unknown', 0} end
+local delta = tonumber(ARGV[1])
+if credits + delta < 0 then
+    if ARGV[6] ~= '1' then return {'insufficient', credits} end
+    delta = -credits
+end
+redis.call('HSET', KEYS[1], 'credits', credits + delta)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-    'account', ARGV[5], 'delta', ARGV[1], 'reason', ARGV[2], 'at', ARGV[3])
-return left
+    'account', ARGV[5], 'delta', delta, 'reason', ARGV[2], 'at', ARGV[3])
+return {'ok', credits + delta}
+"""
+
+# KEYS: acct, new key:{sha256}   ARGV: new key hash, key prefix, account id
+# The old key's entry goes in the same step as the new one comes: no moment with both or neither.
+ROTATE = """
+local old = redis.call('HGET', KEYS[1], 'key_hash')
+if not old then return 0 end
+redis.call('DEL', ARGV[2] .. old)
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'key_hash', ARGV[1])
+return 1
 """
 
 # KEYS: acct   ARGV: field, value, field, value, ...

@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS accounts (
     credits INTEGER NOT NULL CHECK (credits >= 0),
     rate_limit TEXT,
     revoked INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    label TEXT,
+    unlimited INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
@@ -76,11 +78,23 @@ CREATE TABLE IF NOT EXISTS idempotency_answers (
 );
 """
 
-_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at"
+# Columns added since the first schema: a database made before them gets them on open.
+ADDED_COLUMNS = {"label": "TEXT", "unlimited": "INTEGER NOT NULL DEFAULT 0"}
+
+_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at, label, unlimited"
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    return Account(id=row[0], plan=row[1], credits=row[2], rate_limit=row[3], revoked=bool(row[4]), created_at=row[5])
+    return Account(
+        id=row[0],
+        plan=row[1],
+        credits=row[2],
+        rate_limit=row[3],
+        revoked=bool(row[4]),
+        created_at=row[5],
+        label=row[6],
+        unlimited=bool(row[7]),
+    )
 
 
 def _private(path: Path) -> None:
@@ -108,6 +122,10 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(accounts)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE accounts ADD COLUMN {column} {kind}")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -128,17 +146,32 @@ class SqliteStore:
         db.execute("COMMIT")
         return result
 
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
-            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+            id=new_account_id(),
+            plan=plan,
+            credits=credits,
+            rate_limit=rate_limit,
+            revoked=False,
+            created_at=now(),
+            label=label,
+            unlimited=unlimited,
         )
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at),
+                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at, label, unlimited)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at, label, int(unlimited)),
             )
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, 'create', ?)",
@@ -175,24 +208,34 @@ class SqliteStore:
     async def revoke(self, account_id: str) -> None:
         await self._update_account(account_id, "UPDATE accounts SET revoked = 1 WHERE id = ?", ())
 
+    async def rotate_key(self, account_id: str) -> str:
+        key = new_api_key()
+        await self._update_account(account_id, "UPDATE accounts SET key_hash = ? WHERE id = ?", (hash_api_key(key),))
+        return key
+
+    async def set_label(self, account_id: str, label: str | None) -> None:
+        await self._update_account(account_id, "UPDATE accounts SET label = ? WHERE id = ?", (label,))
+
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._update_account(
             account_id, "UPDATE accounts SET plan = ?, rate_limit = ? WHERE id = ?", (plan, rate_limit)
         )
 
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
         def op(db: sqlite3.Connection) -> int:
-            row = db.execute(
-                "UPDATE accounts SET credits = MAX(credits + ?, 0) WHERE id = ? RETURNING credits",
-                (delta, account_id),
-            ).fetchone()
+            row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
             if row is None:
                 raise UnknownAccount(account_id)
+            balance = int(row[0])
+            if balance + delta < 0 and not clamp:
+                raise InsufficientCredits(balance, -delta)
+            moved = max(delta, -balance)  # clamped: down to zero
+            db.execute("UPDATE accounts SET credits = ? WHERE id = ?", (balance + moved, account_id))
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, ?, ?)",
-                (account_id, delta, reason, now()),
+                (account_id, moved, reason, now()),
             )
-            return int(row[0])
+            return balance + moved
 
         return await self._run(lambda db: self._tx(db, op))
 
