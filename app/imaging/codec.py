@@ -155,6 +155,7 @@ def _to_srgb(img: Image.Image, icc: bytes, mode: str) -> Image.Image:
 def decode(data: bytes) -> Decoded:
     """Full decode, in a worker thread: first frame, EXIF orientation applied, 8-bit sRGB."""
     img = _open(data)
+    header_size = sorted(img.size)
     try:
         img.seek(0)  # GIF, multi-page TIFF, HEIC sequences: the first frame
         img.load()
@@ -169,6 +170,10 @@ def decode(data: bytes) -> Decoded:
         pixels = np.asarray(img)
     except Exception:
         raise invalid_image("The image is truncated or corrupt and cannot be decoded.") from None
+    if sorted(pixels.shape[:2]) != header_size:
+        # The limits and the memory admission were sized from the header (a crafted HEIF clean
+        # aperture can make them disagree): pixels of another size are not the image we admitted.
+        raise invalid_image("The image's pixels do not match the size its header states.")
     if mode == "RGBA":
         return Decoded(rgb=np.ascontiguousarray(pixels[..., :3]), alpha=np.ascontiguousarray(pixels[..., 3]))
     return Decoded(rgb=pixels, alpha=None)
