@@ -22,6 +22,8 @@ from app.http.shutdown import Drain, DrainGate
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
+from app.jobs import routes as job_routes
+from app.jobs.service import JobService, open_engine
 from app.openapi import document
 from app.routes import account, health, pages, rembg
 from app.services import Services
@@ -82,16 +84,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             limits=RateLimits(settings),
             slots=AccountSlots(settings),
         )
+        svc.jobs = JobService(settings, open_engine(settings), svc.store, registry, svc.gate)
         app.state.services = svc
         metrics.watch(svc.gate, drain)
         sweeper = asyncio.create_task(_sweep_forever(svc))
+        svc.jobs.start()
         log.info("ready: models %s, %d workers", ", ".join(registry.names), settings.workers)
         try:
             yield
         finally:
             sweeper.cancel()
+            await svc.jobs.stop()
             await drain.settled(SETTLE_TIMEOUT_S)
             svc.gate.shutdown()
+            await svc.jobs.engine.close()
             await svc.store.close()
 
     routes = [
@@ -101,6 +107,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v2/rembg/mask/", rembg.remove_background_mask, methods=["POST"]),
         Route("/v2/rembg/mask", rembg.remove_background_mask, methods=["POST"]),
         Route("/v2/account", account.account, methods=["GET"]),
+        Route("/v2/jobs/{job_id}", job_routes.get_job, methods=["GET"]),
+        Route("/v2/jobs/{job_id}", job_routes.cancel_job, methods=["DELETE"]),
+        Route("/v2/jobs/{job_id}/result", job_routes.get_result, methods=["GET"]),
+        Route("/v2/batches", job_routes.create_batch, methods=["POST"]),
+        Route("/v2/batches/", job_routes.create_batch, methods=["POST"]),
+        Route("/v2/batches/{batch_id}", job_routes.get_batch, methods=["GET"]),
+        Route("/v2/batches/{batch_id}", job_routes.cancel_batch, methods=["DELETE"]),
+        Route("/v2/batches/{batch_id}/zip", job_routes.batch_zip, methods=["GET"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
         Route("/openapi.json", document.endpoint(settings), methods=["GET"]),
@@ -120,8 +134,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(
             Cors,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=[API_KEY_HEADER, X_API_KEY_HEADER, "Authorization", "Content-Type", idempotency.HEADER],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=[
+                API_KEY_HEADER,
+                X_API_KEY_HEADER,
+                "Authorization",
+                "Content-Type",
+                idempotency.HEADER,
+                "Prefer",
+            ],
             expose_headers=[
                 "X-Request-ID",
                 "X-Credits-Charged",
@@ -131,6 +152,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "X-RateLimit-Reset",
                 "Retry-After",
                 idempotency.REPLAYED_HEADER,
+                "Location",
+                "Preference-Applied",
             ],
             max_age=600,
         ),

@@ -250,6 +250,29 @@ class Settings(BaseSettings):
     )
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="`image_url`: connecting to the host")
     fetch_timeout_s: float = Field(20.0, gt=0, description="`image_url`: the whole fetch, redirects included")
+    job_ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        description="asynchronous jobs and batches: results are kept this long after a job ends; a job not run "
+        "this long after its submission expires (refunded)",
+    )
+    job_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="a running job whose replica stopped renewing its claim this long (it died) is run again by "
+        "another replica, or by itself after a restart",
+    )
+    job_workers: int = Field(
+        1, ge=0, description="asynchronous jobs run at once per replica, only while no synchronous request is; 0: none"
+    )
+    batch_max_items: int = Field(100, ge=1, description="items one `POST /v2/batches` may hold")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery attempt, connecting included")
+    webhook_backoff_s: float = Field(
+        5.0, gt=0, description="wait before a failed webhook's first retry; it doubles with each retry (at most 10 min)"
+    )
+    webhook_retry_s: float = Field(
+        3600.0, gt=0, description="how long a failed webhook is retried before it is recorded as failed"
+    )
     log_level: str = Field("info", description="`info` writes a JSON access line per request")
     # Extra credits per option (config/models.toml [option_costs]), added to the model's cost.
     option_costs: dict[str, int] = Field(default_factory=dict)

@@ -23,11 +23,18 @@ from app.store import (
 log = logging.getLogger("cutout.billing")
 
 
-async def _reserve(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None
+async def reserve(
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None,
+    *,
+    hold_s: float = 0.0,
 ) -> Reservation:
+    """The credits held, or the ApiError the client gets (402, or an Idempotency-Key conflict)."""
     try:
-        return await store.reserve(account.id, amount, request_id, idempotency)
+        return await store.reserve(account.id, amount, request_id, idempotency, hold_s=hold_s)
     except InsufficientCredits as err:
         raise ApiError(
             "insufficient_credits",
@@ -49,7 +56,7 @@ async def _reserve(
 async def charge(
     store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
 ) -> AsyncIterator[Reservation]:
-    reservation = await _reserve(store, account, amount, request_id, idempotency)
+    reservation = await reserve(store, account, amount, request_id, idempotency)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield reservation
         return

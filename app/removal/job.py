@@ -22,7 +22,7 @@ from app.http.client_address import parse_networks
 from app.imaging import codec
 from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
 from app.inference.pipeline import Output, Pipeline
-from app.removal import fetch, options
+from app.removal import fetch, options, plan
 from app.removal.submission import Submission
 from app.settings import Settings
 
@@ -95,13 +95,23 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
+def choose(sub: Submission, output: Output, accept_json: bool) -> tuple[options.Options, bool]:
+    """The options asked for and whether the answer is JSON, or a 400: what a job checks at submission."""
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
-    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(request)
+    json_answer = chosen.sync_mode if chosen.sync_mode is not None else accept_json
     if chosen.output_mask and not json_answer:
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
         )
+    return chosen, json_answer
+
+
+async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
+    return await prepare_for(settings, sub, output, accept_json=wants_json(request))
+
+
+async def prepare_for(settings: Settings, sub: Submission, output: Output, *, accept_json: bool) -> Answer:
+    chosen, json_answer = choose(sub, output, accept_json)
     background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
         # Off the event loop, as the photo's own probe and hash.
@@ -121,13 +131,7 @@ async def prepare(request: Request, settings: Settings, sub: Submission, output:
             connect_timeout_s=settings.fetch_connect_timeout_s,
             total_timeout_s=settings.fetch_timeout_s,
         )
-    used = {
-        "image_url": sub.image_url is not None,
-        "bg_blur": chosen.bg_blur is not None,
-        "bg_image": chosen.bg_image is not None,
-        "shadow": chosen.shadow,
-    }
-    extra = sum(settings.option_costs.get(name, 0) for name, on in used.items() if on)
+    extra = plan.options_cost(settings, chosen, image_url=sub.image_url is not None)
     fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
     return Answer(
         image=image,

@@ -39,6 +39,8 @@ async def account(request: Request) -> JSONResponse:
             },
             # Extra credits per option, added to the model's cost when the request uses it.
             "option_costs": {name: svc.settings.option_costs.get(name, 0) for name in PRICED_OPTIONS},
+            # Standard Webhooks secret that signs this account's webhooks (app/jobs/webhooks.py).
+            **({"webhook_secret": await svc.jobs.secret(acct.id)} if svc.jobs is not None else {}),
         },
         headers=rate.headers(),
     )

@@ -19,32 +19,20 @@ from app.accounts.billing import charge
 from app.errors import (
     ApiError,
     client_closed_request,
-    invalid_parameter,
     processing_timeout,
 )
 from app.http import context, metrics
 from app.http.context import request_id_of
 from app.imaging import codec
 from app.inference.gate import Busy, Expired
-from app.inference.pipeline import Output, Pipeline
-from app.removal import submission
+from app.inference.pipeline import Output
+from app.jobs import routes as job_routes
+from app.removal import plan, submission
 from app.removal.job import prepare
 from app.services import services
 from app.store import Account
 
 T = TypeVar("T")
-
-
-def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
-    """The resolution asked for (default: the model's own), or a 400 naming those the model accepts."""
-    if value is None:
-        return pipeline.resolutions[0]
-    if value.strip().lower() in pipeline.resolutions:
-        return value.strip().lower()
-    accepted = ", ".join(pipeline.resolutions)
-    raise invalid_parameter(
-        f"Model {pipeline.name!r} cannot run at operating_resolution {value[:40]!r}; it accepts: {accepted}."
-    )
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -83,15 +71,13 @@ async def _remove(request: Request, output: Output) -> Response:
 async def _process(request: Request, account: Account, output: Output) -> Response:
     svc = services(request)
     sub = await submission.read(request)
-    model_name = svc.settings.default_model if sub.model is None else sub.model
-    pipeline = svc.registry.get(model_name)
-    if pipeline is None:
-        names = ", ".join(svc.registry.names)
-        raise invalid_parameter(f"Unknown model {model_name[:40]!r}. Choose one of: {names}.")
+    if svc.jobs is not None and (sub.webhook_url is not None or job_routes.wants_async(request)):
+        return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
+    model_name, pipeline = plan.pipeline_for(svc.registry, svc.settings, sub.model)
     logged = context.of_scope(request.scope)  # what the access log line says
     logged.model = model_name
     # Options, the image_url fetch and the background's header check: refused before anything is reserved.
-    resolution = _operating_resolution(pipeline, sub.operating_resolution)
+    resolution = plan.operating_resolution(pipeline, sub.operating_resolution)
     # A fetch holds one of the account's concurrent-request slots, so slow URLs cannot pile up fetches.
     with svc.slots.hold(account):
         answer = await prepare(request, svc.settings, sub, output)
@@ -101,7 +87,7 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
     info = await anyio.to_thread.run_sync(probe)
     # Admission by memory: the job's estimated peak, from its pixels and the model's measured cost,
     # plus what its options add (a background image's decode).
-    memory_bytes = pipeline.spec.peak_bytes(info.width * info.height) + answer.memory_bytes
+    memory_bytes = plan.memory_bytes(pipeline, info, answer.memory_bytes)
 
     render_body = answer.renderer(pipeline, output, resolution)
 
@@ -110,10 +96,8 @@ async def _process(request: Request, account: Account, output: Output) -> Respon
         started = time.perf_counter()
         return render_body(data), time.perf_counter() - started
 
-    price = pipeline.price(resolution)
-    cost = (price.mask_cost if output == "mask" else price.cost) + answer.extra_cost
-    # Another resolution is another request; the default keeps the fingerprint it always had.
-    asked = model_name if resolution == pipeline.resolutions[0] else f"{model_name}@{resolution}"
+    cost = plan.cost(pipeline, resolution, output, answer.extra_cost)
+    asked = plan.asked_model(model_name, pipeline, resolution)
     claim = await idempotency.claim_for(
         request,
         account,

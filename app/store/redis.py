@@ -60,7 +60,8 @@ def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-# KEYS: acct, resv, resv:held, idem (or a placeholder)   ARGV: amount, reservation id, now, fingerprint ('' = none), window ms
+# KEYS: acct, resv, resv:held, idem (or a placeholder)
+# ARGV: amount, reservation id, now, fingerprint ('' = none), window ms, account id, hold until
 RESERVE = """
 local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
 if not credits then return {'unknown', 0} end
@@ -83,7 +84,8 @@ if fingerprint ~= '' then
     redis.call('HSET', idem, 'fingerprint', fingerprint, 'reservation', ARGV[2], 'state', 'pending')
     redis.call('PEXPIRE', idem, ARGV[5])
 end
-redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held')
+redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held',
+    'hold_until', ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', left}
 """
@@ -251,7 +253,13 @@ class RedisStore:
 
     @_fail_closed
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         idem_key = f"{PREFIX}idem:{idempotency.key}" if idempotency else f"{PREFIX}idem:-"
         outcome, balance = await self._reserve(
@@ -263,6 +271,7 @@ class RedisStore:
                 idempotency.fingerprint if idempotency else "",
                 int(idempotency.window_s * 1000) if idempotency else 0,
                 account_id,
+                repr(now() + hold_s),
             ],
         )
         balance = int(balance)
@@ -302,9 +311,11 @@ class RedisStore:
         stale = await self._redis.zrangebyscore(self._HELD, "-inf", now() - older_than_s)
         refunded = 0
         for reservation_id in stale:
-            account_id = await self._redis.hget(self._resv(reservation_id), "account")
+            account_id, hold_until = await self._redis.hmget(self._resv(reservation_id), ["account", "hold_until"])
             if account_id is None:  # settled meanwhile, or its record expired
                 await self._redis.zrem(self._HELD, reservation_id)
+                continue
+            if hold_until and float(hold_until) > now():  # an asynchronous job's: its engine settles it
                 continue
             await self._refund_by_id(reservation_id, account_id)
             refunded += 1

@@ -1,0 +1,118 @@
+"""Webhooks as the Standard Webhooks specification signs them (https://www.standardwebhooks.com/).
+
+Each delivery is a POST of JSON with three headers:
+    webhook-id          the message id: the same on every retry of one event (receivers dedupe on it)
+    webhook-timestamp   Unix seconds of this attempt
+    webhook-signature   "v1," + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")), where the key is the
+                        base64 after `whsec_` in the account's secret (GET /v2/account shows it)
+
+The target passes the address guard of `image_url` (`fetch_allow`): checked at submission, and
+again at each connection (the connection goes to the address checked, as for image_url).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpcore
+
+from app.errors import ApiError
+from app.http.client_address import parse_networks
+from app.removal import fetch
+from app.settings import Settings
+
+USER_AGENT = "Cutout-Webhooks/1"
+MAX_BACKOFF_S = 600.0
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError("webhook_url_forbidden", message)
+
+
+async def check_target(url: str, settings: Settings) -> str:
+    """The webhook URL, or a 400 when it is not http(s) or its host resolves to an address we do not call."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise forbidden("webhook_url is not a valid URL.") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise forbidden("webhook_url must be an http or https URL with a host.")
+    if parts.username is not None or parts.password is not None:
+        raise forbidden("webhook_url may not carry a user name or password.")
+    allow = parse_networks(settings.fetch_allow)
+    try:
+        with anyio.fail_after(settings.fetch_connect_timeout_s):
+            infos = await anyio.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        raise forbidden(f"The host {parts.hostname[:80]!r} of webhook_url could not be resolved.") from None
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if not fetch.address_allowed(ip, allow):
+            raise forbidden(
+                f"webhook_url points at {parts.hostname[:80]!r} ({ip}), an address we do not call (loopback, "
+                "private, link-local or reserved). Use a public URL."
+            )
+    return url
+
+
+async def deliver(url: str, secret: str, msg_id: str, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """One attempt: what is recorded on the job (when, the HTTP status or the error, how long)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    timestamp = int(time.time())
+    parts = urlsplit(url)
+    headers = [
+        (b"Host", parts.netloc.rpartition("@")[2].encode("idna")),
+        (b"User-Agent", USER_AGENT.encode()),
+        (b"Content-Type", b"application/json"),
+        (b"webhook-id", msg_id.encode()),
+        (b"webhook-timestamp", str(timestamp).encode()),
+        (b"webhook-signature", sign(secret, msg_id, timestamp, body).encode()),
+    ]
+    timeout = settings.webhook_timeout_s
+    timeouts = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+    started = time.monotonic()
+    attempt: dict[str, Any] = {"at": time.time(), "status": None, "error": None}
+    pool = httpcore.AsyncConnectionPool(
+        ssl_context=fetch._ssl_context(),
+        network_backend=fetch._GuardedBackend(parse_networks(settings.fetch_allow)),
+        retries=0,
+        max_connections=1,
+    )
+    try:
+        with anyio.fail_after(timeout):
+            async with pool:
+                response = await pool.request(
+                    "POST", url, headers=headers, content=body, extensions={"timeout": timeouts}
+                )
+                attempt["status"] = response.status
+                if not 200 <= response.status < 300:
+                    attempt["error"] = f"HTTP {response.status}"
+    except ApiError as err:  # the guard refused the address it resolved now, or the host is gone
+        attempt["error"] = "refused: " + err.message.replace("image_url", "webhook_url")
+    except TimeoutError:
+        attempt["error"] = f"no answer within {timeout:g} s"
+    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, OSError) as err:
+        attempt["error"] = f"connection failed: {type(err).__name__}"
+    attempt["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return attempt
+
+
+def next_delay(attempt_count: int, settings: Settings) -> float:
+    """Exponential backoff: webhook_backoff_s, then doubling, at most MAX_BACKOFF_S."""
+    return float(min(settings.webhook_backoff_s * 2 ** max(0, attempt_count - 1), MAX_BACKOFF_S))
