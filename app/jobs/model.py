@@ -143,6 +143,7 @@ class Job:
             "finished_at": self.finished_at,
             "expires_at": self.deadline,
             "batch_id": self.batch_id,
+            "runs": self.runs,
         }
         if self.batch_id is not None:
             body["index"] = self.index
