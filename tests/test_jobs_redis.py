@@ -85,8 +85,9 @@ def test_jobs_while_redis_is_down_fail_closed_and_resume(
     # The job queued before the outage is still there, and another replica (which runs jobs) finishes it.
     runner = start_server(CUTOUT_REDIS_URL=redis_server.url, **LEASE)
     wait_until(
-        lambda: requests.get(runner.url + location, headers={"ApiKey": key}, timeout=10).json()["status"]
-        == "succeeded",
+        lambda: (
+            requests.get(runner.url + location, headers={"ApiKey": key}, timeout=10).json()["status"] == "succeeded"
+        ),
         60,
         "the job queued before the outage",
     )

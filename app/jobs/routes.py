@@ -180,6 +180,12 @@ def _clean_name(name: str | None, index: int) -> str:
     return safe or f"item-{index}"
 
 
+def _at(err: ApiError, where: str) -> ApiError:
+    """The error, its message saying which item it is about."""
+    err.message = f"{where}{err.message}"
+    return err
+
+
 def _output_of(value: object, where: str) -> Output:
     if value in (None, "cutout"):
         return "cutout"
@@ -192,7 +198,7 @@ def _priced(jobs: JobService, sub: Submission, output: Output, accept_json: bool
     try:
         item = jobs.price(sub, output, accept_json)
     except ApiError as err:
-        raise ApiError(err.code, f"{where}{err.message}") from None
+        raise _at(err, where) from None
     return Item(item.payload, item.output, item.model, item.credits, name=name)
 
 
@@ -296,9 +302,9 @@ async def _read_json(request: Request, jobs: JobService) -> tuple[list[Item], st
             sub = submission._parse_json(json.dumps(merged).encode())
         except ApiError as err:
             if err.code != "invalid_image":
-                raise ApiError(err.code, f"{where}{err.message}") from None
+                raise _at(err, where) from None
             # Not an image (or no image): this item fails alone, nothing reserved for it.
-            failed = ApiError(err.code, f"{where}{err.message}")
+            failed = _at(err, where)
             items.append(Item(_empty_payload(), output, "", 0, error=failed, name=_clean_name(name, index)))
             continue
         if sub.webhook_url is not None:
