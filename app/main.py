@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from app.accounts import idempotency
 from app.accounts.admission import AccountSlots
@@ -67,29 +68,32 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
     return budget
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or get_settings()
-    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.http.shutdown)
+def _services(settings: Settings, registry: ModelRegistry) -> Services:
+    svc = Services(
+        settings=settings,
+        store=open_store(settings),
+        registry=registry,
+        gate=WorkerGate(settings.workers, settings.queue_size, _memory_budget(settings)),
+        limits=RateLimits(settings),
+        slots=AccountSlots(settings),
+    )
+    svc.jobs = JobService(settings, open_engine(settings), svc.store, registry, svc.gate)
+    return svc
 
+
+def _lifespan(settings: Settings, drain: Drain) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         release_large_frees_to_os()
         # Loading refuses to start on missing or corrupt weights (WeightsError says what to do).
         registry = await asyncio.to_thread(ModelRegistry.load, settings)
-        svc = Services(
-            settings=settings,
-            store=open_store(settings),
-            registry=registry,
-            gate=WorkerGate(settings.workers, settings.queue_size, _memory_budget(settings)),
-            limits=RateLimits(settings),
-            slots=AccountSlots(settings),
-        )
-        svc.jobs = JobService(settings, open_engine(settings), svc.store, registry, svc.gate)
+        svc = _services(settings, registry)
         app.state.services = svc
         metrics.watch(svc.gate, drain)
         sweeper = asyncio.create_task(_sweep_forever(svc))
+        assert svc.jobs is not None
         svc.jobs.start()
-        log.info("ready: models %s, %d workers", ", ".join(registry.names), settings.workers)
+        log.info("ready: models %s, %d workers", ", ".join(svc.registry.names), settings.workers)
         try:
             yield
         finally:
@@ -100,7 +104,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await svc.jobs.engine.close()
             await svc.store.close()
 
-    routes = [
+    return lifespan
+
+
+def _routes(settings: Settings) -> list[BaseRoute]:
+    return [
         # Both spellings answer directly: a redirected POST loses its body in many clients.
         Route("/v2/rembg/", rembg.remove_background, methods=["POST"]),
         Route("/v2/rembg", rembg.remove_background, methods=["POST"]),
@@ -124,6 +132,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Mount("/static/swagger-ui", pages.swagger_ui_files()),
         Mount("/static", pages.static_files()),
     ]
+
+
+def _cors(settings: Settings) -> Middleware:
+    return Middleware(
+        Cors,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=[API_KEY_HEADER, X_API_KEY_HEADER, "Authorization", "Content-Type", idempotency.HEADER, "Prefer"],
+        expose_headers=[
+            "X-Request-ID",
+            "X-Credits-Charged",
+            "X-Credits-Remaining",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "Retry-After",
+            idempotency.REPLAYED_HEADER,
+            "Location",
+            "Preference-Applied",
+        ],
+        max_age=600,
+    )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    drain = Drain()  # `python -m app serve` starts it on SIGTERM (app.http.shutdown)
     middleware = [
         Middleware(
             RequestContext,
@@ -131,32 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             trusted_proxies=settings.trusted_proxies,
             proxy_header=settings.proxy_header,
         ),
-        Middleware(
-            Cors,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=[
-                API_KEY_HEADER,
-                X_API_KEY_HEADER,
-                "Authorization",
-                "Content-Type",
-                idempotency.HEADER,
-                "Prefer",
-            ],
-            expose_headers=[
-                "X-Request-ID",
-                "X-Credits-Charged",
-                "X-Credits-Remaining",
-                "X-RateLimit-Limit",
-                "X-RateLimit-Remaining",
-                "X-RateLimit-Reset",
-                "Retry-After",
-                idempotency.REPLAYED_HEADER,
-                "Location",
-                "Preference-Applied",
-            ],
-            max_age=600,
-        ),
+        _cors(settings),
         Middleware(DrainGate, drain=drain),
         Middleware(
             BodyLimit,
@@ -166,10 +176,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=routes,
+        routes=_routes(settings),
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, drain),
     )
     app.state.drain = drain
     return app

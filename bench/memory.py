@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.imaging.compose import finish_cutout  # noqa: E402
 from app.inference.memory import release_large_frees_to_os  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
-from app.removal import options  # noqa: E402
+from app.removal import job, options  # noqa: E402
+from app.removal.render import finish_cutout, render  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.harness import subject_image  # noqa: E402  (the tests' image maker)
 
@@ -80,7 +80,7 @@ def main() -> None:
         assert pipeline is not None
         pixels, peaks = [], []
         for side, photo in photos.items():
-            peak = peak_above_rest(lambda photo=photo, pipeline=pipeline: pipeline.render(photo, "cutout"))
+            peak = peak_above_rest(lambda photo=photo, pipeline=pipeline: render(job.plain(pipeline, photo), 1, True))
             pixels.append(side * side)
             peaks.append(peak)
             print(f"{name} {side}x{side}: peak {peak:.0f} MiB above rest", flush=True)

@@ -34,9 +34,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from app.http.client_address import parse_networks  # noqa: E402
-from app.imaging import codec, compose  # noqa: E402
+from app.imaging import codec  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
-from app.removal import fetch, options  # noqa: E402
+from app.removal import fetch, job, options  # noqa: E402
+from app.removal.render import finish_cutout, render  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "testdata" / "rembg"
@@ -119,7 +120,7 @@ def main() -> None:
         chosen = options.parse(fields, background if name == "bg_image" else None, mask=False)
 
         def finish(chosen: options.Options = chosen) -> object:
-            rendered = compose.finish_cutout(rgba, decoded.rgb, chosen, level, fast)
+            rendered = finish_cutout(rgba, decoded.rgb, chosen, level, fast)
             if chosen.sync_mode:  # what the route adds for a JSON answer
                 url = "data:image/png;base64," + base64.b64encode(rendered.body).decode("ascii")
                 return json.dumps({"image": {"url": url, "file_size": len(rendered.body)}})
@@ -135,7 +136,7 @@ def main() -> None:
         call()
     for _ in range(args.rounds):
         started, started_cpu = time.perf_counter(), time.process_time()
-        pipeline.render(data, "cutout")
+        render(job.plain(pipeline, data), level, fast)
         full.append(time.perf_counter() - started)
         full_cpu.append(time.process_time() - started_cpu)
         order = list(work)

@@ -34,7 +34,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.inference.pipeline import Pipeline  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
+from app.removal import job  # noqa: E402
+from app.removal.render import render as render_job  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 REFERENCE_SUFFIX = ".birefnet-general.png"
@@ -136,6 +139,11 @@ class Score:
     median_ms: float
 
 
+def _body(pipeline: Pipeline, data: bytes, resolution: str) -> bytes:
+    """The cut-out PNG the service answers, at this operating resolution."""
+    return render_job(job.plain(pipeline, data, resolution=resolution), 1, True).image.body
+
+
 def score(render, samples: list[Sample], repeat: int) -> Score:
     ious, errors, times = [], [], []
     for sample in samples:
@@ -176,7 +184,7 @@ def main() -> None:
         if pipeline is None:
             sys.exit(f"unknown model {name!r}")
         for resolution in pipeline.resolutions:
-            render = functools.partial(pipeline.render, output="cutout", resolution=resolution)
+            render = functools.partial(_body, pipeline, resolution=resolution)
             for set_name, samples in sets.items():
                 s = score(render, samples, args.repeat)
                 print(

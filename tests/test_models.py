@@ -95,10 +95,10 @@ def test_falcon_keeps_per_pixel_the_larger_of_isnet_and_ghost() -> None:
     settings = Settings(models_dir=MODELS_DIR)
     ghost_spec, falcon_spec = settings.models["ghost"], settings.models["falcon"]
     assert falcon_spec.union == "ghost"
-    ghost = Pipeline("ghost", ghost_spec, {"320x320": create_engine(settings, "u2netp", 320)}, 1)
+    ghost = Pipeline("ghost", ghost_spec, {"320x320": create_engine(settings, "u2netp", 320)})
     isnet = {"768x768": create_engine(settings, "isnet", 768)}
-    falcon = Pipeline("falcon", falcon_spec, isnet, 1, union=ghost)
-    alone = Pipeline("falcon", falcon_spec.model_copy(update={"union": None}), isnet, 1)
+    falcon = Pipeline("falcon", falcon_spec, isnet, union=ghost)
+    alone = Pipeline("falcon", falcon_spec.model_copy(update={"union": None}), isnet)
 
     rgb = np.asarray(png_of(subject_image(160, 120, fmt="PNG")).convert("RGB"))
     joined, own = falcon.predict(rgb), alone.predict(rgb)

@@ -30,6 +30,8 @@ def test_a_huge_json_number_is_a_400(fields: dict[str, object]) -> None:
 def test_a_shadow_offset_past_the_image_shifts_it_out_or_partly(dx: int, dy: int) -> None:
     rgba = np.zeros((48, 100, 4), np.uint8)
     rgba[10:30, 20:60] = (200, 10, 10, 255)
-    shadowed = compose.add_shadow(rgba, options.parse({"shadow_offset_x": dx, "shadow_offset_y": dy}, None, mask=False))
+    shadowed = compose.add_shadow(
+        rgba, options.parse({"shadow_offset_x": dx, "shadow_offset_y": dy}, None, mask=False).finish
+    )
     assert shadowed.shape == rgba.shape
     assert (shadowed[10:30, 20:60] == rgba[10:30, 20:60]).all()  # the subject itself is untouched

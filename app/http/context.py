@@ -8,6 +8,7 @@ the charge, and every error response its code as it is sent (app/http/errors.py)
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ class RequestInfo:
     error_code: str | None = None
 
 
-def start(scope: dict[str, Any], request_id: str, client_address: str) -> RequestInfo:
+def start(scope: MutableMapping[str, Any], request_id: str, client_address: str) -> RequestInfo:
     info = RequestInfo(request_id, client_address)
     scope.setdefault("state", {})[_STATE_KEY] = info
     return info

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -72,59 +73,70 @@ class RequestContext:
         # The address rate limits count against (auth failures): see app.http.client_address.
         info = context.start(scope, request_id, self._client_address(scope))
         app = self._too_many_headers(request_id) if len(scope["headers"]) > self.max_headers else self.app
+        exchange = _Exchange(request_id, receive, send)
         started = time.perf_counter()
-        status = 0
-        bytes_in = 0
-        bytes_out = 0
-
-        async def counting_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, bytes_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = MutableHeaders(scope=message)
-                if "x-request-id" not in headers:
-                    headers["X-Request-ID"] = request_id
-            elif message["type"] == "http.response.body":
-                bytes_out += len(message.get("body", b""))
-            await send(message)
-
         failed = False
         try:
-            await app(scope, counting_receive, send_with_id)
+            await app(scope, exchange.receive, exchange.send)
         except BaseException:
             failed = True  # rendered as a 500 by Starlette's outermost handler
             raise
         finally:
-            seconds = time.perf_counter() - started
-            if failed and not status:
-                status, info.error_code = 500, "internal_error"
-            route = getattr(scope.get("route"), "path", "unmatched")
-            metrics.observe_request(route, status, info.model or "", seconds, info.error_code)
-            log.info(
-                "access",
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "error_code": info.error_code,
-                    "account_id": info.account_id,
-                    "model": info.model,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "duration_ms": round(seconds * 1000, 1),
-                    "inference_ms": info.inference_ms,
-                    "credits_charged": info.credits_charged,
-                },
-            )
+            if failed and not exchange.status:
+                exchange.status, info.error_code = 500, "internal_error"
+            _account_for(scope, info, exchange, time.perf_counter() - started)
+
+
+@dataclass
+class _Exchange:
+    """One request's receive and send, counted, with X-Request-ID added to the answer."""
+
+    request_id: str
+    _receive: Receive
+    _send: Send
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.bytes_in += len(message.get("body", b""))
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = MutableHeaders(scope=message)
+            if "x-request-id" not in headers:
+                headers["X-Request-ID"] = self.request_id
+        elif message["type"] == "http.response.body":
+            self.bytes_out += len(message.get("body", b""))
+        await self._send(message)
+
+
+def _account_for(scope: Scope, info: context.RequestInfo, exchange: _Exchange, seconds: float) -> None:
+    """The request's metrics and its JSON access log line."""
+    route = getattr(scope.get("route"), "path", "unmatched")
+    metrics.observe_request(route, exchange.status, info.model or "", seconds, info.error_code)
+    log.info(
+        "access",
+        extra={
+            "request_id": exchange.request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": exchange.status,
+            "error_code": info.error_code,
+            "account_id": info.account_id,
+            "model": info.model,
+            "bytes_in": exchange.bytes_in,
+            "bytes_out": exchange.bytes_out,
+            "duration_ms": round(seconds * 1000, 1),
+            "inference_ms": info.inference_ms,
+            "credits_charged": info.credits_charged,
+        },
+    )
 
 
 class BodyLimit:

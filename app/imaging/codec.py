@@ -1,4 +1,4 @@
-"""Image I/O: probe (header only), decode (oriented, 8-bit sRGB + alpha), encode PNG.
+"""Image I/O: probe (header only), decode (oriented, 8-bit sRGB + alpha), encode (PNG, WebP, JPEG).
 
 Probing reads the header, never the pixels, so a decompression bomb is refused before it
 costs memory; it runs in a thread (never on the event loop) after image_structure has bounded
@@ -11,6 +11,7 @@ import functools
 import io
 import zlib
 from dataclasses import dataclass
+from typing import Literal
 
 import fpng
 import numpy as np
@@ -33,6 +34,15 @@ ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF or AVIF"
 Image.MAX_IMAGE_PIXELS = None
 
 SRGB_PROFILE = ImageCms.createProfile("sRGB")
+
+# What a result can be written as.
+Format = Literal["png", "webp", "jpeg"]
+FORMATS: tuple[Format, ...] = ("png", "webp", "jpeg")
+CONTENT_TYPES: dict[Format, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+# Lossy encoders' default quality; lossless WebP ignores it.
+DEFAULT_QUALITY = 90
+# WebP speed/size trade-off (0 fastest .. 6 smallest): chosen by bench/options.py.
+WEBP_METHOD = 0
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _WIDE_GRAY_MODES = _SIXTEEN_BIT_MODES | {"I", "F"}
@@ -124,7 +134,8 @@ def _to_srgb(img: Image.Image, icc: bytes, mode: str) -> Image.Image:
         src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         if img.mode not in ("RGB", "RGBA", "CMYK", "L"):
             img = img.convert(mode)
-        return ImageCms.profileToProfile(img, src, SRGB_PROFILE, outputMode=mode)
+        converted = ImageCms.profileToProfile(img, src, SRGB_PROFILE, outputMode=mode)
+        return converted if converted is not None else img.convert(mode)  # None only when converting in place
     except Exception:
         # A broken or mismatched profile is no reason to refuse the photo: plain conversion.
         return img.convert(mode)
@@ -159,10 +170,26 @@ def encode_png(pixels: np.ndarray, compress_level: int, fast: bool = False) -> b
     (bench/png.py; the figures: docs/performance.md). fpng writes 24/32-bit pixels only, so grey masks always take Pillow.
     """
     if fast and pixels.ndim == 3:
-        return fpng.from_ndarray(pixels)
+        png: bytes = fpng.from_ndarray(pixels)
+        return png
     buf = io.BytesIO()
     # Z_RLE suits PNG's filtered rows: faster than the default strategy at level 1 and smaller.
     # zlib's RLE ignores the level, so higher levels take the default strategy (smaller, slower).
     strategy = zlib.Z_RLE if compress_level <= 1 else zlib.Z_DEFAULT_STRATEGY
     Image.fromarray(pixels).save(buf, "PNG", compress_level=compress_level, compress_type=strategy)
+    return buf.getvalue()
+
+
+def encode(pixels: np.ndarray, fmt: Format, quality: int | None, png_level: int, png_fast: bool) -> bytes:
+    """pixels in `fmt`; quality: None is lossless WebP, and JPEG at DEFAULT_QUALITY (PNG takes none)."""
+    if fmt == "png":
+        return encode_png(pixels, png_level, png_fast)
+    buf = io.BytesIO()
+    img = Image.fromarray(pixels)
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality or DEFAULT_QUALITY)
+    elif quality is None:
+        img.save(buf, "WEBP", lossless=True, quality=0, method=WEBP_METHOD)
+    else:
+        img.save(buf, "WEBP", quality=quality, method=WEBP_METHOD)
     return buf.getvalue()

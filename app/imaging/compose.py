@@ -1,22 +1,18 @@
-"""Finishing a cut-out or mask as the client asked: shadow, crop, background, size, format.
+"""Finishing a cut-out or mask as the client asked: shadow, crop, background, size. Arrays in, arrays out.
 
-Runs in the worker thread after the model, on numpy arrays. The order is fixed
-and documented: shadow (under the subject) -> crop to the box of what is
-visible (subject and shadow) plus the margin -> background (colour, blurred
-photo or another image) -> downscale to max_side -> encode. Pixel values given
-by the client (margin, blur, shadow offsets) are in the input photo's pixels.
+Runs in the worker thread after the model. The order is fixed and documented: shadow (under
+the subject) -> crop to the box of what is visible (subject and shadow) plus the margin ->
+background (colour, blurred photo or another image) -> downscale to max_side. Encoding is
+app/imaging/codec.py's. Pixel values given by the client (margin, blur, shadow offsets) are
+in the input photo's pixels.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
-
-from app.imaging import codec
-from app.removal.options import DEFAULT_QUALITY, Options
 
 # "The subject" for cropping: alpha above ~4%, so faint model noise does not stretch the box.
 CROP_ALPHA_THRESHOLD = 10
@@ -24,9 +20,8 @@ CROP_ALPHA_THRESHOLD = 10
 SHADOW_OFFSET_X_SHARE = 0.01
 SHADOW_OFFSET_Y_SHARE = 0.02
 SHADOW_BLUR_SHARE = 0.015
-# WebP speed/size trade-off (0 fastest .. 6 smallest): chosen by bench/options.py.
-WEBP_METHOD = 0
-JPEG_BACKGROUND = (255, 255, 255, 255)
+# What an opaque format (JPEG) shows under transparent pixels when no background is asked for.
+OPAQUE_BACKGROUND = (255, 255, 255, 255)
 # Blurs wider than twice this radius run on a copy reduced by radius // BLUR_REDUCE_STEP.
 BLUR_REDUCE_STEP = 4
 
@@ -35,28 +30,45 @@ BLUR_REDUCE_STEP = 4
 # estimate. Measured by `bench/memory.py --background`: 10.0 B/px from 2000^2 to 6000^2, JPEG or PNG.
 BACKGROUND_PEAK_BYTES_PER_PIXEL = 10
 
+Colour = tuple[int, int, int, int]
+Box = tuple[int, int, int, int]
+
 
 @dataclass(frozen=True)
-class Rendered:
-    body: bytes
-    content_type: str
-    width: int
-    height: int
-    mask: bytes | None = None  # the mask in the same format and geometry, when output_mask
+class Finish:
+    """What the picture gets after the model; the defaults leave it as the model made it."""
+
+    crop_to_bbox: bool = False
+    crop_margin: float = 0.0  # pixels, or percent of the subject's box when margin_percent
+    margin_percent: bool = False
+    bg_color: Colour | None = None
+    bg_blur: float | None = None
+    shadow: bool = False
+    shadow_offset_x: int | None = None  # None: a share of the image's longer side
+    shadow_offset_y: int | None = None
+    shadow_blur: float | None = None
+    shadow_opacity: float = 0.5
+    max_side: int | None = None
 
 
-def subject_box(alpha: np.ndarray, options: Options) -> tuple[int, int, int, int] | None:
+@dataclass(frozen=True)
+class Composed:
+    pixels: np.ndarray  # RGBA, RGB (over an opaque background) or L (a mask)
+    mask: np.ndarray | None = None  # the subject's alpha, cropped and scaled as pixels, when asked for
+
+
+def subject_box(alpha: np.ndarray, finish: Finish) -> Box | None:
     """(left, top, right, bottom) of the visible part plus the margin, clamped; None when nothing is visible."""
     rows = np.flatnonzero((alpha > CROP_ALPHA_THRESHOLD).any(axis=1))
     if rows.size == 0:
         return None
     cols = np.flatnonzero((alpha[rows[0] : rows[-1] + 1] > CROP_ALPHA_THRESHOLD).any(axis=0))
     left, top, right, bottom = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-    if options.margin_percent:
-        pad_x = round((right - left) * options.crop_margin / 100)
-        pad_y = round((bottom - top) * options.crop_margin / 100)
+    if finish.margin_percent:
+        pad_x = round((right - left) * finish.crop_margin / 100)
+        pad_y = round((bottom - top) * finish.crop_margin / 100)
     else:
-        pad_x = pad_y = round(options.crop_margin)
+        pad_x = pad_y = round(finish.crop_margin)
     height, width = alpha.shape
     return max(0, left - pad_x), max(0, top - pad_y), min(width, right + pad_x), min(height, bottom + pad_y)
 
@@ -73,19 +85,19 @@ def _gaussian(img: Image.Image, radius: float) -> Image.Image:
     return small.resize(img.size, Image.Resampling.BILINEAR)
 
 
-def add_shadow(rgba: np.ndarray, options: Options) -> np.ndarray:
+def add_shadow(rgba: np.ndarray, finish: Finish) -> np.ndarray:
     """The subject over a soft black copy of its own alpha, shifted and blurred."""
     height, width = rgba.shape[:2]
     side = max(height, width)
-    dx = options.shadow_offset_x if options.shadow_offset_x is not None else round(side * SHADOW_OFFSET_X_SHARE)
-    dy = options.shadow_offset_y if options.shadow_offset_y is not None else round(side * SHADOW_OFFSET_Y_SHARE)
-    blur = options.shadow_blur if options.shadow_blur is not None else side * SHADOW_BLUR_SHARE
+    dx = finish.shadow_offset_x if finish.shadow_offset_x is not None else round(side * SHADOW_OFFSET_X_SHARE)
+    dy = finish.shadow_offset_y if finish.shadow_offset_y is not None else round(side * SHADOW_OFFSET_Y_SHARE)
+    blur = finish.shadow_blur if finish.shadow_blur is not None else side * SHADOW_BLUR_SHARE
     alpha = rgba[..., 3]
     shifted = np.zeros_like(alpha)
     # Clamped at 0: an offset past the image's side leaves nothing to shift (a negative end would wrap).
     src = alpha[max(0, -dy) : max(0, height - dy), max(0, -dx) : max(0, width - dx)]
     shifted[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
-    opacity = options.shadow_opacity
+    opacity = finish.shadow_opacity
     shadow_alpha = _gaussian(Image.fromarray(shifted), blur).point(lambda v: round(v * opacity))
     shadow = Image.new("RGBA", (width, height), (0, 0, 0, 0))
     shadow.putalpha(shadow_alpha)
@@ -111,7 +123,7 @@ def _over(rgba: np.ndarray, background: Image.Image) -> np.ndarray:
     return np.asarray(background)
 
 
-def _over_colour(rgba: np.ndarray, colour: tuple[int, int, int, int]) -> np.ndarray:
+def _over_colour(rgba: np.ndarray, colour: Colour) -> np.ndarray:
     size = (rgba.shape[1], rgba.shape[0])
     if colour[3] == 255:
         return _over(rgba, Image.new("RGB", size, colour[:3]))
@@ -119,16 +131,18 @@ def _over_colour(rgba: np.ndarray, colour: tuple[int, int, int, int]) -> np.ndar
     return np.asarray(Image.alpha_composite(Image.new("RGBA", size, colour), Image.fromarray(rgba)))
 
 
-def _background(rgba: np.ndarray, photo: np.ndarray, options: Options) -> np.ndarray:
-    if options.bg_color is not None:
-        return _over_colour(rgba, options.bg_color)
-    if options.bg_blur is not None:
-        return _over(rgba, _gaussian(Image.fromarray(photo), options.bg_blur))
-    if options.bg_image is not None:
+def _background(
+    rgba: np.ndarray, photo: np.ndarray, finish: Finish, background: np.ndarray | None, opaque: bool
+) -> np.ndarray:
+    if finish.bg_color is not None:
+        return _over_colour(rgba, finish.bg_color)
+    if finish.bg_blur is not None:
+        return _over(rgba, _gaussian(Image.fromarray(photo), finish.bg_blur))
+    if background is not None:
         height, width = rgba.shape[:2]
-        return _over(rgba, _cover(codec.decode(options.bg_image).rgb, width, height))
-    if options.output_format == "jpeg":
-        return _over_colour(rgba, JPEG_BACKGROUND)
+        return _over(rgba, _cover(background, width, height))
+    if opaque:
+        return _over_colour(rgba, OPAQUE_BACKGROUND)
     return rgba
 
 
@@ -142,46 +156,37 @@ def _downscale(pixels: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
 
 
-def encode(pixels: np.ndarray, options: Options, png_level: int, png_fast: bool) -> bytes:
-    if options.output_format == "png":
-        return codec.encode_png(pixels, png_level, png_fast)
-    buf = io.BytesIO()
-    img = Image.fromarray(pixels)
-    if options.output_format == "jpeg":
-        img.save(buf, "JPEG", quality=options.quality or DEFAULT_QUALITY)
-    elif options.quality is None:
-        img.save(buf, "WEBP", lossless=True, quality=0, method=WEBP_METHOD)
-    else:
-        img.save(buf, "WEBP", quality=options.quality, method=WEBP_METHOD)
-    return buf.getvalue()
-
-
-def _crop(box: tuple[int, int, int, int] | None, *planes: np.ndarray) -> list[np.ndarray]:
+def _crop(box: Box | None, *planes: np.ndarray) -> list[np.ndarray]:
     if box is None:
         return list(planes)
     left, top, right, bottom = box
     return [plane[top:bottom, left:right] for plane in planes]
 
 
-def finish_cutout(rgba: np.ndarray, photo: np.ndarray, options: Options, png_level: int, png_fast: bool) -> Rendered:
-    """rgba: the model's cut-out; photo: the decoded input (for bg_blur), same size."""
-    mask = rgba[..., 3]
-    if options.shadow:
-        rgba = add_shadow(rgba, options)
-    box = subject_box(rgba[..., 3], options) if options.crop_to_bbox else None
-    rgba, photo, mask = _crop(box, rgba, photo, mask)
-    pixels = _downscale(_background(rgba, photo, options), options.max_side)
-    height, width = pixels.shape[:2]
-    mask_bytes = None
-    if options.output_mask:
-        mask_bytes = encode(_downscale(np.ascontiguousarray(mask), options.max_side), options, png_level, False)
-    body = encode(np.ascontiguousarray(pixels), options, png_level, png_fast)
-    return Rendered(body, options.content_type, width, height, mask_bytes)
+def cutout(
+    rgba: np.ndarray,
+    photo: np.ndarray,
+    finish: Finish,
+    *,
+    background: np.ndarray | None = None,
+    opaque: bool = False,
+    with_mask: bool = False,
+) -> Composed:
+    """rgba: the model's cut-out; photo: the decoded input (for bg_blur), same size; background: a decoded
+    bg_image (RGB), scaled to cover; opaque: the format has no alpha (a white ground unless one is asked
+    for); with_mask: the subject's alpha comes back too, cropped and scaled as the picture."""
+    alpha = rgba[..., 3]
+    if finish.shadow:
+        rgba = add_shadow(rgba, finish)
+    box = subject_box(rgba[..., 3], finish) if finish.crop_to_bbox else None
+    rgba, photo, alpha = _crop(box, rgba, photo, alpha)
+    pixels = _downscale(_background(rgba, photo, finish, background, opaque), finish.max_side)
+    kept = _downscale(np.ascontiguousarray(alpha), finish.max_side) if with_mask else None
+    return Composed(np.ascontiguousarray(pixels), None if kept is None else np.ascontiguousarray(kept))
 
 
-def finish_mask(mask: np.ndarray, options: Options, png_level: int) -> Rendered:
-    box = subject_box(mask, options) if options.crop_to_bbox else None
-    (mask,) = _crop(box, mask)
-    pixels = np.ascontiguousarray(_downscale(mask, options.max_side))
-    height, width = pixels.shape[:2]
-    return Rendered(encode(pixels, options, png_level, False), options.content_type, width, height)
+def mask(alpha: np.ndarray, finish: Finish) -> Composed:
+    """A mask cropped and scaled as `finish` says (its colour options do not apply)."""
+    box = subject_box(alpha, finish) if finish.crop_to_bbox else None
+    (alpha,) = _crop(box, alpha)
+    return Composed(np.ascontiguousarray(_downscale(alpha, finish.max_side)))

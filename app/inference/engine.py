@@ -25,7 +25,8 @@ Runtime = Literal["openvino", "onnxruntime"]
 
 
 class Engine(Protocol):
-    runtime: Runtime
+    @property
+    def runtime(self) -> Runtime: ...
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The first output for an N x C x H x W float32 batch; blocks while the engine is full."""

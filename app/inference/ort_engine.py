@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -73,7 +74,7 @@ class OnnxRuntimeEngine:
     u2netp: docs/performance.md), hence the bound.
     """
 
-    runtime = "onnxruntime"
+    runtime: Literal["onnxruntime"] = "onnxruntime"
 
     def __init__(
         self, wide: ort.InferenceSession, narrow: ort.InferenceSession | None, concurrent_inferences: int
@@ -107,7 +108,8 @@ class OnnxRuntimeEngine:
             try:
                 # A cancelled job (client gone) sets the terminate flag: the run stops between kernels.
                 with interruptible(lambda: setattr(options, "terminate", True)):
-                    return session.run([self._output], {self._input: batch}, options)[0]
+                    out: np.ndarray = session.run([self._output], {self._input: batch}, options)[0]
+                    return out
             finally:
                 with self._lock:
                     self._running -= 1

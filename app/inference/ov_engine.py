@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import openvino as ov
@@ -90,6 +91,7 @@ def split_concat_convolutions(network: ov.Model) -> int:
             )
             total = out if total is None else ops.add(total, out)
             start += channels
+        assert total is not None  # the loop ran over at least one group
         conv.output(0).replace(total.output(0))
         split += 1
     network.validate_nodes_and_infer_types()
@@ -192,7 +194,7 @@ def prepare_network(
 
 
 class OpenVinoEngine:
-    runtime = "openvino"
+    runtime: Literal["openvino"] = "openvino"
 
     def __init__(self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0) -> None:
         self.bf16_convolutions = bf16_convolutions
@@ -228,6 +230,7 @@ class OpenVinoEngine:
                 request.start_async({0: batch})
                 request.wait()
             # The request reuses its output buffer on the next run: hand out a copy.
-            return request.get_output_tensor(0).data.copy()
+            out: np.ndarray = request.get_output_tensor(0).data.copy()
+            return out
         finally:
             self._requests.put(request)

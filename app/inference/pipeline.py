@@ -1,4 +1,4 @@
-"""One model pipeline: pre-processing, inference (through its Engine), mask post-processing, composition.
+"""One model pipeline: pre-processing, inference (through its Engine), mask post-processing, the cut-out.
 
 Everything here runs in a worker thread (numpy, Pillow and onnxruntime release
 the GIL in their heavy loops). It works on numpy arrays end to end and touches
@@ -8,20 +8,14 @@ PIL -> numpy -> PIL several times per request; we do not.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 from PIL import Image
 from scipy.ndimage import uniform_filter
 
 from app.imaging import codec
-from app.imaging.compose import Rendered, finish_cutout, finish_mask
 from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
-from app.removal.options import Options
-from app.settings import ModelSpec, Price, resolution_side
-
-Output = Literal["cutout", "mask"]
+from app.settings import ModelSpec, resolution_side
 
 # Fast guided filter (He & Sun 2015): coefficients are solved at a working
 # resolution a little above the model's, then applied to the full-size image,
@@ -72,7 +66,7 @@ def guided_upsample(mask: np.ndarray, rgb: np.ndarray, contrast: float = 1.0) ->
         a = _resize(a, (width, height), Image.Resampling.BILINEAR)
         b = _resize(b, (width, height), Image.Resampling.BILINEAR)
         guide = _gray(rgb)
-    out = a * guide
+    out: np.ndarray = a * guide
     out += b
     np.clip(out, 0.0, 1.0, out=out)
     out *= 255.0
@@ -91,7 +85,8 @@ FOREGROUND_HALO_ROWS = sum(r // 2 + 1 for r in BLUR_FUSION_RADII)
 
 
 def _box(x: np.ndarray, size: int) -> np.ndarray:
-    return uniform_filter(x, size=(size, size, 1) if x.ndim == 3 else size)
+    blurred: np.ndarray = uniform_filter(x, size=(size, size, 1) if x.ndim == 3 else size)
+    return blurred
 
 
 def _blur_fusion(
@@ -139,8 +134,6 @@ class Pipeline:
         name: str,
         spec: ModelSpec,
         engines: dict[str, Engine],
-        png_compress_level: int,
-        png_fast: bool = True,
         union: Pipeline | None = None,
     ) -> None:
         """`engines`: operating resolution ("1024x1024") -> the engine running the network at that size;
@@ -151,16 +144,11 @@ class Pipeline:
         self._union = union
         self._mean = np.asarray(spec.mean, np.float32)
         self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
-        self._png_level = png_compress_level
-        self._png_fast = png_fast
 
     @property
     def resolutions(self) -> list[str]:
         """The operating resolutions this pipeline runs at, the default first."""
         return list(self._engines)
-
-    def price(self, resolution: str | None = None) -> Price:
-        return self.spec.prices()[resolution or self.resolutions[0]]
 
     def _infer(self, small: np.ndarray, engine: Engine) -> np.ndarray:
         x = small.astype(np.float32)
@@ -172,7 +160,8 @@ class Pipeline:
         x -= self._mean
         x *= self._inv_std
         batch = np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis])
-        return engine.run(batch)[0, 0]
+        pred: np.ndarray = engine.run(batch)[0, 0]
+        return pred
 
     def predict(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """The model's mask at the operating resolution, scaled to [0, 1]."""
@@ -220,24 +209,6 @@ class Pipeline:
         np.multiply(colour, (alpha != 0)[..., np.newaxis], out=rgba[..., :3])
         rgba[..., 3] = alpha
         return rgba
-
-    def render(self, data: bytes, output: Output, resolution: str | None = None) -> bytes:
-        # Checkpoints between stages: a job whose client hung up stops at the next one (cancel.py).
-        decoded = codec.decode(data)
-        checkpoint()
-        pixels = self.mask(decoded.rgb, resolution) if output == "mask" else self.cutout(decoded, resolution)
-        checkpoint()
-        return codec.encode_png(pixels, self._png_level, self._png_fast)
-
-    def render_with(self, data: bytes, output: Output, options: Options, resolution: str | None = None) -> Rendered:
-        """The result finished as the options say (crop, background, format, ...)."""
-        decoded = codec.decode(data)
-        checkpoint()
-        if output == "mask":
-            return finish_mask(self.mask(decoded.rgb, resolution), options, self._png_level)
-        cutout = self.cutout(decoded, resolution)
-        checkpoint()
-        return finish_cutout(cutout, decoded.rgb, options, self._png_level, self._png_fast)
 
     def warm(self) -> None:
         probe = np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)

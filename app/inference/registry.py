@@ -43,7 +43,7 @@ class ModelRegistry:
             if not chosen:
                 raise RuntimeError(f"model {name!r}: this runtime can run none of its operating resolutions")
             union = pipelines[spec.union] if spec.union is not None else None
-            pipelines[name] = Pipeline(name, spec, chosen, settings.png_compress_level, settings.png_fast, union)
+            pipelines[name] = Pipeline(name, spec, chosen, union)
         pipelines = {name: pipelines[name] for name in settings.models}  # the config's order
         for pipeline in pipelines.values():
             pipeline.warm()

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from app.inference.pipeline import Output
+from app.accounts.pricing import Output
 from app.store import Reservation
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]

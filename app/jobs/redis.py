@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -53,7 +53,7 @@ MASTER = PREFIX + "jobs:master"
 BATCH_BACKSTOP_S = 7 * 86400
 
 
-def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         with unavailable_on_redis_errors():
@@ -158,8 +158,21 @@ return due
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected bytes or str from Redis, got {type(value).__name__}")
+
+
+def _bytes(value: object) -> bytes | None:
+    """A binary value as redis-py answers it without decoding (None, and empty, as None)."""
+    if value is None or value == b"":
+        return None
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")
 
 
 class RedisJobs:
@@ -257,9 +270,12 @@ class RedisJobs:
         if entry is None:
             return 0
         ahead = await self._redis.xrange(STREAM, "-", "(" + _text(entry), count=10_000)
+        return max(0, len(ahead or []) - await self._pending())
+
+    async def _pending(self) -> int:
         await self._ensure_group()
-        pending = await self._redis.xpending(STREAM, GROUP)
-        return max(0, len(ahead) - int(pending["pending"]))
+        summary: Any = await self._redis.xpending(STREAM, GROUP)
+        return int(summary["pending"])
 
     async def _take(self, job_id: str, entry: str, worker: str) -> Claimed | None:
         """The job of a stream entry this worker was handed, now running; None (entry acknowledged)
@@ -278,7 +294,7 @@ class RedisJobs:
         data = await self._redis.hmget(_input(job_id), ["meta", "image", "bg_image"])
         if data[0] is None:  # its input is gone: nothing can run it
             return Claimed(job, Payload(None, None, None, {}, None, None, False))
-        return Claimed(job, Payload.from_parts(_text(data[0]), data[1] or None, data[2] or None))
+        return Claimed(job, Payload.from_parts(_text(data[0]), _bytes(data[1]), _bytes(data[2])))
 
     async def _ack(self, entry: str) -> None:
         await self._redis.xack(STREAM, GROUP, entry)
@@ -288,11 +304,11 @@ class RedisJobs:
     async def claim(self, worker: str, lease_s: float, wait_s: float) -> Claimed | None:
         await self._ensure_group()
         # Stalled entries first: a replica that died mid-job left them pending past the lease.
-        reply = await self._redis.xautoclaim(STREAM, GROUP, worker, int(lease_s * 1000), "0-0", count=1)
-        entries = reply[1]
+        reply: Any = await self._redis.xautoclaim(STREAM, GROUP, worker, int(lease_s * 1000), "0-0", count=1)
+        entries: Any = reply[1]
         if not entries:
             block_ms = max(1, int(min(wait_s, 1.0) * 1000))  # under the client's socket timeout
-            read = await self._redis.xreadgroup(GROUP, worker, {STREAM: ">"}, count=1, block=block_ms)
+            read: Any = await self._redis.xreadgroup(GROUP, worker, {STREAM: ">"}, count=1, block=block_ms)
             entries = read[0][1] if read else []
         for entry_id, fields in entries:
             if fields is None:  # deleted meanwhile
@@ -336,8 +352,7 @@ class RedisJobs:
 
     @_fail_closed
     async def get_result(self, job_id: str) -> bytes | None:
-        body = await self._redis.get(_result(job_id))
-        return None if body is None else bytes(body)
+        return _bytes(await self._redis.get(_result(job_id)))
 
     @_fail_closed
     async def schedule_webhook(self, target: str, due_at: float) -> None:
@@ -345,7 +360,8 @@ class RedisJobs:
 
     @_fail_closed
     async def due_webhooks(self, now: float, lease_s: float) -> list[str]:
-        return [_text(t) for t in await self._due(keys=[WEBHOOKS], args=[repr(now), repr(now + lease_s)])]
+        due: Any = await self._due(keys=[WEBHOOKS], args=[repr(now), repr(now + lease_s)])
+        return [_text(target) for target in due]
 
     @_fail_closed
     async def drop_webhook(self, target: str) -> None:
@@ -355,8 +371,7 @@ class RedisJobs:
     async def queue_depth(self) -> int:
         await self._ensure_group()
         length = await self._redis.xlen(STREAM)
-        pending = await self._redis.xpending(STREAM, GROUP)
-        return max(0, int(length) - int(pending["pending"]))
+        return max(0, int(length) - await self._pending())
 
     @_fail_closed
     async def overdue(self, now: float) -> list[Job]:
@@ -369,7 +384,9 @@ class RedisJobs:
     @_fail_closed
     async def master_key(self) -> bytes:
         await self._redis.set(MASTER, secrets.token_bytes(32), nx=True)
-        return bytes(await self._redis.get(MASTER))
+        key = _bytes(await self._redis.get(MASTER))
+        assert key is not None
+        return key
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -25,21 +25,21 @@ from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
 from app.accounts.auth import authenticate
+from app.accounts.pricing import Output
 from app.errors import ApiError, client_closed_request, invalid_parameter
 from app.http.context import request_id_of
-from app.inference.pipeline import Output
 from app.jobs import webhooks
 from app.jobs.engine import IdempotencyConflict
 from app.jobs.model import Batch, Job
 from app.jobs.service import Item, JobService
-from app.removal import options, submission
+from app.removal import option_table, submission
 from app.removal.job import wants_json
 from app.removal.submission import Submission
 from app.services import services
 from app.store import Account
 
 BATCH_TEXT_BYTES = 64 * 1024  # a multipart batch's text fields (its `overrides` JSON)
-ITEM_FIELDS = frozenset({"model", "operating_resolution", "output"}) | (options.FIELDS - {"bg_image"})
+ITEM_FIELDS = frozenset({"model", "operating_resolution", "output"}) | (option_table.FIELDS - {"bg_image"})
 EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "application/json": "json"}
 
 
@@ -118,7 +118,7 @@ async def submit_single(request: Request, account: Account, sub: Submission, out
     """A rembg request answered 202 at once and run later (called by app/routes/rembg.py)."""
     jobs = _jobs(request)
     webhook_url = await webhooks.check_target(sub.webhook_url, jobs.settings) if sub.webhook_url else None
-    item = jobs.price(sub, output, wants_json(request))
+    item = jobs.price(sub, output, wants_json(request.headers.get("accept", "")))
     kind, ref, replayed = await _submit(request, account, [item], batch=False, webhook_url=webhook_url)
     job = await jobs.engine.get(ref)
     if job is None or kind != "job":
@@ -242,7 +242,7 @@ async def _read_multipart(request: Request, jobs: JobService) -> tuple[list[Item
             overrides = None  # type: ignore[assignment]
         if not isinstance(overrides, list) or len(overrides) > len(uploads):
             raise invalid_parameter('"overrides" must be a JSON list, one object (or null) per image, in order.')
-    accept_json = wants_json(request)
+    accept_json = wants_json(request.headers.get("accept", ""))
     items = []
     for index, (filename, data) in enumerate(uploads):
         override = overrides[index] if index < len(overrides) and overrides[index] is not None else {}
@@ -288,7 +288,7 @@ async def _read_json(request: Request, jobs: JobService) -> tuple[list[Item], st
     if webhook_url is not None and not isinstance(webhook_url, str):
         raise invalid_parameter('"webhook_url" must be an http(s) URL.')
     output_shared = shared.pop("output", None)
-    accept_json = wants_json(request)
+    accept_json = wants_json(request.headers.get("accept", ""))
     items: list[Item] = []
     for index, entry in entries:
         where = f"items[{index}]: "

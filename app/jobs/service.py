@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -24,18 +25,18 @@ from typing import Any
 import anyio
 
 from app.accounts import billing
+from app.accounts.pricing import Output
 from app.errors import ApiError
 from app.http import metrics
-from app.imaging import codec
 from app.inference.cancel import Cancelled
 from app.inference.gate import Busy, Expired, WorkerGate
-from app.inference.pipeline import Output
 from app.inference.registry import ModelRegistry
 from app.jobs import webhooks
 from app.jobs.engine import Claimed, JobEngine
 from app.jobs.model import Batch, Job, Payload, Webhook, new_job_id, now, webhook_secret
-from app.removal import plan
-from app.removal.job import choose, prepare_for
+from app.removal import job as planning
+from app.removal import respond
+from app.removal.render import render
 from app.removal.submission import Submission
 from app.settings import Settings
 from app.store import Account, Store, StoreUnavailable
@@ -72,6 +73,11 @@ class Item:
     name: str | None = None
 
 
+def _accept(accept_json: bool) -> str:
+    """The Accept header `plan` reads: a job stores only whether the answer is JSON."""
+    return "application/json" if accept_json else ""
+
+
 def error_object(err: ApiError, request_id: str) -> dict[str, str]:
     return {"code": err.code, "message": err.message, "request_id": request_id}
 
@@ -92,11 +98,9 @@ class JobService:
     # --- planning (shared with the synchronous route: app/removal/plan.py, app/removal/job.py) ---
 
     def price(self, sub: Submission, output: Output, accept_json: bool) -> Item:
-        """The item's model and cost, or an ApiError for options the request may not have (400 at submission)."""
-        model_name, pipeline = plan.pipeline_for(self.registry, self.settings, sub.model)
-        resolution = plan.operating_resolution(pipeline, sub.operating_resolution)
-        chosen, _ = choose(sub, output, accept_json)
-        extra = plan.options_cost(self.settings, chosen, image_url=sub.image_url is not None)
+        """The item's model and cost, or the 400 its options get (at submission: nothing is fetched yet)."""
+        pipeline = planning.choose_model(sub, self.settings, self.registry)
+        credits = planning.quote(sub, pipeline, output, _accept(accept_json), self.settings)
         payload = Payload(
             image=sub.image,
             image_url=sub.image_url,
@@ -106,7 +110,7 @@ class JobService:
             operating_resolution=sub.operating_resolution,
             accept_json=accept_json,
         )
-        return Item(payload, output, model_name, plan.cost(pipeline, resolution, output, extra))
+        return Item(payload, output, pipeline.name, credits)
 
     async def secret(self, account_id: str) -> str:
         if self._master is None:
@@ -271,26 +275,19 @@ class JobService:
         try:
             if payload.image is None and payload.image_url is None:
                 raise ApiError("internal_error", "The job's input was lost; its credits were refunded.")
-            model_name, pipeline = plan.pipeline_for(self.registry, settings, sub.model)
-            resolution = plan.operating_resolution(pipeline, sub.operating_resolution)
-            answer = await prepare_for(settings, sub, job.output, accept_json=payload.accept_json)
-            data = answer.image
-            info = await anyio.to_thread.run_sync(
-                lambda: codec.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
-            )
-            render_body = answer.renderer(pipeline, job.output, resolution)
-            started = time.perf_counter()
+            pipeline = planning.choose_model(sub, settings, self.registry)
+            # The synchronous route's own steps: plan (options, image_url fetch, probes), render, respond.
+            planned = await planning.plan(sub, pipeline, job.output, _accept(payload.accept_json), settings)
+            work = functools.partial(render, planned, settings.png_compress_level, settings.png_fast)
             result = await self.gate.run(
-                render_body,
-                data,
+                work,
                 timeout=settings.processing_timeout_s,
-                memory_bytes=plan.memory_bytes(pipeline, info, answer.memory_bytes),
+                memory_bytes=planned.memory_bytes,
                 background=True,
                 preemptible=job.runs <= MAX_PREEMPTIONS,
             )
-            metrics.observe_delivery(model_name, job.output, time.perf_counter() - started, 0)
-            headers = {"X-Model": model_name, "X-Operating-Resolution": resolution}
-            response = await anyio.to_thread.run_sync(answer.response, result, job.output, headers)
+            metrics.observe_delivery(planned.model, job.output, result.inference_s, 0)
+            response = await respond.response(planned, result, job.reservation())
             return bytes(response.body), response.media_type or "application/octet-stream"
         except ApiError as err:
             return err

@@ -1,6 +1,6 @@
 """The OpenAPI text of the rembg routes' output options, image_url and JSON bodies (app/openapi/document.py uses it).
 
-Kept next to app/removal/options.py's names: a field added there is described here.
+Built from the option table (app/removal/options.py OPTIONS): an option added there is documented here.
 """
 
 from __future__ import annotations
@@ -11,127 +11,74 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from app.imaging.compose import (
-    SHADOW_BLUR_SHARE,
-    SHADOW_OFFSET_X_SHARE,
-    SHADOW_OFFSET_Y_SHARE,
-)
-from app.removal import options
+from app.imaging.codec import CONTENT_TYPES
+from app.removal import option_table as options
+from app.removal.fetch import MAX_REDIRECTS
+from app.removal.option_table import OPTIONS, Option
+from app.removal.submission import MAX_FIELD_BYTES, MAX_JSON_URL_CHARS
 
 JSON = dict[str, Any]
 
 # A pattern, not an enum: client generators would make one enum class per flag and operation.
 _BOOL_TEXT = {"type": "string", "pattern": f"^({'|'.join((*options.TRUE_WORDS, *options.FALSE_WORDS))})$"}
-_DECIMAL = {"type": "string", "pattern": options.DECIMAL}
-_INTEGER = {"type": "string", "pattern": options.INTEGER}
-_SIGNED = {"type": "string", "pattern": options.SIGNED_INTEGER}
 
-# name -> (schema for a form field, description). JSON bodies take the same names with native types.
 # Shared by both routes' form and JSON bodies: one class in a generated client, not four.
 COMPONENTS: dict[str, JSON] = {"OutputFormat": {"type": "string", "enum": list(options.FORMAT_NAMES)}}
 
-_OPTIONS: dict[str, tuple[JSON, str]] = {
-    "crop_to_bbox": (
-        _BOOL_TEXT,
-        "Crop to the subject's bounding box (alpha above ~4%; with `shadow`, the shadow too).",
-    ),
-    "crop_margin": (
-        {"type": "string", "pattern": options.MARGIN, "examples": ["20", "20px", "10%"]},
-        "Margin around the subject's box, in pixels or % of the box (clamped to the photo); implies `crop_to_bbox` "
-        "(ignored with `crop_to_bbox=false`).",
-    ),
-    "output_format": (
-        {"$ref": "#/components/schemas/OutputFormat", "default": "png"},
-        "`png` (default); `webp`: lossless with alpha, lossy with `quality`; `jpeg`: no alpha, composited over "
-        "`bg_color` (white by default).",
-    ),
-    "quality": (
-        {**_INTEGER, "examples": ["80"]},
-        f"1-100, for `jpeg` (default {options.DEFAULT_QUALITY}) or lossy `webp`; ignored for `png`.",
-    ),
-    "bg_color": (
-        {"type": "string", "examples": ["#FFFFFF", "#00000080", "white", "tomato"]},
-        "Composite over this colour: `#RRGGBB`, `#RRGGBBAA`, `#RGB` or a CSS colour name. Opaque: an RGB image.",
-    ),
-    "bg_blur": (
-        {**_DECIMAL, "examples": ["12"]},
-        f"Keep the photo's own background, Gaussian-blurred with this radius (0.5-{options.MAX_BLUR_PX} px), "
-        "behind the sharp subject. Opaque.",
-    ),
-    "shadow": (_BOOL_TEXT, "A soft drop shadow under the subject, drawn before cropping and background."),
-    "shadow_offset_x": (
-        _SIGNED,
-        f"Implies `shadow`: shift right in px (default {SHADOW_OFFSET_X_SHARE:.0%} of the longer side; negative: left).",
-    ),
-    "shadow_offset_y": (
-        _SIGNED,
-        f"Implies `shadow`: shift down in px (default {SHADOW_OFFSET_Y_SHARE:.0%} of the longer side; negative: up).",
-    ),
-    "shadow_blur": (
-        _DECIMAL,
-        f"Implies `shadow`: blur radius in px (default {SHADOW_BLUR_SHARE:.1%} of the longer side).",
-    ),
-    "shadow_opacity": (
-        _DECIMAL,
-        "Implies `shadow`: its opacity, 0-1 (default 0.5). Shadow settings are ignored with `shadow=false`.",
-    ),
-    "max_side": (
-        {**_INTEGER, "examples": ["1024"]},
-        "Downscale the finished result so its longer side is at most this; never upscales.",
-    ),
-    "sync_mode": (_BOOL_TEXT, "`true`: answer JSON with the image as a data URI (as does `Accept: application/json`)."),
-    "output_mask": (_BOOL_TEXT, "With a JSON answer: add the mask (same crop, size and format) as `mask`."),
-}
-_NATIVE: dict[str, JSON] = {
-    "crop_to_bbox": {"type": "boolean"},
-    "shadow": {"type": "boolean"},
-    "sync_mode": {"type": "boolean"},
-    "output_mask": {"type": "boolean"},
-    "quality": {"type": "integer", "minimum": 1, "maximum": 100},
-    "bg_blur": {"type": "number", "minimum": 0.5, "maximum": options.MAX_BLUR_PX},
-    "shadow_offset_x": {
-        "type": "integer",
-        "minimum": -options.MAX_SHADOW_OFFSET_PX,
-        "maximum": options.MAX_SHADOW_OFFSET_PX,
-    },
-    "shadow_offset_y": {
-        "type": "integer",
-        "minimum": -options.MAX_SHADOW_OFFSET_PX,
-        "maximum": options.MAX_SHADOW_OFFSET_PX,
-    },
-    "shadow_blur": {"type": "number", "minimum": 0, "maximum": options.MAX_BLUR_PX},
-    "shadow_opacity": {"type": "number", "minimum": 0, "maximum": 1},
-    "max_side": {"type": "integer", "minimum": 1, "maximum": 100000},
-    "crop_margin": {"type": "number", "minimum": 0, "maximum": 10000},
-}
-_MASK_FIELDS = options.GEOMETRY_FIELDS | {"sync_mode"}
 _IMAGE_URL = (
-    "Fetch the photo from this http(s) URL instead (public addresses only; at most 3 redirects; "
+    f"Fetch the photo from this http(s) URL instead (public addresses only; at most {MAX_REDIRECTS} redirects; "
     "same size limit as uploads). Failures: 400 `image_url_forbidden`, `image_url_unreachable`, `image_url_too_large`."
 )
-
-
 IMAGE_URL_IN_FORM = (
-    " Or leave this part out and send a text field `image_url` (up to 1 KB): the photo is fetched from there, "
-    "as with `image_url` in a JSON body."
+    f" Or leave this part out and send a text field `image_url` (up to {MAX_FIELD_BYTES // 1024} KB): the photo "
+    "is fetched from there, as with `image_url` in a JSON body."
 )
+
+
+def _text(option: Option) -> JSON:
+    """The schema of the option as a form's text field (JSON bodies accept it too)."""
+    examples = {"examples": list(option.examples)} if option.examples else {}
+    if option.kind == "bool":
+        return dict(_BOOL_TEXT)
+    if option.kind == "integer":
+        return {"type": "string", "pattern": options.SIGNED_INTEGER if option.low < 0 else options.INTEGER, **examples}
+    if option.kind == "number":
+        return {"type": "string", "pattern": options.DECIMAL, **examples}
+    if option.kind == "margin":
+        return {"type": "string", "pattern": options.MARGIN, **examples}
+    if option.kind == "format":
+        return {"$ref": "#/components/schemas/OutputFormat", "default": option.default}
+    if option.kind == "file":
+        return {"type": "string", "format": "binary"}
+    return {"type": "string", **examples}  # a colour
+
+
+def _plain(number: float) -> float | int:
+    return int(number) if float(number).is_integer() else number
+
+
+def _native(option: Option) -> JSON | None:
+    """The schema of the option as a JSON value of its own type, where it has one besides text."""
+    if option.kind == "bool":
+        return {"type": "boolean"}
+    if option.kind in ("integer", "number", "margin"):
+        kind = "integer" if option.kind == "integer" else "number"
+        return {"type": kind, "minimum": _plain(option.low), "maximum": _plain(option.high)}
+    return None
+
+
+def _shown(option: Option) -> bool:
+    return option.kind != "file"  # a file part in a form; JSON bodies carry it as bg_image_data_uri
 
 
 def form_properties(mask: bool) -> JSON:
     """Multipart fields beyond `image` and `model` (`image_url` is told in `image`'s description:
     a form carries one of the two, and this schema lists the upload)."""
-    names = [name for name in _OPTIONS if not mask or name in _MASK_FIELDS]
-    props: JSON = {}
-    if not mask:
-        props["bg_image"] = {
-            "type": "string",
-            "format": "binary",
-            "description": "A second file part: the subject composited over this image, scaled to cover.",
-        }
-    for name in names:
-        schema, description = _OPTIONS[name]
-        props[name] = {**schema, "description": description}
-    return props
+    return {
+        option.name: {**_text(option), "description": options.describe(option)}
+        for option in OPTIONS
+        if option.on_mask or not mask
+    }
 
 
 def example_data_uri() -> str:
@@ -151,7 +98,7 @@ def json_example(mask: bool) -> JSON:
 def json_request(models: list[str], default_model: str, mask: bool) -> JSON:
     """fal's shape: the photo by URL or data URI, the options as JSON values."""
     props: JSON = {
-        "image_url": {"type": "string", "maxLength": 8192, "description": _IMAGE_URL},
+        "image_url": {"type": "string", "maxLength": MAX_JSON_URL_CHARS, "description": _IMAGE_URL},
         "image_data_uri": {
             "type": "string",
             "pattern": "^data:",
@@ -162,15 +109,14 @@ def json_request(models: list[str], default_model: str, mask: bool) -> JSON:
     }
     if not mask:
         props["bg_image_data_uri"] = {"type": "string", "description": "A background image inline, as `bg_image`."}
-    for name, (schema, description) in _OPTIONS.items():
-        if mask and name not in _MASK_FIELDS:
+    for option in OPTIONS:
+        if (mask and not option.on_mask) or not _shown(option):
             continue
         # JSON takes the native type or the form's text.
-        native = _NATIVE.get(name)
-        props[name] = (
-            {"anyOf": [native, schema], "description": description}
-            if native
-            else {**schema, "description": description}
+        text, native = _text(option), _native(option)
+        description = options.describe(option)
+        props[option.name] = (
+            {"anyOf": [native, text], "description": description} if native else {**text, "description": description}
         )
     return {
         "type": "object",
@@ -186,7 +132,7 @@ def _file_schema() -> JSON:
         "required": ["url", "content_type", "file_name", "file_size", "width", "height"],
         "properties": {
             "url": {"type": "string", "pattern": "^data:image/", "description": "The image as a base64 data URI."},
-            "content_type": {"type": "string", "enum": sorted(options.CONTENT_TYPES.values())},
+            "content_type": {"type": "string", "enum": sorted(CONTENT_TYPES.values())},
             "file_name": {"type": "string", "examples": ["cutout.png"]},
             "file_size": {"type": "integer", "minimum": 1, "description": "Bytes of the decoded image."},
             "width": {"type": "integer", "minimum": 1},

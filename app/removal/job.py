@@ -1,86 +1,94 @@
-"""What a rembg request asks back: its options, its input bytes, its price and the response's shape.
+"""Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
-`prepare` does everything that can refuse a request before credits are reserved
-(option validation, the image_url fetch, the background image's header check);
-`Answer.renderer` is the work for the worker thread and `Answer.response` the
-HTTP answer. With no option, the work and the answer are exactly the plain PNG's.
+`plan` does everything that can refuse a request before credits are reserved: the model and
+its operating resolution, option validation, the image_url fetch, the headers of the photo
+and of a background image. What it answers is all the rest of the request needs: what to
+run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the memory
+estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
 
-import base64
+import functools
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import anyio
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
+from app.accounts import pricing
 from app.errors import ApiError, invalid_image, invalid_parameter
 from app.http.client_address import parse_networks
 from app.imaging import codec
-from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL, Rendered
-from app.inference.pipeline import Output, Pipeline
-from app.removal import fetch, options, plan
+from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL
+from app.inference.pipeline import Pipeline
+from app.inference.registry import ModelRegistry
+from app.removal import fetch, options
 from app.removal.submission import Submission
 from app.settings import Settings
 
-# Options that cost credits on top of the model (config/models.toml [option_costs]).
-PRICED_OPTIONS = ("image_url", "bg_blur", "bg_image", "shadow")
+Output = pricing.Output
+Answer = Literal["image", "json"]
 
 
 @dataclass(frozen=True)
-class Answer:
-    image: bytes
+class Job:
+    image: bytes  # the photo: uploaded, or fetched from image_url
+    fetched: bool  # it came from image_url
+    pipeline: Pipeline
+    resolution: str  # the operating resolution it runs at
+    output: Output
     options: options.Options
-    json: bool
-    extra_cost: int
-    fingerprint: str  # what the Idempotency-Key fingerprint adds ("" for a plain request)
-    # Peak memory the options add to the model's own estimate (a bg_image's decode), for the admission.
-    memory_bytes: int = 0
+    answer: Answer
+    price: int  # credits
+    fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
+    memory_bytes: int  # the estimated peak, for the memory admission
 
     @property
-    def plain(self) -> bool:
-        """The PNG bytes of today: no option changes the picture or the answer's shape."""
-        return not self.json and not self.options.changes_pixels()
+    def model(self) -> str:
+        return self.pipeline.name
 
-    def renderer(
-        self, pipeline: Pipeline, output: Output, resolution: str | None = None
-    ) -> Callable[[bytes], bytes | Rendered]:
-        if self.plain:
-            return lambda data: pipeline.render(data, output, resolution)
-        chosen = self.options
-        return lambda data: pipeline.render_with(data, output, chosen, resolution)
-
-    def response(self, result: object, output: Output, headers: dict[str, str]) -> Response:
-        if isinstance(result, bytes):
-            return Response(result, media_type="image/png", headers=headers)
-        assert isinstance(result, Rendered)
-        if not self.json:
-            return Response(result.body, media_type=result.content_type, headers=headers)
-        body = {"image": _file(result.body, result, output)}
-        if result.mask is not None:
-            body["mask"] = _file(result.mask, result, "mask")
-        return JSONResponse(body, headers=headers)
+    @property
+    def asked(self) -> str:
+        """The model as the fingerprint names it: another resolution is another request, and the
+        default keeps the fingerprint it always had."""
+        default = self.resolution == self.pipeline.resolutions[0]
+        return self.model if default else f"{self.model}@{self.resolution}"
 
 
-def _file(data: bytes, rendered: Rendered, name: str) -> dict[str, object]:
-    """fal's File shape, with the bytes inline as a data URI."""
-    extension = rendered.content_type.split("/")[1]
-    return {
-        "url": f"data:{rendered.content_type};base64,{base64.b64encode(data).decode('ascii')}",
-        "content_type": rendered.content_type,
-        "file_name": f"{name}.{'jpg' if extension == 'jpeg' else extension}",
-        "file_size": len(data),
-        "width": rendered.width,
-        "height": rendered.height,
-    }
-
-
-def wants_json(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
+def wants_json(accept: str) -> bool:
     return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
+
+
+def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> Pipeline:
+    """The model the submission names (or the default), or a 400 naming those there are."""
+    name = settings.default_model if sub.model is None else sub.model
+    pipeline = registry.get(name)
+    if pipeline is None:
+        names = ", ".join(registry.names)
+        raise invalid_parameter(f"Unknown model {name[:40]!r}. Choose one of: {names}.")
+    return pipeline
+
+
+def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
+    """The resolution asked for (default: the model's own), or a 400 naming those the model accepts."""
+    if value is None:
+        return pipeline.resolutions[0]
+    if value.strip().lower() in pipeline.resolutions:
+        return value.strip().lower()
+    accepted = ", ".join(pipeline.resolutions)
+    raise invalid_parameter(
+        f"Model {pipeline.name!r} cannot run at operating_resolution {value[:40]!r}; it accepts: {accepted}."
+    )
+
+
+def _answer(chosen: options.Options, accept: str) -> Answer:
+    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(accept)
+    if chosen.output_mask and not json_answer:
+        raise invalid_parameter(
+            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
+        )
+    return "json" if json_answer else "image"
 
 
 def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
@@ -95,49 +103,83 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-def choose(sub: Submission, output: Output, accept_json: bool) -> tuple[options.Options, bool]:
-    """The options asked for and whether the answer is JSON, or a 400: what a job checks at submission."""
+async def _image(sub: Submission, settings: Settings) -> bytes:
+    if sub.image is not None:
+        return sub.image
+    if sub.image_url is None:
+        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+    if not settings.fetch_enabled:
+        raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
+    return await fetch.fetch_image(
+        sub.image_url,
+        allow=parse_networks(settings.fetch_allow),
+        max_bytes=settings.max_body_bytes,
+        connect_timeout_s=settings.fetch_connect_timeout_s,
+        total_timeout_s=settings.fetch_timeout_s,
+    )
+
+
+def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
+    used = {
+        "image_url": sub.image_url is not None,
+        "bg_blur": chosen.finish.bg_blur is not None,
+        "bg_image": chosen.bg_image is not None,
+        "shadow": chosen.finish.shadow,
+    }
+    return {name for name, on in used.items() if on}
+
+
+def quote(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> int:
+    """What `plan` will charge, from the submission alone (no fetch, no probe), or the 400 that `plan`
+    answers for its options: an asynchronous job reserves it at submission (app/jobs/)."""
+    resolution = _operating_resolution(pipeline, sub.operating_resolution)
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
-    json_answer = chosen.sync_mode if chosen.sync_mode is not None else accept_json
-    if chosen.output_mask and not json_answer:
-        raise invalid_parameter(
-            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
-        )
-    return chosen, json_answer
+    _answer(chosen, accept)
+    return pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
 
 
-async def prepare(request: Request, settings: Settings, sub: Submission, output: Output) -> Answer:
-    return await prepare_for(settings, sub, output, accept_json=wants_json(request))
-
-
-async def prepare_for(settings: Settings, sub: Submission, output: Output, *, accept_json: bool) -> Answer:
-    chosen, json_answer = choose(sub, output, accept_json)
+async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> Job:
+    """The job the submission asks of `pipeline`, or the 4xx that refuses it. Work proportional to
+    the upload (header walks, hashing) runs off the event loop."""
+    resolution = _operating_resolution(pipeline, sub.operating_resolution)
+    chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
+    answer = _answer(chosen, accept)
     background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
-        # Off the event loop, as the photo's own probe and hash.
         background_digest, background_pixels = await anyio.to_thread.run_sync(
             _probe_background, chosen.bg_image, settings
         )
-    if sub.image is not None:
-        image = sub.image
-    else:
-        assert sub.image_url is not None
-        if not settings.fetch_enabled:
-            raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
-        image = await fetch.fetch_image(
-            sub.image_url,
-            allow=parse_networks(settings.fetch_allow),
-            max_bytes=settings.max_body_bytes,
-            connect_timeout_s=settings.fetch_connect_timeout_s,
-            total_timeout_s=settings.fetch_timeout_s,
-        )
-    extra = plan.options_cost(settings, chosen, image_url=sub.image_url is not None)
-    fingerprint = chosen.fingerprint() + (f"\n{background_digest}" if background_digest else "")
-    return Answer(
+    image = await _image(sub, settings)
+    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    info = await anyio.to_thread.run_sync(probe)
+    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
+    memory = pipeline.spec.peak_bytes(info.width * info.height)
+    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    return Job(
         image=image,
+        fetched=sub.image_url is not None,
+        pipeline=pipeline,
+        resolution=resolution,
+        output=output,
         options=chosen,
-        json=json_answer,
-        extra_cost=extra,
-        fingerprint=fingerprint,
-        memory_bytes=background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL,
+        answer=answer,
+        price=pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen)),
+        fingerprint=chosen.fingerprint() + (f"\n{background_digest}" if background_digest else ""),
+        memory_bytes=memory,
+    )
+
+
+def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolution: str | None = None) -> Job:
+    """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
+    return Job(
+        image=image,
+        fetched=False,
+        pipeline=pipeline,
+        resolution=resolution or pipeline.resolutions[0],
+        output=output,
+        options=options.Options(),
+        answer="image",
+        price=0,
+        fingerprint="",
+        memory_bytes=0,
     )

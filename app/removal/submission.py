@@ -1,7 +1,7 @@
 """Reading a rembg request: multipart/form-data or a JSON body (fal's shape), into one Submission.
 
 Multipart: a file part "image" (or a text field "image_url"), an optional file part
-"bg_image", a text field "model" and the option fields of app/removal/options.py.
+"bg_image", a text field "model" and the option fields of app/removal/option_table.py.
 JSON: {"image_url": ...} or {"image_data_uri": ...}, the same options as JSON values,
 and "bg_image_data_uri" for a background image. Anything else is a 400 that says what to send.
 """
@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import client_closed_request, invalid_image, invalid_parameter
-from app.removal import options
+from app.removal.option_table import FIELDS as OPTION_FIELDS
 
 # Text fields are held in memory: each needs a few bytes (an image_url up to 1 KB in a form;
 # longer URLs go in a JSON body). Extra parts are parsed (bounded) only so the error can name them.
@@ -29,8 +30,8 @@ MAX_FORM_PARTS = 32
 MAX_JSON_URL_CHARS = 8192
 INPUT_FIELDS = frozenset({"image", "image_url", "model", "operating_resolution", "webhook_url"})
 FORM_FILES = frozenset({"image", "bg_image"})
-FORM_FIELDS = INPUT_FIELDS | options.FIELDS
-JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (options.FIELDS - {"bg_image"})
+FORM_FIELDS = INPUT_FIELDS | OPTION_FIELDS
+JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (OPTION_FIELDS - {"bg_image"})
 SEND_HINT = (
     'Send multipart/form-data with the photo as a file part named "image" '
     '(curl: -F image=@photo.jpg) and optionally a text field "model", '
@@ -44,7 +45,7 @@ class Submission:
     image: bytes | None  # None when image_url is to be fetched
     image_url: str | None
     model: str | None
-    fields: dict[str, object] = field(default_factory=dict)  # the option fields, as sent
+    fields: Mapping[str, object] = field(default_factory=dict)  # the option fields, as sent
     bg_image: bytes | None = None
     operating_resolution: str | None = None  # "1024x1024"; None: the model's default
     webhook_url: str | None = None  # given: the request becomes an asynchronous job (app/jobs/)

@@ -22,8 +22,8 @@ lose no acknowledged charge on a crash).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -41,6 +41,7 @@ from app.store.base import (
     now,
 )
 from app.store.redis_client import client_options, unavailable_on_redis_errors
+from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, UPDATE_FIELDS
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,7 +52,7 @@ LEDGER_MAX = 1_000_000
 SETTLED_TTL_S = 3600
 
 
-def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         with unavailable_on_redis_errors():
@@ -60,89 +61,15 @@ def _fail_closed(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-# KEYS: acct, resv, resv:held, idem (or a placeholder)
-# ARGV: amount, reservation id, now, fingerprint ('' = none), window ms, account id, hold until
-RESERVE = """
-local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
-if not credits then return {'unknown', 0} end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok', credits} end
-local fingerprint = ARGV[4]
-if fingerprint ~= '' then
-    local seen = redis.call('HMGET', KEYS[4], 'fingerprint', 'state')
-    if seen[1] then
-        if seen[1] ~= fingerprint then return {'mismatch', credits} end
-        if seen[2] == 'done' then return {'replay', credits} end
-        return {'in_flight', credits}
-    end
-end
-local amount = tonumber(ARGV[1])
-if credits < amount then return {'insufficient', credits} end
-local left = redis.call('HINCRBY', KEYS[1], 'credits', -amount)
-local idem = ''
-if fingerprint ~= '' then
-    idem = KEYS[4]
-    redis.call('HSET', idem, 'fingerprint', fingerprint, 'reservation', ARGV[2], 'state', 'pending')
-    redis.call('PEXPIRE', idem, ARGV[5])
-end
-redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held',
-    'hold_until', ARGV[7])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-return {'ok', left}
-"""
-
-# KEYS: resv, resv:held, ledger   ARGV: reservation id, now, settled ttl s, window ms, ledger max
-COMMIT = """
-local r = redis.call('HMGET', KEYS[1], 'account', 'amount', 'idem', 'state')
-if r[4] == 'charged' then return 1 end
-if r[4] ~= 'held' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'charged')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if r[3] ~= '' then
-    redis.call('HSET', r[3], 'state', 'done')
-    redis.call('PEXPIRE', r[3], ARGV[4])
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
-    'account', r[1], 'delta', -tonumber(r[2]), 'reason', 'charge', 'ref', ARGV[1], 'at', ARGV[2])
-return 1
-"""
-
-# KEYS: resv, resv:held, acct   ARGV: reservation id, settled ttl s
-REFUND = """
-local r = redis.call('HMGET', KEYS[1], 'amount', 'idem', 'state')
-if r[3] == 'held' then
-    redis.call('HINCRBY', KEYS[3], 'credits', r[1])
-    redis.call('HSET', KEYS[1], 'state', 'refunded')
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
-    -- The key is free again: nothing was charged under it, so a retry must run.
-    if r[2] ~= '' and redis.call('HGET', r[2], 'reservation') == ARGV[1] then
-        redis.call('DEL', r[2])
-    end
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return tonumber(redis.call('HGET', KEYS[3], 'credits') or 0)
-"""
-
-# KEYS: acct, ledger   ARGV: delta, reason, now, ledger max
-ADJUST = """
-local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
-if not credits then return -1 end
-local left = math.max(credits + tonumber(ARGV[1]), 0)
-redis.call('HSET', KEYS[1], 'credits', left)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
-    'account', ARGV[5], 'delta', ARGV[1], 'reason', ARGV[2], 'at', ARGV[3])
-return left
-"""
-
-# KEYS: acct   ARGV: field, value, field, value, ...
-UPDATE_FIELDS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
+def _text(value: object) -> str:
+    """A value as redis-py answers it with decode_responses=True; its annotations also allow bytes."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a decoded string from Redis, got {type(value).__name__}")
+    return value
 
 
-def _account(fields: dict[str, str]) -> Account:
+def _account(answer: Mapping[Any, Any]) -> Account:
+    fields = {_text(name): _text(value) for name, value in answer.items()}
     return Account(
         id=fields["id"],
         plan=fields["plan"],
@@ -211,7 +138,7 @@ class RedisStore:
         account_id = await self._redis.get(f"{PREFIX}key:{digest}")
         if account_id is None:
             return None
-        fields = await self._redis.hgetall(self._acct(account_id))
+        fields = await self._redis.hgetall(self._acct(_text(account_id)))
         return _account(fields) if fields else None
 
     @_fail_closed
@@ -224,7 +151,7 @@ class RedisStore:
         ids = await self._redis.zrange(self._ACCOUNTS, 0, -1)
         async with self._redis.pipeline(transaction=False) as pipe:
             for account_id in ids:
-                pipe.hgetall(self._acct(account_id))
+                pipe.hgetall(self._acct(_text(account_id)))
             rows = await pipe.execute()
         return [_account(fields) for fields in rows if fields]
 
@@ -310,14 +237,15 @@ class RedisStore:
         # Idempotency records expire by themselves (TTL); only held reservations need a sweep.
         stale = await self._redis.zrangebyscore(self._HELD, "-inf", now() - older_than_s)
         refunded = 0
-        for reservation_id in stale:
+        for held in stale:
+            reservation_id = _text(held)
             account_id, hold_until = await self._redis.hmget(self._resv(reservation_id), ["account", "hold_until"])
             if account_id is None:  # settled meanwhile, or its record expired
                 await self._redis.zrem(self._HELD, reservation_id)
                 continue
-            if hold_until and float(hold_until) > now():  # an asynchronous job's: its engine settles it
+            if hold_until and float(_text(hold_until)) > now():  # an asynchronous job's: its engine settles it
                 continue
-            await self._refund_by_id(reservation_id, account_id)
+            await self._refund_by_id(reservation_id, _text(account_id))
             refunded += 1
         return refunded
 

@@ -1,0 +1,113 @@
+"""The two upload operations of /openapi.json: POST /v2/rembg/ and POST /v2/rembg/mask/."""
+
+from __future__ import annotations
+
+from app.accounts import idempotency
+from app.openapi import options as option_schemas
+from app.openapi.shapes import INT_HEADER, JSON, REQUEST_ID, SECURITY, error_response
+from app.settings import Settings
+
+# The body is image/png; generators such as openapi-python-client return raw bytes only for
+# application/octet-stream, so the same answer is listed under that name as well.
+PNG_MEDIA_TYPES = ("image/png", "application/octet-stream")
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_ERROR_STATUSES = (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)
+
+
+def _resolutions(settings: Settings) -> list[str]:
+    """Every operating resolution some model accepts, smallest first."""
+    names = {r for spec in settings.models.values() for r in spec.prices()}
+    return sorted(names, key=lambda r: int(r.split("x")[0]))
+
+
+def _success_headers(settings: Settings) -> JSON:
+    return {
+        "X-Request-ID": REQUEST_ID,
+        "X-Credits-Charged": INT_HEADER,
+        "X-Credits-Remaining": INT_HEADER,
+        "X-Model": {"schema": {"type": "string", "enum": sorted(settings.models)}},
+        "X-Operating-Resolution": {"schema": {"type": "string", "enum": _resolutions(settings)}},
+        "X-RateLimit-Limit": INT_HEADER,
+        "X-RateLimit-Remaining": INT_HEADER,
+        "X-RateLimit-Reset": {"description": "Unix time when the window frees up.", **INT_HEADER},
+        idempotency.REPLAYED_HEADER: {
+            "description": "`true` when this is a retry of a request already paid for (then X-Credits-Charged is 0).",
+            "schema": {"type": "string", "enum": ["true"]},
+        },
+    }
+
+
+def _idempotency_key() -> JSON:
+    return {
+        "name": idempotency.HEADER,
+        "in": "header",
+        "required": False,
+        "description": "Retries with the same key (same account, image, model, endpoint) are charged once.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+
+
+def _form(settings: Settings, mask: bool) -> JSON:
+    image = (
+        "The photo: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIC/HEIF or AVIF. "
+        f"At most {settings.max_body_bytes} bytes in the body, "
+        f"{settings.max_pixels} pixels and {settings.max_side} px a side. "
+        "EXIF orientation is applied." + option_schemas.IMAGE_URL_IN_FORM
+    )
+    resolution = (
+        "The size the network runs at (default: the model's own). Each model accepts "
+        "some of these (GET /v2/account lists them with their cost); another is a 400."
+    )
+    return {
+        "schema": {
+            "type": "object",
+            "required": ["image"],
+            "additionalProperties": False,
+            "properties": {
+                "image": {"type": "string", "format": "binary", "description": image},
+                "model": {"type": "string", "enum": sorted(settings.models), "default": settings.default_model},
+                "operating_resolution": {"type": "string", "enum": _resolutions(settings), "description": resolution},
+                **option_schemas.form_properties(mask),
+            },
+        },
+        "encoding": {"image": {"contentType": "image/*, application/octet-stream"}},
+    }
+
+
+def _request_body(settings: Settings, mask: bool) -> JSON:
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": _form(settings, mask),
+            "application/json": {
+                "schema": option_schemas.json_request(sorted(settings.models), settings.default_model, mask),
+                "example": option_schemas.json_example(mask),
+            },
+        },
+    }
+
+
+def _responses(settings: Settings, png: str) -> JSON:
+    return {
+        "200": {
+            "description": png + " Sent as `image/png` unless `output_format` or a JSON answer is asked for.",
+            "headers": _success_headers(settings),
+            "content": {
+                **{media_type: _BINARY for media_type in PNG_MEDIA_TYPES},
+                "image/webp": _BINARY,
+                "image/jpeg": _BINARY,
+                "application/json": {"schema": option_schemas.json_answer()},
+            },
+        },
+        **{str(status): error_response(status) for status in _ERROR_STATUSES},
+    }
+
+
+def upload_operation(settings: Settings, summary: str, png: str, mask: bool) -> JSON:
+    return {
+        "summary": summary,
+        "security": SECURITY,
+        "parameters": [_idempotency_key()],
+        "requestBody": _request_body(settings, mask),
+        "responses": _responses(settings, png),
+    }

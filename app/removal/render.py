@@ -1,0 +1,72 @@
+"""The one render path, in a worker thread: decode -> the network's mask -> compose -> encode.
+
+Each stage is a small step with a checkpoint() after it: a job whose client hung up (or
+that ran out of time) stops at the next one (app/inference/cancel.py). With no option,
+compose changes nothing and the bytes are the plain PNG's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.imaging import codec, compose
+from app.inference.cancel import checkpoint
+from app.removal.job import Job
+from app.removal.options import Options
+
+
+@dataclass(frozen=True)
+class Finished:
+    body: bytes
+    width: int
+    height: int
+    mask: bytes | None = None  # the mask in the same format and geometry, when output_mask
+
+
+@dataclass(frozen=True)
+class Result:
+    image: Finished
+    content_type: str
+    inference_s: float  # decode to encode, without the queue's wait
+
+
+def _encoded(pixels: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> bytes:
+    return codec.encode(pixels, chosen.output_format, chosen.quality, png_level, png_fast)
+
+
+def finish_cutout(rgba: np.ndarray, photo: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> Finished:
+    """The model's cut-out composed and encoded as `chosen` says; photo: the decoded input, same size."""
+    background = codec.decode(chosen.bg_image).rgb if chosen.bg_image is not None else None
+    opaque = chosen.output_format == "jpeg"
+    composed = compose.cutout(
+        rgba, photo, chosen.finish, background=background, opaque=opaque, with_mask=chosen.output_mask
+    )
+    checkpoint()
+    height, width = composed.pixels.shape[:2]
+    mask = None if composed.mask is None else _encoded(composed.mask, chosen, png_level, False)
+    return Finished(_encoded(composed.pixels, chosen, png_level, png_fast), width, height, mask)
+
+
+def finish_mask(alpha: np.ndarray, chosen: Options, png_level: int) -> Finished:
+    composed = compose.mask(alpha, chosen.finish)
+    checkpoint()
+    height, width = composed.pixels.shape[:2]
+    return Finished(_encoded(composed.pixels, chosen, png_level, False), width, height)
+
+
+def render(job: Job, png_level: int, png_fast: bool) -> Result:
+    """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
+    started = time.perf_counter()
+    decoded = codec.decode(job.image)
+    checkpoint()
+    if job.output == "mask":
+        finished = finish_mask(job.pipeline.mask(decoded.rgb, job.resolution), job.options, png_level)
+    else:
+        rgba = job.pipeline.cutout(decoded, job.resolution)
+        checkpoint()
+        finished = finish_cutout(rgba, decoded.rgb, job.options, png_level, png_fast)
+    content_type = codec.CONTENT_TYPES[job.options.output_format]
+    return Result(finished, content_type, time.perf_counter() - started)
