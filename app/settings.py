@@ -242,11 +242,13 @@ class Settings(BaseSettings):
         1, ge=0, le=9, description="Pillow's zlib level for masks (and cut-outs when `png_fast` is off)"
     )
     cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="browser origins allowed (JSON list)")
-    fetch_enabled: bool = Field(True, description="`false`: `image_url` is refused and the server never fetches")
+    fetch_enabled: bool = Field(
+        True, description="`false`: `image_url` and `webhook_url` are refused: the server makes no outbound request"
+    )
     fetch_allow: list[str] = Field(
         default_factory=list,
-        description="`image_url` fetches: networks (JSON list of CIDRs) that may be fetched from although "
-        "loopback, private, link-local or reserved",
+        description="`image_url` fetches and `webhook_url` calls: networks (JSON list of CIDRs) that may be reached "
+        "although loopback, private, link-local or reserved",
     )
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="`image_url`: connecting to the host")
     fetch_timeout_s: float = Field(20.0, gt=0, description="`image_url`: the whole fetch, redirects included")

@@ -34,8 +34,8 @@ from app.inference.registry import ModelRegistry
 from app.jobs import webhooks
 from app.jobs.engine import Claimed, JobEngine
 from app.jobs.model import Batch, Job, Payload, Webhook, new_job_id, now, webhook_secret
+from app.removal import fetch, respond
 from app.removal import job as planning
-from app.removal import respond
 from app.removal.render import render
 from app.removal.submission import Submission
 from app.settings import Settings
@@ -99,6 +99,8 @@ class JobService:
 
     def price(self, sub: Submission, output: Output, accept_json: bool) -> Item:
         """The item's model and cost, or the 400 its options get (at submission: nothing is fetched yet)."""
+        if sub.image_url is not None and not self.settings.fetch_enabled:
+            raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
         pipeline = planning.choose_model(sub, self.settings, self.registry)
         credits = planning.quote(sub, pipeline, output, _accept(accept_json), self.settings)
         payload = Payload(

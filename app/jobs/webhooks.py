@@ -46,6 +46,8 @@ def forbidden(message: str) -> ApiError:
 
 async def check_target(url: str, settings: Settings) -> str:
     """The webhook URL, or a 400 when it is not http(s) or its host resolves to an address we do not call."""
+    if not settings.fetch_enabled:
+        raise forbidden("This server makes no outbound request (fetch_enabled is off): poll the job instead.")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
