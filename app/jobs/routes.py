@@ -146,6 +146,16 @@ def jobs_now() -> float:
     return now()
 
 
+async def job(request: Request) -> Response:
+    """GET or DELETE /v2/jobs/{job_id}: one route, so that a 405 lists both methods."""
+    return await (cancel_job(request) if request.method == "DELETE" else get_job(request))
+
+
+async def batch(request: Request) -> Response:
+    """GET or DELETE /v2/batches/{batch_id}."""
+    return await (cancel_batch(request) if request.method == "DELETE" else get_batch(request))
+
+
 async def get_job(request: Request) -> JSONResponse:
     jobs, job = await _own_job(request)
     position = await jobs.engine.position(job) if job.status == "queued" else None
@@ -284,6 +294,9 @@ async def _read_json(request: Request, jobs: JobService) -> tuple[list[Item], st
     except ClientDisconnect:
         raise client_closed_request() from None
     entries, shared = await anyio.to_thread.run_sync(_read_json_items, raw, jobs.settings.batch_max_items)
+    nulls = sorted(name for name, value in shared.items() if value is None)
+    if nulls:
+        raise invalid_parameter(f"JSON field(s) {nulls[:5]} are null: leave a field out for its default.")
     webhook_url = shared.pop("webhook_url", None)
     if webhook_url is not None and not isinstance(webhook_url, str):
         raise invalid_parameter('"webhook_url" must be an http(s) URL.')
@@ -295,6 +308,8 @@ async def _read_json(request: Request, jobs: JobService) -> tuple[list[Item], st
         if not isinstance(entry, dict):
             raise invalid_parameter(f'{where}an item is an object with "image_url" or "image_data_uri".')
         entry = dict(entry)
+        if entry.get("name", "") is None or entry.get("output", "") is None:
+            raise invalid_parameter(f"{where}null fields: leave a field out for its default.")
         name = entry.pop("name", None)
         output = _output_of(entry.pop("output", output_shared), where)
         merged = {**shared, **entry}

@@ -85,8 +85,8 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
         },
     }
     return {
-        "/v2/rembg/": {"post": jobs.add_async(cutout)},
-        "/v2/rembg/mask/": {"post": jobs.add_async(mask)},
+        "/v2/rembg/": {"post": jobs.add_async(cutout, settings)},
+        "/v2/rembg/mask/": {"post": jobs.add_async(mask, settings)},
         "/v2/account": {"get": account},
         **jobs.operations(settings),
     }

@@ -24,11 +24,13 @@ PREFER: JSON = {
     "name": "Prefer",
     "in": "header",
     "required": False,
-    "description": "`respond-async` (RFC 7240): answer 202 with a job at once; run the request later.",
-    "schema": {"type": "string", "enum": ["respond-async"]},
+    "description": "`respond-async` (RFC 7240): answer 202 with a job at once; run the request later. "
+    "Other preferences are ignored, as RFC 7240 says.",
+    "schema": {"type": "string", "examples": ["respond-async"]},
 }
 LOCATION = {"description": "The job's (or batch's) status URL.", "schema": {"type": "string"}}
 _ID = {"type": "string"}
+OUTPUT = {"$ref": "#/components/schemas/Output"}
 _NULLABLE_TIME = {"type": ["number", "null"], "description": "Unix time."}
 
 
@@ -47,7 +49,7 @@ def _webhook_schema() -> JSON:
         "required": ["url", "state", "attempt_count", "attempts"],
         "properties": {
             "url": {"type": "string"},
-            "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "state": {"type": "string", "description": "`pending`, `delivered`, or `failed` (retries given up)."},
             "attempt_count": {"type": "integer", "minimum": 0},
             "attempts": {"type": "array", "items": attempt, "description": "The latest attempts, oldest first."},
         },
@@ -60,10 +62,10 @@ def job_schema() -> JSON:
         "required": ["id", "object", "status", "url", "output", "model", "credits", "created_at"],
         "properties": {
             "id": {"type": "string", "pattern": "^job_"},
-            "object": {"type": "string", "enum": ["job"]},
+            "object": {"type": "string", "description": "`job`."},
             "status": {"type": "string", "enum": STATUSES},
             "url": {"type": "string"},
-            "output": {"type": "string", "enum": ["cutout", "mask"]},
+            "output": OUTPUT,
             "model": {"type": "string"},
             "credits": {"type": "integer", "minimum": 0, "description": "Reserved at submission."},
             "credits_charged": {"type": "integer", "minimum": 0, "description": "Charged once delivered."},
@@ -80,7 +82,7 @@ def job_schema() -> JSON:
             "content_type": {"type": "string"},
             "file_size": {"type": "integer"},
             "error": {**ERROR_SCHEMA["properties"]["error"], "description": "Once failed: why (our error object)."},
-            "webhook": _webhook_schema(),
+            "webhook": {"$ref": "#/components/schemas/Webhook"},
         },
     }
 
@@ -92,11 +94,11 @@ def batch_schema() -> JSON:
         "required": ["id", "object", "status", "url", "items", "counts"],
         "properties": {
             "id": {"type": "string", "pattern": "^batch_"},
-            "object": {"type": "string", "enum": ["batch"]},
+            "object": {"type": "string", "description": "`batch`."},
             "status": {
                 "type": "string",
-                "enum": ["queued", "running", "completed"],
-                "description": "`completed` once every item has ended (succeeded, failed, cancelled or expired).",
+                "description": "`queued`, `running`, or `completed` once every item has ended (succeeded, failed, "
+                "cancelled or expired).",
             },
             "url": {"type": "string"},
             "created_at": {"type": "number"},
@@ -106,12 +108,17 @@ def batch_schema() -> JSON:
             "credits_charged": {"type": "integer"},
             "items": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
             "zip_url": {"type": "string", "description": "Once completed: the results as one ZIP."},
-            "webhook": _webhook_schema(),
+            "webhook": {"$ref": "#/components/schemas/Webhook"},
         },
     }
 
 
-COMPONENTS: JSON = {"Job": job_schema(), "Batch": batch_schema()}
+COMPONENTS: JSON = {
+    "Job": job_schema(),
+    "Batch": batch_schema(),
+    "Webhook": _webhook_schema(),
+    "Output": {"type": "string", "enum": ["cutout", "mask"], "description": "The cut-out, or the mask."},
+}
 
 
 def _event(kind: str) -> JSON:
@@ -156,13 +163,24 @@ def callbacks(kind: str) -> JSON:
     }
 
 
+LINKS = {
+    "job": {"getJob": "GetJob", "cancelJob": "CancelJob", "getJobResult": "GetJobResult"},
+    "batch": {"getBatch": "GetBatch", "cancelBatch": "CancelBatch", "getBatchZip": "GetBatchZip"},
+}
+
+
 def accepted(kind: str) -> JSON:
     schema = {"$ref": f"#/components/schemas/{kind.capitalize()}"}
-    return json_response(
+    answer = json_response(
         f"Accepted: the {kind}, to be run later. `Location` is its status URL.",
         schema,
         {"Location": LOCATION, "Preference-Applied": {"schema": {"type": "string", "enum": ["respond-async"]}}},
     )
+    answer["links"] = {
+        name: {"operationId": op, "parameters": {f"{kind}_id": "$response.body#/id"}}
+        for op, name in LINKS[kind].items()
+    }
+    return answer
 
 
 def _own(kind: str, summary: str, response: JSON, errors: tuple[int, ...], op: str) -> JSON:
@@ -177,15 +195,15 @@ def _own(kind: str, summary: str, response: JSON, errors: tuple[int, ...], op: s
 
 
 def _binary(description: str, media_types: tuple[str, ...]) -> JSON:
-    return {
-        "description": description,
-        "headers": {"X-Request-ID": REQUEST_ID},
-        "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in media_types},
-    }
+    content: JSON = {media: {"schema": {"type": "string", "format": "binary"}} for media in media_types}
+    if "application/json" in content:  # the synchronous route's JSON answer (sync_mode, Accept)
+        content["application/json"] = {"schema": option_schemas.json_answer()}
+    return {"description": description, "headers": {"X-Request-ID": REQUEST_ID}, "content": content}
 
 
 def _batch_body(settings: Settings) -> JSON:
     limit = settings.batch_max_items
+    models = "One of: " + ", ".join(sorted(settings.models)) + "."
     shared = "Shared options (model, operating_resolution, output = cutout|mask, the option fields) apply to every item"
     item = {
         "type": "object",
@@ -195,7 +213,7 @@ def _batch_body(settings: Settings) -> JSON:
             "image_url": {"type": "string"},
             "image_data_uri": {"type": "string"},
             "name": {"type": "string"},
-            "output": {"type": "string", "enum": ["cutout", "mask"]},
+            "output": OUTPUT,
         },
     }
     return {
@@ -206,20 +224,19 @@ def _batch_body(settings: Settings) -> JSON:
                     "type": "object",
                     "required": ["images"],
                     "properties": {
+                        # One binary here: the part is repeated per photo (an array of files trips generators).
                         "images": {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": limit,
-                            "items": {"type": "string", "format": "binary"},
-                            "description": f"The photos: the file field repeated, 1 to {limit}.",
+                            "type": "string",
+                            "format": "binary",
+                            "description": f"A photo; repeat the part for each one, 1 to {limit} in all.",
                         },
                         "overrides": {
                             "type": "string",
                             "description": "JSON list, one object of options (or null) per image, in order.",
                         },
                         "webhook_url": WEBHOOK_URL,
-                        "model": {"type": "string", "enum": sorted(settings.models)},
-                        "output": {"type": "string", "enum": ["cutout", "mask"]},
+                        "model": {"type": "string", "description": models},
+                        "output": OUTPUT,
                     },
                     "description": shared + ", as text fields.",
                 },
@@ -232,8 +249,8 @@ def _batch_body(settings: Settings) -> JSON:
                     "properties": {
                         "items": {"type": "array", "minItems": 1, "maxItems": limit, "items": item},
                         "webhook_url": WEBHOOK_URL,
-                        "model": {"type": "string", "enum": sorted(settings.models)},
-                        "output": {"type": "string", "enum": ["cutout", "mask"]},
+                        "model": {"type": "string", "description": models},
+                        "output": OUTPUT,
                     },
                     "description": shared + " beside `items`.",
                 },
@@ -246,8 +263,8 @@ def _batch_body(settings: Settings) -> JSON:
 def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
     job = {"$ref": "#/components/schemas/Job"}
     batch = {"$ref": "#/components/schemas/Batch"}
-    result_types = ("image/png", "image/webp", "image/jpeg", "application/json", "application/octet-stream")
-    create = {
+    result_types = ("image/png", "application/octet-stream", "image/webp", "image/jpeg", "application/json")
+    create: JSON = {
         "summary": "Submit a batch",
         "description": "Many photos at once, each run as a job; 402 before anything runs if the balance does not "
         "cover every item; an item that is not an image (or whose URL fails) fails alone, refunded.",
@@ -268,8 +285,12 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
             "202": accepted("batch"),
             **{str(status): error_response(status) for status in (400, 401, 402, 408, 413, 422, 429, 500, 503)},
         },
-        "callbacks": callbacks("batch"),
     }
+    if settings.fetch_enabled:
+        create["callbacks"] = callbacks("batch")
+    else:
+        for content in create["requestBody"]["content"].values():
+            del content["schema"]["properties"]["webhook_url"]
     return {
         "/v2/jobs/{job_id}": {
             "get": _own("job", "A job's status", json_response("The job.", job), (401, 404, 500, 503), "getJob"),
@@ -311,7 +332,7 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
             "get": _own(
                 "batch",
                 "A completed batch's results as one ZIP",
-                _binary("The ZIP.", ("application/zip",)),
+                _binary("The ZIP.", ("application/zip", "application/octet-stream")),
                 (401, 404, 409, 500, 503),
                 "getBatchZip",
             )
@@ -319,8 +340,15 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
     }
 
 
-def add_async(operation: JSON) -> JSON:
-    """An upload operation that may also answer 202 (Prefer: respond-async, or a webhook_url)."""
+def add_async(operation: JSON, settings: Settings) -> JSON:
+    """An upload operation that may also answer 202 (Prefer: respond-async, or a webhook_url).
+    A server that makes no outbound request (`fetch_enabled` off) takes no webhook_url."""
+    if not settings.fetch_enabled:
+        return {
+            **operation,
+            "parameters": [*operation["parameters"], PREFER],
+            "responses": {**operation["responses"], "202": accepted("job")},
+        }
     body = operation["requestBody"]["content"]
     body["multipart/form-data"]["schema"]["properties"]["webhook_url"] = WEBHOOK_URL
     body["application/json"]["schema"]["properties"]["webhook_url"] = WEBHOOK_URL
