@@ -1,7 +1,8 @@
 """Output options (crop, formats, backgrounds, shadow, size, JSON answers), end to end through uvicorn.
 
-Each test looks at the pixels: the option's result is compared with the plain
-cut-out of the same photo (the model is deterministic), or with the photo itself.
+One check per option through the server: the option's result is compared with the plain cut-out of
+the same photo (the model is deterministic), or with the photo itself. What each option does to the
+pixels, every case of it, and every refusal, is tests/test_finishing.py's, on arrays.
 """
 
 from __future__ import annotations
@@ -64,30 +65,19 @@ def test_no_option_answers_the_plain_png(live_server: LiveServer, api_key: str, 
 def test_crop_is_the_subjects_box(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
     left, top, right, bottom = box_of(plain[..., 3])
     assert (right - left, bottom - top) < (150, 115), "the subject is smaller than the photo"
-    cropped = pixels(post(live_server, api_key, {"crop_to_bbox": "true"}))
-    assert np.array_equal(cropped, plain[top:bottom, left:right])
     margin = pixels(post(live_server, api_key, {"crop_to_bbox": "true", "crop_margin": "5"}))
     assert np.array_equal(margin, plain[top - 5 : bottom + 5, left - 5 : right + 5])
-    percent = pixels(post(live_server, api_key, {"crop_margin": "10%"}))  # a margin asks for the crop
-    assert percent.shape[1] == (right - left) + 2 * round((right - left) * 0.1)
 
 
 def test_jpeg_has_the_background_colour_in_its_corners(live_server: LiveServer, api_key: str) -> None:
-    for data, colour in (
-        ({}, (255, 255, 255)),
-        ({"bg_color": "#1E90FF"}, (30, 144, 255)),
-        ({"bg_color": "tomato"}, (255, 99, 71)),
-    ):
-        response = post(live_server, api_key, {"output_format": "jpeg", **data})
-        assert response.headers["content-type"] == "image/jpeg"
-        img = png_of(response.content)
-        assert img.format == "JPEG" and img.mode == "RGB" and img.size == (160, 120)
-        arr = np.asarray(img).astype(int)
-        for corner in (arr[2, 2], arr[2, -3], arr[-3, 2], arr[-3, -3]):
-            assert np.abs(corner - colour).max() <= 8, (data, corner)
-        assert np.abs(arr[60, 80] - (150, 30, 40)).max() <= 20, "the subject stays"
-    low = post(live_server, api_key, {"output_format": "jpeg", "quality": "20"})
-    assert len(low.content) < len(post(live_server, api_key, {"output_format": "jpeg"}).content)
+    response = post(live_server, api_key, {"output_format": "jpeg", "quality": "85"})
+    assert response.headers["content-type"] == "image/jpeg"
+    img = png_of(response.content)
+    assert img.format == "JPEG" and img.mode == "RGB" and img.size == (160, 120)
+    arr = np.asarray(img).astype(int)
+    for corner in (arr[2, 2], arr[2, -3], arr[-3, 2], arr[-3, -3]):
+        assert np.abs(corner - (255, 255, 255)).max() <= 8, corner
+    assert np.abs(arr[60, 80] - (150, 30, 40)).max() <= 20, "the subject stays"
 
 
 def test_webp_lossless_keeps_the_cutout(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
@@ -99,8 +89,6 @@ def test_webp_lossless_keeps_the_cutout(live_server: LiveServer, api_key: str, p
     assert np.array_equal(arr[..., 3], plain[..., 3])
     visible = plain[..., 3] > 0
     assert np.array_equal(arr[visible][:, :3], plain[visible][:, :3])
-    lossy = post(live_server, api_key, {"output_format": "webp", "quality": "50"})
-    assert png_of(lossy.content).format == "WEBP"
 
 
 def test_bg_color_composites_over_the_colour(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
@@ -109,9 +97,6 @@ def test_bg_color_composites_over_the_colour(live_server: LiveServer, api_key: s
     a = plain[..., 3:4].astype(np.uint16)
     expected = ((plain[..., :3] * a + np.array([0, 255, 0], np.uint16) * (255 - a) + 127) // 255).astype(np.uint8)
     assert np.array_equal(arr, expected)
-    see_through = pixels(post(live_server, api_key, {"bg_color": "#0000FF80"}))
-    assert see_through.shape == (120, 160, 4)
-    assert tuple(see_through[2, 2]) == (0, 0, 255, 128) and see_through[60, 80, 3] == 255
 
 
 def test_bg_blur_keeps_the_subject_sharp(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
@@ -147,17 +132,10 @@ def test_shadow_falls_below_the_subject(live_server: LiveServer, api_key: str, p
     below, above = arr[bottom + 3, middle], arr[top - 3, middle]
     assert below[3] > 80 and above[3] == plain[top - 3, middle, 3] < 20, (below, above)
     assert below[:3].max() < 60, "the shadow is dark"
-    on_white = pixels(post(live_server, api_key, {**data, "bg_color": "white"}))
-    assert on_white[bottom + 3, middle].max() < 200 and on_white[top - 3, middle].min() > 240
-    defaults = pixels(post(live_server, api_key, {"shadow": "true"}))
-    assert defaults[bottom + 2, middle, 3] > plain[bottom + 2, middle, 3]
 
 
 def test_max_side_downscales_and_never_upscales(live_server: LiveServer, api_key: str) -> None:
     assert pixels(post(live_server, api_key, {"max_side": "80"})).shape == (60, 80, 4)
-    assert pixels(post(live_server, api_key, {"max_side": "1000"})).shape == (120, 160, 4)
-    mask = pixels(post(live_server, api_key, {"max_side": "40", "crop_to_bbox": "true"}, path="/v2/rembg/mask/"))
-    assert mask.ndim == 2 and max(mask.shape) == 40
 
 
 def test_mask_takes_crop_and_format(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
@@ -165,10 +143,6 @@ def test_mask_takes_crop_and_format(live_server: LiveServer, api_key: str, plain
     assert response.headers["content-type"] == "image/webp"
     left, top, right, bottom = box_of(plain[..., 3])
     assert png_of(response.content).size == (right - left, bottom - top)
-    body = assert_error(
-        post(live_server, api_key, {"bg_color": "red"}, path="/v2/rembg/mask/"), 400, "invalid_parameter"
-    )
-    assert "bg_color" in body["error"]["message"]
 
 
 def _decode_file(entry: dict[str, Any]) -> Image.Image:
@@ -194,7 +168,6 @@ def test_json_answer_with_mask(live_server: LiveServer, api_key: str, plain: np.
     assert image.mode == "RGBA" and mask.mode == "L" and image.size == mask.size
     assert np.array_equal(np.asarray(mask), np.asarray(image)[..., 3])
     assert response.headers["X-Credits-Charged"] == "1"
-    assert_error(post(live_server, api_key, {"output_mask": "true"}), 400, "invalid_parameter")
 
 
 def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: np.ndarray) -> None:
@@ -237,33 +210,10 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
     )
 
 
-BAD_VALUES = [
-    ({"output_format": "gif"}, "output_format", "png, webp or jpeg"),
-    ({"crop_to_bbox": "maybe"}, "crop_to_bbox", "true or false"),
-    ({"crop_to_bbox": "true", "crop_margin": "-3"}, "crop_margin", "pixels"),
-    ({"crop_to_bbox": "true", "crop_margin": "101%"}, "crop_margin", "percentage"),
-    ({"output_format": "jpeg", "quality": "0"}, "quality", "1 to 100"),
-    ({"output_format": "webp", "quality": "high"}, "quality", "1 to 100"),
-    ({"bg_color": "#12345"}, "bg_color", "hex colour"),
-    ({"bg_color": "notacolour"}, "bg_color", "CSS colour name"),
-    ({"bg_blur": "0"}, "bg_blur", "0.5 to 200"),
-    ({"bg_blur": "nan"}, "bg_blur", "number"),
-    ({"shadow": "true", "shadow_opacity": "2"}, "shadow_opacity", "0 to 1"),
-    ({"shadow": "true", "shadow_offset_y": "1.5"}, "shadow_offset_y", "whole number"),
-    ({"max_side": "0"}, "max_side", "1 to 100000"),
-    # Contradictions say why.
-    ({"output_format": "jpeg", "bg_color": "#ff000080"}, "transparency", "opaque"),
-    ({"bg_color": "red", "bg_blur": "5"}, "bg_color and bg_blur", "one background"),
-    ({"output_mask": "true", "sync_mode": "false"}, "output_mask", "JSON"),
-]
-
-
-def test_bad_values_are_400s_that_name_the_field_and_charge_nothing(live_server: LiveServer) -> None:
+def test_a_bad_value_is_a_400_that_names_the_field_and_charges_nothing(live_server: LiveServer) -> None:
     key = live_server.create_key(10)
-    for data, field, accepts in BAD_VALUES:
-        body = assert_error(post(live_server, key, data), 400, "invalid_parameter")
-        message = body["error"]["message"]
-        assert field in message and accepts in message, (data, message)
+    body = assert_error(post(live_server, key, {"bg_blur": "0"}), 400, "invalid_parameter")
+    assert "bg_blur" in body["error"]["message"] and "0.5 to 200" in body["error"]["message"]
     body = assert_error(
         post(live_server, key, files={"bg_image": ("bg.png", b"not an image", "image/png")}), 400, "invalid_image"
     )
@@ -275,13 +225,8 @@ def test_bad_values_are_400s_that_name_the_field_and_charge_nothing(live_server:
 def test_settings_of_a_switched_off_option_are_ignored(live_server: LiveServer, api_key: str) -> None:
     # A form may send all its fields and toggle one flag: the plain PNG, byte for byte.
     plain = post(live_server, api_key)
-    for data in (
-        {"crop_to_bbox": "false", "crop_margin": "5"},
-        {"shadow": "false", "shadow_blur": "9"},
-        {"quality": "80"},
-    ):
-        response = post(live_server, api_key, data)
-        assert response.headers["content-type"] == "image/png" and response.content == plain.content, data
+    response = post(live_server, api_key, {"shadow": "false", "shadow_blur": "9"})
+    assert response.headers["content-type"] == "image/png" and response.content == plain.content
 
 
 def test_idempotency_key_covers_the_options(live_server: LiveServer, api_key: str) -> None:

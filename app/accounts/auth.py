@@ -38,12 +38,12 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
             f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>)."
         )
     account = await store.account_by_key(key) if len(key) <= MAX_KEY_LENGTH else None
+    logged = context.of_scope(request.scope)  # what the access log says of the request
     # One message for unknown and revoked keys: the response does not tell which keys exist.
     if account is None or account.revoked:
         # Only wrong keys are limited, so a valid key is served even from an address (or a proxy
         # shared with others) that sent many wrong ones. The address: app.http.client_address.
-        client_ip = context.of_scope(request.scope).client_address
-        await limits.auth_failed(client_ip)
+        await limits.auth_failed(logged.client_address)
         raise invalid_api_key("The API key is unknown or revoked.")
-    context.of_scope(request.scope).account_id = account.id  # for the access log
+    logged.account_id = account.id
     return account

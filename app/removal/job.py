@@ -143,6 +143,8 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
     the upload (header walks, hashing) runs off the event loop."""
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
+    fingerprint = chosen.fingerprint()
+    price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
     answer = _answer(chosen, accept)
     background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
@@ -163,8 +165,8 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
         output=output,
         options=chosen,
         answer=answer,
-        price=pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen)),
-        fingerprint=chosen.fingerprint() + (f"\n{background_digest}" if background_digest else ""),
+        price=price,
+        fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
         memory_bytes=memory,
     )
 

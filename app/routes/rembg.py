@@ -21,7 +21,6 @@ from app.accounts.auth import authenticate
 from app.accounts.billing import charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
-from app.http.context import request_id_of
 from app.inference.gate import Busy, Expired
 from app.jobs import routes as job_routes
 from app.removal import job as planning
@@ -71,21 +70,21 @@ async def _run(request: Request, svc: Services, job: Job) -> Result:
         raise processing_timeout() from None
 
 
-def _record(request: Request, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
     """The delivery, as the metrics and the access log line count it."""
     charged = 0 if reservation.replayed else reservation.amount
     metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
-    logged = context.of_scope(request.scope)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
 
 
 async def _serve(request: Request, svc: Services, account: Account, output: Output) -> Response:
+    logged = context.of_scope(request.scope)  # what the access log line says
     sub = await submission.read(request)
     if svc.jobs is not None and (sub.webhook_url is not None or job_routes.wants_async(request)):
         return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
     pipeline = planning.choose_model(sub, svc.settings, svc.registry)
-    context.of_scope(request.scope).model = pipeline.name
+    logged.model = pipeline.name
     # One slot from the image_url fetch to the result: slow URLs cannot pile up fetches either.
     with svc.slots.hold(account):
         job = await planning.plan(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
@@ -93,12 +92,12 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
         claim = await idempotency.claim_for(
             request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
         )
-        async with charge(svc.store, account, job.price, request_id_of(request), claim) as reservation:
+        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
             result = await _run(request, svc, job)
             if await request.is_disconnected():
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
-    _record(request, job, result, reservation)
+    _record(logged, job, result, reservation)
     return await respond.response(job, result, reservation)
 
 
