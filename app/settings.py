@@ -267,6 +267,12 @@ class Settings(BaseSettings):
     job_workers: int = Field(
         1, ge=0, description="asynchronous jobs run at once per replica, only while no synchronous request is; 0: none"
     )
+    job_idle_s: float = Field(
+        0.25,
+        ge=0,
+        description="an asynchronous job starts only after this long without a synchronous request in a worker "
+        "(one arriving stops a running job at its next step; it runs again later)",
+    )
     batch_max_items: int = Field(100, ge=1, description="items one `POST /v2/batches` may hold")
     webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery attempt, connecting included")
     webhook_backoff_s: float = Field(

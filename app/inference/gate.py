@@ -43,13 +43,19 @@ class WorkerGate:
         # waiting: a timed-out job still occupies a worker.
         self._in_flight = 0
         # Synchronous requests keep priority over asynchronous jobs (app/jobs/): a background job
-        # starts only while none is in flight, and a preemptible one is stopped (Cancelled) when one arrives.
+        # starts only after none has been in flight for a while (job_idle_s), and a preemptible one is
+        # stopped (Cancelled, its network run interrupted) when one arrives; it runs again later.
         self.foreground = 0
+        self.foreground_ended = 0.0  # time.monotonic() when the last one ended
         self._preemptible: set[CancelToken] = set()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def quiet_for(self) -> float:
+        """Seconds since the last foreground job ended; 0 while one is in flight."""
+        return 0.0 if self.foreground else time.monotonic() - self.foreground_ended
 
     def _release(self, memory_taken: int, token: CancelToken) -> None:
         self._in_flight -= 1
@@ -82,6 +88,7 @@ class WorkerGate:
         finally:
             if not background:
                 self.foreground -= 1
+                self.foreground_ended = time.monotonic()
 
     async def _run(
         self, fn: Callable[..., T], *args: object, timeout: float, memory_bytes: int, preemptible: bool

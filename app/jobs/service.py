@@ -208,9 +208,9 @@ class JobService:
                 await task
 
     async def _wait_for_idle_gate(self) -> None:
-        # Synchronous requests first: a job starts only while none is being processed.
-        while self.gate.foreground > 0:
-            await asyncio.sleep(IDLE_POLL_S)
+        # Synchronous requests first: a job starts only once none has been processed for job_idle_s.
+        while (quiet := self.gate.quiet_for()) < self.settings.job_idle_s:
+            await asyncio.sleep(max(IDLE_POLL_S, self.settings.job_idle_s - quiet))
 
     async def _run_forever(self) -> None:
         while True:
