@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from limits import parse as parse_limit
@@ -195,6 +196,44 @@ def cmd_docs(args: argparse.Namespace, settings: Settings) -> None:
     print("README.md " + ("updated" if docgen.update() else "already current"))
 
 
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
+    import os
+
+    from app.jobs.client import ClientError, run_batch
+
+    key = args.key or os.environ.get("CUTOUT_API_KEY", "")
+    if not key:
+        sys.exit("give the API key with --key or CUTOUT_API_KEY")
+    fields = {"model": args.model} if args.model else {}
+    if args.mask:
+        fields["output"] = "mask"
+    try:
+        failed = run_batch(Path(args.folder), Path(args.out), args.url.rstrip("/"), key, fields, args.chunk)
+    except ClientError as err:
+        sys.exit(f"error: {err}")
+    if failed:
+        sys.exit(f"{failed} photo(s) failed (listed above); the others are in {args.out}")
+
+
+def cmd_keys_webhook_secret(args: argparse.Namespace, settings: Settings) -> None:
+    from app.jobs.model import webhook_secret
+    from app.jobs.service import open_engine
+
+    async def secret(store: Store) -> str:
+        if await store.get_account(args.account_id) is None:
+            raise UnknownAccount(args.account_id)
+        engine = open_engine(settings)
+        try:
+            return webhook_secret(await engine.master_key(), args.account_id)
+        finally:
+            await engine.close()
+
+    try:
+        print(_run_with_store(settings, secret))
+    except UnknownAccount:
+        sys.exit(f"no account {args.account_id!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description="Cutout background-removal API")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     set_plan.add_argument("plan")
     set_plan.add_argument("--rate")
     set_plan.set_defaults(func=cmd_keys_set_plan)
+
+    secret = keys.add_parser("webhook-secret", help="the account's webhook signing secret (Standard Webhooks)")
+    secret.add_argument("account_id")
+    secret.set_defaults(func=cmd_keys_webhook_secret)
+
+    batch = sub.add_parser("batch", help="send a folder of photos to a server as batches; resumable")
+    batch.add_argument("folder")
+    batch.add_argument("--out", required=True, help="output folder: the cut-outs, side by side")
+    batch.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
+    batch.add_argument("--key", help="API key (default: $CUTOUT_API_KEY)")
+    batch.add_argument("--model")
+    batch.add_argument("--mask", action="store_true", help="masks instead of cut-outs")
+    batch.add_argument("--chunk", type=int, default=100, help="photos per batch (the server's batch_max_items)")
+    batch.set_defaults(func=cmd_batch)
 
     models = sub.add_parser("models", help="model weights").add_subparsers(dest="models_command", required=True)
     fetch_p = models.add_parser("fetch", help="fetch and verify weights (default: those the models use)")

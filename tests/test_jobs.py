@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,3 +338,36 @@ def test_metrics_count_jobs_and_webhooks(server: LiveServer) -> None:
         "cutout_webhook_failures_total",
     ):
         assert name in text, name
+
+
+def test_cli_sends_a_folder_as_a_batch_and_resumes(server: LiveServer, tmp_path: Path) -> None:
+    key = server.create_key(10)
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    (photos / "one.jpg").write_bytes(TINY)
+    (photos / "two.png").write_bytes(subject_image(40, 30, "PNG"))
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    (photos / "notes.txt").write_text("not a photo: skipped")
+
+    def run() -> subprocess.CompletedProcess[str]:
+        args = ("batch", str(photos), "--out", str(out), "--url", server.url, "--key", key, "--model", "ghost")
+        return server.cli(*args)
+
+    first = run()
+    assert first.returncode == 1 and "broken.jpg: failed invalid_image" in first.stderr, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["one.png", "two.png"]
+    assert png_of((out / "one.png").read_bytes()).mode == "RGBA"
+    assert server.balance(key) == 8
+    # A rerun sends only what has no cut-out yet (the broken photo, failing again): resumable.
+    (photos / "three.jpg").write_bytes(TINY)
+    second = run()
+    assert second.returncode == 1 and sorted(p.name for p in out.iterdir()) == ["one.png", "three.png", "two.png"]
+    assert server.balance(key) == 7
+
+
+def test_cli_shows_the_webhook_secret_that_the_account_endpoint_shows(server: LiveServer) -> None:
+    key = server.create_key(1)
+    account = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()
+    shown = server.cli("keys", "webhook-secret", account["account_id"])
+    assert shown.returncode == 0 and shown.stdout.strip() == account["webhook_secret"]
+    assert server.cli("keys", "webhook-secret", "acct_nope").returncode != 0
