@@ -118,7 +118,7 @@ async def submit_single(request: Request, account: Account, sub: Submission, out
     """A rembg request answered 202 at once and run later (called by app/routes/rembg.py)."""
     jobs = _jobs(request)
     webhook_url = await webhooks.check_target(sub.webhook_url, jobs.settings) if sub.webhook_url else None
-    item = jobs.price(sub, output, wants_json(request.headers.get("accept", "")))
+    item = await jobs.price(sub, output, wants_json(request.headers.get("accept", "")))
     kind, ref, replayed = await _submit(request, account, [item], batch=False, webhook_url=webhook_url)
     job = await jobs.engine.get(ref)
     if job is None or kind != "job":
@@ -204,9 +204,9 @@ def _output_of(value: object, where: str) -> Output:
     raise invalid_parameter(f'{where}"output" must be "cutout" or "mask".')
 
 
-def _priced(jobs: JobService, sub: Submission, output: Output, accept_json: bool, where: str, name: str) -> Item:
+async def _priced(jobs: JobService, sub: Submission, output: Output, accept_json: bool, where: str, name: str) -> Item:
     try:
-        item = jobs.price(sub, output, accept_json)
+        item = await jobs.price(sub, output, accept_json)
     except ApiError as err:
         raise _at(err, where) from None
     return Item(item.payload, item.output, item.model, item.credits, name=name)
@@ -269,7 +269,7 @@ async def _read_multipart(request: Request, jobs: JobService) -> tuple[list[Item
             fields=fields,
             bg_image=bg_image,
         )
-        items.append(_priced(jobs, sub, output, accept_json, where, _clean_name(filename, index)))
+        items.append(await _priced(jobs, sub, output, accept_json, where, _clean_name(filename, index)))
     return items, webhook_url
 
 

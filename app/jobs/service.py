@@ -97,12 +97,12 @@ class JobService:
 
     # --- planning (shared with the synchronous route: app/removal/plan.py, app/removal/job.py) ---
 
-    def price(self, sub: Submission, output: Output, accept_json: bool) -> Item:
+    async def price(self, sub: Submission, output: Output, accept_json: bool) -> Item:
         """The item's model and cost, or the 400 its options get (at submission: nothing is fetched yet)."""
         if sub.image_url is not None and not self.settings.fetch_enabled:
             raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
         pipeline = planning.choose_model(sub, self.settings, self.registry)
-        credits = planning.quote(sub, pipeline, output, _accept(accept_json), self.settings)
+        asked = await planning.order(sub, pipeline, output, _accept(accept_json), self.settings)
         payload = Payload(
             image=sub.image,
             image_url=sub.image_url,
@@ -112,7 +112,7 @@ class JobService:
             operating_resolution=sub.operating_resolution,
             accept_json=accept_json,
         )
-        return Item(payload, output, pipeline.name, credits)
+        return Item(payload, output, pipeline.name, asked.price)
 
     async def secret(self, account_id: str) -> str:
         if self._master is None:
@@ -278,8 +278,11 @@ class JobService:
             if payload.image is None and payload.image_url is None:
                 raise ApiError("internal_error", "The job's input was lost; its credits were refunded.")
             pipeline = planning.choose_model(sub, settings, self.registry)
-            # The synchronous route's own steps: plan (options, image_url fetch, probes), render, respond.
-            planned = await planning.plan(sub, pipeline, job.output, _accept(payload.accept_json), settings)
+            # The synchronous route's own steps: order (options, price), the photo (image_url fetched now),
+            # its header checked, render in a worker, the answer.
+            asked = await planning.order(sub, pipeline, job.output, _accept(payload.accept_json), settings)
+            photo = sub.image if sub.image is not None else await planning.fetch_photo(sub, settings)
+            planned = await planning.job(asked, photo, settings)
             work = functools.partial(render, planned, settings.png_compress_level, settings.png_fast)
             result = await self.gate.run(
                 work,
@@ -288,8 +291,8 @@ class JobService:
                 background=True,
                 preemptible=job.runs <= MAX_PREEMPTIONS,
             )
-            metrics.observe_delivery(planned.model, job.output, result.inference_s, 0)
-            response = await respond.response(planned, result, job.reservation())
+            metrics.observe_delivery(asked.model, job.output, result.inference_s, 0)
+            response = await respond.response(asked, result, job.reservation())
             return bytes(response.body), response.media_type or "application/octet-stream"
         except ApiError as err:
             return err

@@ -1,10 +1,11 @@
 """Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
-`plan` does everything that can refuse a request before credits are reserved: the model and
-its operating resolution, option validation, the image_url fetch, the headers of the photo
-and of a background image. What it answers is all the rest of the request needs: what to
-run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the memory
-estimate and the answer's shape (app/removal/respond.py).
+Everything that can refuse a request before credits are reserved happens here, in three steps:
+`order` checks what is asked (the operating resolution, the options, the answer's shape, a
+background image's header) and prices it; `fetch_photo` brings an image_url's bytes; `job` checks
+the photo's header and estimates the memory. The Job is all the rest of the request needs:
+what to run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the
+memory estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from app.settings import Settings
 
 Output = pricing.Output
 Answer = Literal["image", "json"]
+Source = Literal["upload", "image_url"]
 
 
 @dataclass(frozen=True)
-class Job:
-    image: bytes  # the photo: uploaded, or fetched from image_url
-    fetched: bool  # it came from image_url
+class Order:
+    """What a submission asks, checked and priced: the job but for its photo."""
+
+    source: Source
     pipeline: Pipeline
     resolution: str  # the operating resolution it runs at
     output: Output
@@ -42,7 +45,7 @@ class Job:
     answer: Answer
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
-    memory_bytes: int  # the estimated peak, for the memory admission
+    background_pixels: int  # of a bg_image, for the memory estimate
 
     @property
     def model(self) -> str:
@@ -54,6 +57,13 @@ class Job:
         default keeps the fingerprint it always had."""
         default = self.resolution == self.pipeline.resolutions[0]
         return self.model if default else f"{self.model}@{self.resolution}"
+
+
+@dataclass(frozen=True)
+class Job:
+    order: Order
+    image: bytes  # the photo: uploaded, or fetched from image_url
+    memory_bytes: int  # the estimated peak, for the memory admission
 
 
 def wants_json(accept: str) -> bool:
@@ -103,11 +113,10 @@ def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), info.width * info.height
 
 
-async def _image(sub: Submission, settings: Settings) -> bytes:
-    if sub.image is not None:
-        return sub.image
+async def fetch_photo(sub: Submission, settings: Settings) -> bytes:
+    """The photo at the submission's image_url, or the 400 that says why not."""
     if sub.image_url is None:
-        raise invalid_image("No image: send an image or an image_url.")  # Submission allows neither missing
+        raise invalid_image("No image: send an image or an image_url.")  # a Submission has one or the other
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
     return await fetch.fetch_image(
@@ -129,18 +138,8 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-def quote(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> int:
-    """What `plan` will charge, from the submission alone (no fetch, no probe), or the 400 that `plan`
-    answers for its options: an asynchronous job reserves it at submission (app/jobs/)."""
-    resolution = _operating_resolution(pipeline, sub.operating_resolution)
-    chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
-    _answer(chosen, accept)
-    return pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
-
-
-async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> Job:
-    """The job the submission asks of `pipeline`, or the 4xx that refuses it. Work proportional to
-    the upload (header walks, hashing) runs off the event loop."""
+async def order(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> Order:
+    """What the submission asks of `pipeline`, or the 4xx that refuses it."""
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
     fingerprint = chosen.fingerprint()
@@ -148,18 +147,12 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
     answer = _answer(chosen, accept)
     background_digest, background_pixels = "", 0
     if chosen.bg_image is not None:
+        # Off the event loop: work proportional to the upload (header walks, hashing).
         background_digest, background_pixels = await anyio.to_thread.run_sync(
             _probe_background, chosen.bg_image, settings
         )
-    image = await _image(sub, settings)
-    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
-    info = await anyio.to_thread.run_sync(probe)
-    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
-    memory = pipeline.spec.peak_bytes(info.width * info.height)
-    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
-    return Job(
-        image=image,
-        fetched=sub.image_url is not None,
+    return Order(
+        source="upload" if sub.image is not None else "image_url",
         pipeline=pipeline,
         resolution=resolution,
         output=output,
@@ -167,15 +160,24 @@ async def plan(sub: Submission, pipeline: Pipeline, output: Output, accept: str,
         answer=answer,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
-        memory_bytes=memory,
+        background_pixels=background_pixels,
     )
+
+
+async def job(asked: Order, image: bytes, settings: Settings) -> Job:
+    """The order with its photo, whose header is checked (400/413) before any pixel is decoded."""
+    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    info = await anyio.to_thread.run_sync(probe)
+    # The model's measured cost for these pixels, plus what the options add (a background image's decode).
+    memory = asked.pipeline.spec.peak_bytes(info.width * info.height)
+    memory += asked.background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    return Job(order=asked, image=image, memory_bytes=memory)
 
 
 def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolution: str | None = None) -> Job:
     """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
-    return Job(
-        image=image,
-        fetched=False,
+    asked = Order(
+        source="upload",
         pipeline=pipeline,
         resolution=resolution or pipeline.resolutions[0],
         output=output,
@@ -183,5 +185,6 @@ def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolutio
         answer="image",
         price=0,
         fingerprint="",
-        memory_bytes=0,
+        background_pixels=0,
     )
+    return Job(order=asked, image=image, memory_bytes=0)

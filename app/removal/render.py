@@ -59,14 +59,15 @@ def finish_mask(alpha: np.ndarray, chosen: Options, png_level: int) -> Finished:
 
 def render(job: Job, png_level: int, png_fast: bool) -> Result:
     """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
+    asked = job.order
     started = time.perf_counter()
     decoded = codec.decode(job.image)
     checkpoint()
-    if job.output == "mask":
-        finished = finish_mask(job.pipeline.mask(decoded.rgb, job.resolution), job.options, png_level)
+    if asked.output == "mask":
+        finished = finish_mask(asked.pipeline.mask(decoded.rgb, asked.resolution), asked.options, png_level)
     else:
-        rgba = job.pipeline.cutout(decoded, job.resolution)
+        rgba = asked.pipeline.cutout(decoded, asked.resolution)
         checkpoint()
-        finished = finish_cutout(rgba, decoded.rgb, job.options, png_level, png_fast)
-    content_type = codec.CONTENT_TYPES[job.options.output_format]
+        finished = finish_cutout(rgba, decoded.rgb, asked.options, png_level, png_fast)
+    content_type = codec.CONTENT_TYPES[asked.options.output_format]
     return Result(finished, content_type, time.perf_counter() - started)

@@ -8,17 +8,17 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
-from app.removal.job import Job
+from app.removal.job import Order
 from app.removal.render import Result
 from app.store import Reservation
 
 
-def headers(job: Job, reservation: Reservation) -> dict[str, str]:
+def headers(asked: Order, reservation: Reservation) -> dict[str, str]:
     answer = {
         "X-Credits-Charged": str(reservation.amount),
         "X-Credits-Remaining": str(reservation.remaining),
-        "X-Model": job.model,
-        "X-Operating-Resolution": job.resolution,
+        "X-Model": asked.model,
+        "X-Operating-Resolution": asked.resolution,
     }
     if reservation.replayed:
         answer[idempotency.REPLAYED_HEADER] = "true"
@@ -39,16 +39,16 @@ def _file(data: bytes, result: Result, name: str) -> dict[str, object]:
     }
 
 
-def _json(job: Job, result: Result, with_headers: dict[str, str]) -> JSONResponse:
-    body = {"image": _file(result.image.body, result, job.output)}
+def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONResponse:
+    body = {"image": _file(result.image.body, result, asked.output)}
     if result.image.mask is not None:
         body["mask"] = _file(result.image.mask, result, "mask")
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(job: Job, result: Result, reservation: Reservation) -> Response:
-    with_headers = headers(job, reservation)
-    if job.answer == "image":
+async def response(asked: Order, result: Result, reservation: Reservation) -> Response:
+    with_headers = headers(asked, reservation)
+    if asked.answer == "image":
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
-    return await anyio.to_thread.run_sync(_json, job, result, with_headers)
+    return await anyio.to_thread.run_sync(_json, asked, result, with_headers)

@@ -1,8 +1,9 @@
 """POST /v2/rembg/ (cut-out) and POST /v2/rembg/mask/ (mask), as a flat script of named steps:
 
-authenticate -> rate limit -> read the submission -> choose the model -> (one concurrent-request
-slot of the account, held to the end:) plan the Job (options, fetch, probes, price) -> claim the
-Idempotency-Key and reserve the credits -> run it in a worker -> charge -> respond.
+authenticate -> rate limit -> read the submission -> choose the model -> order (options, price,
+answer) -> the job (the photo's header checked) -> (one concurrent-request slot of the account,
+held to the end:) [fetch an image_url] -> claim the Idempotency-Key and reserve the credits -> run
+it in a worker -> charge -> respond.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from app.inference.gate import Busy, Expired
 from app.jobs import routes as job_routes
 from app.removal import job as planning
 from app.removal import respond, submission
-from app.removal.job import Job, Output
+from app.removal.job import Job, Order, Output
 from app.removal.render import Result, render
 from app.services import Services, services
 from app.store import Account, Reservation
@@ -70,10 +71,10 @@ async def _run(request: Request, svc: Services, job: Job) -> Result:
         raise processing_timeout() from None
 
 
-def _record(logged: context.RequestInfo, job: Job, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, asked: Order, result: Result, reservation: Reservation) -> None:
     """The delivery, as the metrics and the access log line count it."""
     charged = 0 if reservation.replayed else reservation.amount
-    metrics.observe_delivery(job.model, job.output, result.inference_s, charged)
+    metrics.observe_delivery(asked.model, asked.output, result.inference_s, charged)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
 
@@ -85,20 +86,24 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
         return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
     pipeline = planning.choose_model(sub, svc.settings, svc.registry)
     logged.model = pipeline.name
+    asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+    # An upload's header is checked before a slot is taken: a burst of bad files is answered 400, not 429.
+    job = None if sub.image is None else await planning.job(asked, sub.image, svc.settings)
     # One slot from the image_url fetch to the result: slow URLs cannot pile up fetches either.
     with svc.slots.hold(account):
-        job = await planning.plan(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+        if job is None:
+            job = await planning.job(asked, await planning.fetch_photo(sub, svc.settings), svc.settings)
         window = svc.settings.idempotency_window_s
         claim = await idempotency.claim_for(
-            request, account, window, output=output, model=job.asked, image=job.image, options=job.fingerprint
+            request, account, window, output=output, model=asked.asked, image=job.image, options=asked.fingerprint
         )
-        async with charge(svc.store, account, job.price, logged.request_id, claim) as reservation:
+        async with charge(svc.store, account, asked.price, logged.request_id, claim) as reservation:
             result = await _run(request, svc, job)
             if await request.is_disconnected():
                 # Nobody will receive the result: raising refunds it instead of charging for it.
                 raise client_closed_request()
-    _record(logged, job, result, reservation)
-    return await respond.response(job, result, reservation)
+    _record(logged, asked, result, reservation)
+    return await respond.response(asked, result, reservation)
 
 
 async def _remove(request: Request, output: Output) -> Response:
