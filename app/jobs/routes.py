@@ -324,9 +324,8 @@ async def _read_json(request: Request, jobs: JobService) -> tuple[list[Item], st
             continue
         if sub.webhook_url is not None:
             raise invalid_parameter(f'{where}"webhook_url" is the batch\'s: send it once, beside "items".')
-        items.append(
-            _priced(jobs, sub, output, accept_json, where, _clean_name(name if isinstance(name, str) else None, index))
-        )
+        label = _clean_name(name if isinstance(name, str) else None, index)
+        items.append(await _priced(jobs, sub, output, accept_json, where, label))
     return items, webhook_url
 
 
