@@ -16,7 +16,7 @@ from limits import parse as parse_limit
 
 from app.inference.weights import WeightsError, fetch, verify
 from app.settings import Settings, get_settings
-from app.store import Account, Store, UnknownAccount, open_store
+from app.store import Account, InsufficientCredits, Store, UnknownAccount, open_store
 
 # Per command. Far above any real top-up, far below what 64-bit counters (SQLite, Redis) hold.
 MAX_CREDITS = 1_000_000_000
@@ -33,6 +33,17 @@ def credit_amount(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+MAX_LABEL = 100
+
+
+def label_text(text: str) -> str:
+    """An argparse type: an account's label, up to MAX_LABEL printable characters."""
+    text = text.strip()
+    if len(text) > MAX_LABEL or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"a label is up to {MAX_LABEL} printable characters on one line")
+    return text
+
+
 def _run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[Any]]) -> Any:
     async def main() -> Any:
         store = open_store(settings)
@@ -44,12 +55,16 @@ def _run_with_store(settings: Settings, fn: Callable[[Store], Awaitable[Any]]) -
     return asyncio.run(main())
 
 
-def _account_json(account: Account) -> dict[str, Any]:
+def _account_json(account: Account, settings: Settings) -> dict[str, Any]:
     return {
         "account_id": account.id,
+        "label": account.label,
         "plan": account.plan,
         "credits": account.credits,
-        "rate_limit": account.rate_limit,
+        "unlimited": account.unlimited,
+        # The limit in force: the account's own, else its plan's.
+        "rate_limit": account.rate_limit or settings.plan_for(account.plan).rate_limit,
+        "rate_limit_from": "account" if account.rate_limit else "plan",
         "revoked": account.revoked,
     }
 
@@ -112,15 +127,20 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> None:
     plan = args.plan or settings.default_plan
     _check_plan_and_rate(settings, plan, args.rate)
     account, key = _run_with_store(
-        settings, lambda s: s.create_account(credits=args.credits, plan=plan, rate_limit=args.rate)
+        settings,
+        lambda s: s.create_account(
+            credits=args.credits or 0, plan=plan, rate_limit=args.rate, label=args.label, unlimited=args.unlimited
+        ),
     )
-    print(f"account {account.id}, plan {plan}, {account.credits} credits. The key is shown once:", file=sys.stderr)
+    named = f" ({account.label})" if account.label else ""
+    funds = "unlimited (not charged)" if account.unlimited else f"{account.credits} credits"
+    print(f"account {account.id}{named}, plan {plan}, {funds}. The key is shown once:", file=sys.stderr)
     print(key)
 
 
 def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> None:
     for account in _run_with_store(settings, lambda s: s.list_accounts()):
-        print(json.dumps(_account_json(account)))
+        print(json.dumps(_account_json(account, settings)))
 
 
 def _account_command(fn: Callable[[Store, argparse.Namespace], Awaitable[Any]]) -> Callable[..., None]:
@@ -145,7 +165,29 @@ async def _grant(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _deduct(store: Store, args: argparse.Namespace) -> int:
-    return await store.adjust_credits(args.account_id, -args.amount, "deduct")
+    try:
+        return await store.adjust_credits(args.account_id, -args.amount, "deduct", clamp=args.clamp)
+    except InsufficientCredits as err:
+        sys.exit(
+            f"{args.account_id} has {err.balance} credits: deducting {err.needed} would go below zero. "
+            "Nothing changed; --clamp deducts down to 0."
+        )
+
+
+async def _rotate(store: Store, args: argparse.Namespace) -> str:
+    account = await store.get_account(args.account_id)
+    if account is None:
+        raise UnknownAccount(args.account_id)
+    if account.revoked:
+        sys.exit(f"{args.account_id} is revoked: its keys stay refused (create a new account instead)")
+    key = await store.rotate_key(args.account_id)
+    print(f"{args.account_id}: new key; the old one is refused from now on. The key is shown once:", file=sys.stderr)
+    return key
+
+
+async def _label(store: Store, args: argparse.Namespace) -> str:
+    await store.set_label(args.account_id, args.label or None)
+    return f"{args.account_id}: " + (f"label {args.label!r}" if args.label else "no label")
 
 
 def cmd_keys_set_plan(args: argparse.Namespace, settings: Settings) -> None:
@@ -172,6 +214,34 @@ def cmd_models_fetch(args: argparse.Namespace, settings: Settings) -> None:
             failed = True
     if failed:
         sys.exit(1)
+    _make_int8(settings, names, args.force_int8)
+
+
+def _make_int8(settings: Settings, names: list[str], force: bool) -> None:
+    """The INT8 networks of the fetched weights, at every side the models serve them (quantization.py)."""
+    import importlib.util
+
+    from app.inference import quantization
+
+    wanted = [n for n in names if quantization.recipe_for(n) is not None and quantization.served_sides(settings, n)]
+    for name in names:
+        if name not in wanted and name in quantization.NO_RECIPE:
+            print(f"{name}: stays in native precision: {quantization.NO_RECIPE[name]}")
+    if not wanted:
+        return
+    if settings.precision == "native":
+        print("precision is native: no INT8 networks made")
+        return
+    missing = [m for m in ("nncf", "skimage") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"INT8 networks not made: {', '.join(missing)} not installed (pip install 'cutout[quantize]'; "
+            "scripts/setup does it); the service runs these weights in native precision"
+        )
+        return
+    for name in wanted:
+        for side in quantization.served_sides(settings, name):
+            quantization.make_int8(settings, name, side, force=force)
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> None:
@@ -190,10 +260,35 @@ def cmd_docs(args: argparse.Namespace, settings: Settings) -> None:
     from app import docgen
 
     if args.check:
-        if docgen.render(docgen.README.read_text()) != docgen.README.read_text():
-            sys.exit("README.md is stale: run `python -m app docs`")
+        stale = docgen.stale()
+        if stale:
+            sys.exit(f"stale generated sections in {', '.join(p.name for p in stale)}: run `python -m app docs`")
         return
-    print("README.md " + ("updated" if docgen.update() else "already current"))
+    print("generated sections " + ("updated" if docgen.update() else "already current"))
+
+
+SERVE_TEXT = """\
+Run the API in this process: loads and warms the models, then listens. Settings come from
+CUTOUT_* environment variables and the TOML files in CUTOUT_CONFIG_DIR (docs/configuration.md).
+Once ready, the log names the URLs of the demo page (/demo: try a key in the browser) and the
+API reference (/docs). SIGTERM drains: /ready turns 503, requests in flight finish (docs/deploy.md).
+Make a key first: python -m app keys create --unlimited"""
+
+KEYS_TEXT = """\
+Accounts and their API keys, in the store the settings select (SQLite in CUTOUT_DATA_DIR, or Redis
+with CUTOUT_REDIS_URL). A key is printed once, as the last line of `create` and `rotate`; the
+store keeps only its digest. Account ids (acct_...) come from `create` and `list`."""
+
+
+def _text(parser: Any, name: str, summary: str, text: str = "", **kw: Any) -> Any:
+    """A sub-command whose --help says what `summary` says, then `text` (kept as written)."""
+    return parser.add_parser(
+        name,
+        help=summary,
+        description=text or summary[:1].upper() + summary[1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kw,
+    )
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
@@ -235,39 +330,86 @@ def cmd_keys_webhook_secret(args: argparse.Namespace, settings: Settings) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description="Cutout background-removal API")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Cutout background-removal API: run it, manage its keys and credits, fetch its model weights.",
+        epilog="Each command has its own --help. Start with: python -m app keys create --unlimited; python -m app serve",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the API")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    fields = Settings.model_fields
+    serve = _text(sub, "serve", "run the API (HTTP) until SIGTERM or Ctrl-C", SERVE_TEXT)
+    serve.add_argument("--host", help=f"address to listen on (default: CUTOUT_HOST, else {fields['host'].default})")
+    serve.add_argument(
+        "--port", type=int, help=f"port to listen on (default: CUTOUT_PORT, else {fields['port'].default})"
+    )
     serve.set_defaults(func=cmd_serve)
 
-    probe = sub.add_parser("probe", help="check the local server (exit 0 when the path answers 200)")
-    probe.add_argument("--path", default="/ready")
-    probe.add_argument("--port", type=int)
-    probe.add_argument("--timeout", type=float, default=5.0)
+    probe = _text(sub, "probe", "check the local server: exit 0 when the path answers 200 (the image's HEALTHCHECK)")
+    probe.add_argument("--path", default="/ready", help="path to ask for (default: /ready; /health: alive at all)")
+    probe.add_argument("--port", type=int, help="the server's port (default: CUTOUT_PORT)")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)")
     probe.set_defaults(func=cmd_probe)
 
-    keys = sub.add_parser("keys", help="manage API keys and credits").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create an account; prints its API key as the last line")
-    create.add_argument("--credits", type=credit_amount(minimum=0), required=True)
-    create.add_argument("--plan")
+    keys = _text(sub, "keys", "manage accounts, API keys and credits", KEYS_TEXT).add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    create = _text(
+        keys,
+        "create",
+        "create an account; prints its API key as the last line",
+        "Create an account with --credits N (each request spends its price; see GET /v2/account) or\n"
+        "--unlimited (requests are not charged: a single-tenant install). One of the two is required.",
+    )
+    funds = create.add_mutually_exclusive_group(required=True)
+    funds.add_argument("--credits", type=credit_amount(minimum=0), help="starting balance, a whole number")
+    funds.add_argument("--unlimited", action="store_true", help="never charge this account's requests")
+    create.add_argument("--label", type=label_text, help="your name for the account (a customer, an app)")
+    create.add_argument("--plan", help="plan from config/plans.toml (default: CUTOUT_DEFAULT_PLAN)")
     create.add_argument("--rate", help="rate limit overriding the plan's, e.g. 1000/minute")
     create.set_defaults(func=cmd_keys_create)
-    keys.add_parser("list", help="list accounts (never keys) as JSON lines").set_defaults(func=cmd_keys_list)
-    revoke = keys.add_parser("revoke", help="revoke an account's key")
+    _text(
+        keys,
+        "list",
+        "list accounts (never keys) as JSON lines",
+        "One JSON object per account: account_id, label, plan, credits, unlimited, rate_limit (the limit\n"
+        "in force) and rate_limit_from (`account`: its own override, `plan`: its plan's), revoked.",
+    ).set_defaults(func=cmd_keys_list)
+    rotate = _text(
+        keys,
+        "rotate",
+        "give an account a new key; the old key is refused from then on",
+        "Same account, balance, plan and label; prints the new key as the last line. For a key that\n"
+        "leaked, or a routine change. The old key stops working at once, on every replica.",
+    )
+    rotate.add_argument("account_id")
+    rotate.set_defaults(func=_account_command(_rotate))
+    label = _text(keys, "label", "set or clear an account's label")
+    label.add_argument("account_id")
+    label.add_argument("label", nargs="?", default="", type=label_text, help="the new label (none: clear it)")
+    label.set_defaults(func=_account_command(_label))
+    revoke = _text(keys, "revoke", "revoke an account: its key is refused from then on (there is no undo)")
     revoke.add_argument("account_id")
     revoke.set_defaults(func=_account_command(_revoke))
-    for name, fn, text in (("grant", _grant, "add credits"), ("deduct", _deduct, "remove credits (not below 0)")):
-        p = keys.add_parser(name, help=f"{text}; prints the new balance")
-        p.add_argument("account_id")
-        p.add_argument("amount", type=credit_amount(minimum=1))
-        p.set_defaults(func=_account_command(fn))
-    set_plan = keys.add_parser("set-plan", help="change an account's plan (and optional rate override)")
+    grant = _text(keys, "grant", "add credits; prints the new balance")
+    grant.add_argument("account_id")
+    grant.add_argument("amount", type=credit_amount(minimum=1))
+    grant.set_defaults(func=_account_command(_grant))
+    deduct = _text(
+        keys,
+        "deduct",
+        "remove credits; prints the new balance",
+        "Remove credits. A deduct larger than the balance is refused (exit 1, nothing changed);\n"
+        "with --clamp it takes what there is, down to 0.",
+    )
+    deduct.add_argument("account_id")
+    deduct.add_argument("amount", type=credit_amount(minimum=1))
+    deduct.add_argument("--clamp", action="store_true", help="deduct down to 0 instead of refusing")
+    deduct.set_defaults(func=_account_command(_deduct))
+    set_plan = _text(keys, "set-plan", "change an account's plan (and optional rate override)")
     set_plan.add_argument("account_id")
-    set_plan.add_argument("plan")
-    set_plan.add_argument("--rate")
+    set_plan.add_argument("plan", help="a plan from config/plans.toml")
+    set_plan.add_argument("--rate", help="rate limit overriding the plan's, e.g. 1000/minute (none: the plan's)")
     set_plan.set_defaults(func=cmd_keys_set_plan)
 
     secret = keys.add_parser("webhook-secret", help="the account's webhook signing secret (Standard Webhooks)")
@@ -284,14 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--chunk", type=int, default=100, help="photos per batch (the server's batch_max_items)")
     batch.set_defaults(func=cmd_batch)
 
-    models = sub.add_parser("models", help="model weights").add_subparsers(dest="models_command", required=True)
-    fetch_p = models.add_parser("fetch", help="fetch and verify weights (default: those the models use)")
-    fetch_p.add_argument("names", nargs="*")
+    models = _text(sub, "models", "model weights: fetch, verify, list").add_subparsers(
+        dest="models_command", required=True, metavar="COMMAND"
+    )
+    fetch_p = _text(models, "fetch", "fetch and verify weights into CUTOUT_MODELS_DIR (default: those the models use)")
+    fetch_p.add_argument("names", nargs="*", help="weights names from config/models.toml")
+    fetch_p.add_argument(
+        "--force-int8", action="store_true", help="quantize again even where the INT8 network is current"
+    )
     fetch_p.set_defaults(func=cmd_models_fetch)
-    models.add_parser("list", help="show each model and the state of its weights").set_defaults(func=cmd_models_list)
+    _text(models, "list", "show each model, its price and the state of its weights").set_defaults(func=cmd_models_list)
 
-    docs = sub.add_parser("docs", help="regenerate the README's tables (error codes, configuration) from the code")
-    docs.add_argument("--check", action="store_true", help="only check: exit 1 when the README is stale")
+    docs = _text(sub, "docs", "regenerate the generated sections of README.md and docs/*.md from the code")
+    docs.add_argument("--check", action="store_true", help="only check: exit 1 when a page is stale")
     docs.set_defaults(func=cmd_docs)
     return parser
 

@@ -184,6 +184,19 @@ class Settings(BaseSettings):
         description="OpenVINO on a CPU with native bf16: the heaviest convolutions run in bf16, the rest in fp32 "
         "(see docs/performance.md); `false`: fp32 throughout",
     )
+    # native by default: the INT8 IS-Net misses the per-photo quality gate (IoU >= 0.98 of native on
+    # every photo; aurora falls to 0.90 on some): docs/performance.md, INT8.
+    precision: Literal["int8", "native"] = Field(
+        "native",
+        description="OpenVINO: `native` runs fp32, bf16 where the CPU has it (`mixed_precision`); `int8` (opt-in) "
+        "runs the INT8 networks `python -m app models fetch` makes with the quantize extra, where they exist "
+        "and are current, else native with a log line",
+    )
+    compiled_cache: bool = Field(
+        True,
+        description="OpenVINO keeps compiled networks in `models_dir`/ov-cache: later starts import them "
+        "instead of compiling (replicas may share it)",
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="onnxruntime execution providers in order (CUDA: the `gpu` extra)",
@@ -208,6 +221,9 @@ class Settings(BaseSettings):
     max_headers: int = Field(100, ge=10, description="header count before 431 `request_head_too_large`")
     head_timeout_s: float = Field(
         10.0, gt=0, description="no complete request head this long after opening (or the last response): closed"
+    )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="a client that reads nothing of its answer this long has its connection closed"
     )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")

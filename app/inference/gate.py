@@ -13,8 +13,9 @@ next checkpoint or inside the engine (app.inference.cancel).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -131,6 +132,22 @@ class WorkerGate:
                 # Nobody will read the result: drop the job if it is still queued, else stop it.
                 submitted.cancel()
                 token.cancel()
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, memory_bytes: int) -> AsyncIterator[None]:
+        """Work done outside the workers (a header check in a thread) held within the memory budget.
+        Busy when there is no room in time."""
+        if self.memory is None:
+            yield
+            return
+        try:
+            taken = await self.memory.acquire(memory_bytes)
+        except MemoryBusy:
+            raise Busy() from None
+        try:
+            yield
+        finally:
+            self.memory.release(taken)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -89,7 +89,7 @@ async def _submit(
 ) -> tuple[str, str, bool]:
     jobs = _jobs(request)
     total = sum(item.credits for item in items if item.error is None)
-    if total > account.credits:
+    if total > account.credits and not account.unlimited:
         noun = f"This batch of {len(items)} items costs" if batch else "This job costs"
         raise ApiError(
             "insufficient_credits",

@@ -163,8 +163,9 @@ class JobService:
                     job = replace(job, status="failed", finished_at=at, error=error_object(item.error, request_id))
                 else:
                     reservation_id = f"{job.id}"
-                    await billing.reserve(self.store, account, item.credits, reservation_id, None, hold_s=hold)
-                    job = replace(job, reservation_id=reservation_id, credits=item.credits)
+                    credits = 0 if account.unlimited else item.credits  # an unlimited account pays nothing
+                    await billing.reserve(self.store, account, credits, reservation_id, None, hold_s=hold)
+                    job = replace(job, reservation_id=reservation_id, credits=credits)
                 reserved.append((job, item.payload))
         except BaseException:
             with anyio.CancelScope(shield=True):

@@ -38,6 +38,8 @@ UNDOCUMENTED: frozenset[tuple[str, str]] = frozenset(
     {
         ("/v2/rembg", "post"),
         ("/v2/rembg/mask", "post"),
+        ("/v2/account/", "get"),
+        ("/", "get"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/metrics", "get"),
@@ -116,6 +118,7 @@ def _account_schema() -> JSON:
         "required": [
             "account_id",
             "credits",
+            "unlimited",
             "plan",
             "rate_limit",
             "rate_limit_remaining",
@@ -125,6 +128,7 @@ def _account_schema() -> JSON:
         "properties": {
             "account_id": {"type": "string"},
             "credits": {"type": "integer"},
+            "unlimited": {"type": "boolean", "description": "`true`: this key's requests are not charged."},
             "plan": {"type": "string"},
             "rate_limit": {"type": "string", "examples": ["60/minute"]},
             "rate_limit_remaining": {"type": "integer", "minimum": 0},

@@ -10,16 +10,17 @@ from starlette.responses import JSONResponse, Response
 from app.accounts import idempotency
 from app.removal.job import Order
 from app.removal.render import Result
-from app.store import Reservation
+from app.store import Reservation, StoredAnswer
 
 
-def headers(asked: Order, reservation: Reservation) -> dict[str, str]:
+def headers(asked: Order, reservation: Reservation, unlimited: bool = False) -> dict[str, str]:
     answer = {
         "X-Credits-Charged": str(reservation.amount),
-        "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": asked.model,
         "X-Operating-Resolution": asked.resolution,
     }
+    if not unlimited:  # an unlimited account has no balance to count down
+        answer["X-Credits-Remaining"] = str(reservation.remaining)
     if reservation.replayed:
         answer[idempotency.REPLAYED_HEADER] = "true"
     return answer
@@ -46,9 +47,26 @@ def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONRes
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(asked: Order, result: Result, reservation: Reservation) -> Response:
-    with_headers = headers(asked, reservation)
+async def response(asked: Order, result: Result, reservation: Reservation, unlimited: bool = False) -> Response:
+    with_headers = headers(asked, reservation, unlimited)
     if asked.answer == "image":
         return Response(result.image.body, media_type=result.content_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
     return await anyio.to_thread.run_sync(_json, asked, result, with_headers)
+
+
+def kept(response: Response) -> StoredAnswer | None:
+    """What to keep with the Idempotency-Key: the answer's bytes, when not over the bound."""
+    body = bytes(response.body)
+    if len(body) > idempotency.MAX_STORED_ANSWER_BYTES:
+        return None
+    return StoredAnswer(response.media_type or "application/octet-stream", body)
+
+
+def replay(asked: Order, reservation: Reservation, unlimited: bool = False) -> Response | None:
+    """A retry's answer from the one its first request delivered, or None: nothing was kept (over
+    MAX_STORED_ANSWER_BYTES), or the retry asks for the other shape (JSON or bytes)."""
+    answer = reservation.answer
+    if answer is None or (answer.content_type == "application/json") != (asked.answer == "json"):
+        return None
+    return Response(answer.body, media_type=answer.content_type, headers=headers(asked, reservation, unlimited))

@@ -140,6 +140,8 @@ def _parse_json(raw: bytes) -> Submission:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise invalid_parameter(f"The JSON body could not be parsed. {SEND_HINT}") from None
+    except RecursionError:  # thousands of nested [ or {: the parser's stack, not our bug
+        raise invalid_parameter(f"The JSON body is nested too deeply. {SEND_HINT}") from None
     if not isinstance(body, dict):
         raise invalid_parameter(f"The JSON body must be an object. {SEND_HINT}")
     sources = [name for name in ("image_url", "image_data_uri") if name in body]

@@ -24,6 +24,7 @@ async def account(request: Request) -> JSONResponse:
         {
             "account_id": acct.id,
             "credits": acct.credits,
+            "unlimited": acct.unlimited,  # true: requests are not charged, whatever `credits` says
             "plan": acct.plan,
             "rate_limit": svc.limits.limit_for(acct),
             "rate_limit_remaining": rate.remaining,

@@ -1,9 +1,10 @@
 """POST /v2/rembg/ (cut-out) and POST /v2/rembg/mask/ (mask), as a flat script of named steps:
 
-authenticate -> rate limit -> read the submission -> choose the model -> order (options, price,
-answer) -> the job (the photo's header checked) -> (one concurrent-request slot of the account,
-held to the end:) [fetch an image_url] -> claim the Idempotency-Key and reserve the credits -> run
-it in a worker -> charge -> respond.
+authenticate -> rate limit -> (one concurrent-request slot of the account, held to the end:) read the
+submission -> choose the model -> order (options, price, answer) -> [fetch an image_url] -> the job
+(the photo's and a background's headers checked, in the memory admission) -> claim the
+Idempotency-Key and reserve the credits -> run it in a worker (or serve a replay's kept answer) ->
+charge -> respond.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from app.removal import respond, submission
 from app.removal.job import Job, Order, Output
 from app.removal.render import Result, render
 from app.services import Services, services
-from app.store import Account, Reservation
+from app.store import Account, IdempotencyClaim, Reservation, StoredAnswer
 
 T = TypeVar("T")
 
@@ -79,31 +80,69 @@ def _record(logged: context.RequestInfo, asked: Order, result: Result, reservati
     logged.credits_charged = charged
 
 
+async def _job(request: Request, svc: Services, sub: submission.Submission, asked: Order) -> Job:
+    """The job: an image_url fetched (a client that hangs up stops it, and frees its slot), the headers
+    checked in the memory admission."""
+
+    async def planned() -> Job:
+        image = sub.image if sub.image is not None else await planning.fetch_photo(sub, svc.settings)
+        return await planning.job(asked, image, svc.settings, svc.gate.admitted)
+
+    try:
+        return await _unless_client_leaves(request, planned)
+    except Busy:
+        raise ApiError("server_busy", "The service is at capacity; retry shortly.") from None
+
+
 async def _serve(request: Request, svc: Services, account: Account, output: Output) -> Response:
     logged = context.of_scope(request.scope)  # what the access log line says
-    sub = await submission.read(request)
-    if svc.jobs is not None and (sub.webhook_url is not None or job_routes.wants_async(request)):
-        return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
-    pipeline = planning.choose_model(sub, svc.settings, svc.registry)
-    logged.model = pipeline.name
-    asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
-    # An upload's header is checked before a slot is taken: a burst of bad files is answered 400, not 429.
-    job = None if sub.image is None else await planning.job(asked, sub.image, svc.settings)
-    # One slot from the image_url fetch to the result: slow URLs cannot pile up fetches either.
+    # One slot from the body to the result: a client holds no more bodies (JSON or multipart), fetches or
+    # header checks at once than its plan's max_concurrent (issue 21).
     with svc.slots.hold(account):
-        if job is None:
-            job = await planning.job(asked, await planning.fetch_photo(sub, svc.settings), svc.settings)
+        sub = await submission.read(request)
+        if svc.jobs is not None and (sub.webhook_url is not None or job_routes.wants_async(request)):
+            return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
+        pipeline = planning.choose_model(sub, svc.settings, svc.registry)
+        logged.model = pipeline.name
+        asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+        job = await _job(request, svc, sub, asked)
         window = svc.settings.idempotency_window_s
         claim = await idempotency.claim_for(
             request, account, window, output=output, model=asked.asked, image=job.image, options=asked.fingerprint
         )
-        async with charge(svc.store, account, asked.price, logged.request_id, claim) as reservation:
-            result = await _run(request, svc, job)
-            if await request.is_disconnected():
-                # Nobody will receive the result: raising refunds it instead of charging for it.
-                raise client_closed_request()
-    _record(logged, asked, result, reservation)
-    return await respond.response(asked, result, reservation)
+        return await _deliver(request, svc, account, job, claim, logged)
+
+
+async def _deliver(
+    request: Request,
+    svc: Services,
+    account: Account,
+    job: Job,
+    claim: IdempotencyClaim | None,
+    logged: context.RequestInfo,
+) -> Response:
+    """Reserve, run, respond, charge; a retry under a completed Idempotency-Key is served the answer its
+    first request delivered (kept by the commit), never recomputed for free."""
+    answer: StoredAnswer | None = None
+    async with charge(
+        svc.store, account, job.order.price, logged.request_id, claim, keep=lambda: answer
+    ) as reservation:
+        if reservation.replayed:
+            replayed = respond.replay(job.order, reservation, account.unlimited)
+            if replayed is None:
+                # Nothing kept to serve (an answer over the bound, or the other shape): new work, charged so.
+                return await _deliver(request, svc, account, job, None, logged)
+            logged.credits_charged = 0
+            return replayed
+        result = await _run(request, svc, job)
+        if await request.is_disconnected():
+            # Nobody will receive the result: raising refunds it instead of charging for it.
+            raise client_closed_request()
+        response = await respond.response(job.order, result, reservation, account.unlimited)
+        if claim is not None:
+            answer = respond.kept(response)
+    _record(logged, job.order, result, reservation)
+    return response
 
 
 async def _remove(request: Request, output: Output) -> Response:

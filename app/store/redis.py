@@ -7,12 +7,13 @@ reply was lost), so each is idempotent: a reservation id reserves once, and a
 settled reservation remembers whether it was charged or refunded.
 
 Keys (all under `cutout:`):
-    acct:{id}         hash: plan, credits, rate_limit, revoked, created_at, key_hash
+    acct:{id}         hash: plan, credits, rate_limit, revoked, created_at, key_hash, label, unlimited
     key:{sha256}      the account id for a hashed API key (keys themselves are never stored)
     accounts          sorted set of account ids by creation time
     resv:{id}         hash: account, amount, idem, created_at, state (held|charged|refunded)
     resv:held         sorted set of held reservation ids by creation time (for the sweeper)
-    idem:{digest}     hash: fingerprint, reservation, state (pending|done), expires with its window
+    idem:{digest}     hash: fingerprint, reservation, state (pending|done), answer_type and answer (base64)
+                      of a delivered request, expires with its window
     ledger            stream of credit movements, trimmed to about LEDGER_MAX entries
 
 Durability is Redis's: run it with `appendonly yes` (`appendfsync always` to
@@ -21,6 +22,7 @@ lose no acknowledged charge on a crash).
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
@@ -34,6 +36,7 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -41,7 +44,7 @@ from app.store.base import (
     now,
 )
 from app.store.redis_client import client_options, unavailable_on_redis_errors
-from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, UPDATE_FIELDS
+from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, ROTATE, UPDATE_FIELDS
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -77,6 +80,8 @@ def _account(answer: Mapping[Any, Any]) -> Account:
         rate_limit=fields.get("rate_limit") or None,
         revoked=fields.get("revoked") == "1",
         created_at=float(fields["created_at"]),
+        label=fields.get("label") or None,
+        unlimited=fields.get("unlimited") == "1",
     )
 
 
@@ -88,6 +93,7 @@ class RedisStore:
         self._refund = self._redis.register_script(REFUND)
         self._adjust = self._redis.register_script(ADJUST)
         self._update = self._redis.register_script(UPDATE_FIELDS)
+        self._rotate = self._redis.register_script(ROTATE)
 
     @staticmethod
     def _acct(account_id: str) -> str:
@@ -102,10 +108,25 @@ class RedisStore:
     _LEDGER = PREFIX + "ledger"
 
     @_fail_closed
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
-            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+            id=new_account_id(),
+            plan=plan,
+            credits=credits,
+            rate_limit=rate_limit,
+            revoked=False,
+            created_at=now(),
+            label=label,
+            unlimited=unlimited,
         )
         key_hash = hash_api_key(key)
         async with self._redis.pipeline(transaction=True) as tx:
@@ -119,6 +140,8 @@ class RedisStore:
                     "revoked": "0",
                     "created_at": repr(account.created_at),
                     "key_hash": key_hash,
+                    "label": label or "",
+                    "unlimited": "1" if unlimited else "0",
                 },
             )
             tx.set(f"{PREFIX}key:{key_hash}", account.id)
@@ -165,18 +188,35 @@ class RedisStore:
         await self._set_fields(account_id, {"revoked": "1"})
 
     @_fail_closed
+    async def rotate_key(self, account_id: str) -> str:
+        key = new_api_key()
+        key_hash = hash_api_key(key)
+        rotated = await self._rotate(
+            keys=[self._acct(account_id), f"{PREFIX}key:{key_hash}"], args=[key_hash, f"{PREFIX}key:", account_id]
+        )
+        if not rotated:
+            raise UnknownAccount(account_id)
+        return key
+
+    @_fail_closed
+    async def set_label(self, account_id: str, label: str | None) -> None:
+        await self._set_fields(account_id, {"label": label or ""})
+
+    @_fail_closed
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._set_fields(account_id, {"plan": plan, "rate_limit": rate_limit or ""})
 
     @_fail_closed
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
-        left = await self._adjust(
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
+        outcome, balance = await self._adjust(
             keys=[self._acct(account_id), self._LEDGER],
-            args=[delta, reason, repr(now()), LEDGER_MAX, account_id],
+            args=[delta, reason, repr(now()), LEDGER_MAX, account_id, "1" if clamp else "0"],
         )
-        if left < 0:
+        if outcome == "unknown":
             raise UnknownAccount(account_id)
-        return int(left)
+        if outcome == "insufficient":
+            raise InsufficientCredits(int(balance), -delta)
+        return int(balance)
 
     @_fail_closed
     async def reserve(
@@ -189,7 +229,7 @@ class RedisStore:
         hold_s: float = 0.0,
     ) -> Reservation:
         idem_key = f"{PREFIX}idem:{idempotency.key}" if idempotency else f"{PREFIX}idem:-"
-        outcome, balance = await self._reserve(
+        outcome, balance, *kept = await self._reserve(
             keys=[self._acct(account_id), self._resv(reservation_id), self._HELD, idem_key],
             args=[
                 amount,
@@ -205,7 +245,9 @@ class RedisStore:
         if outcome == "ok":
             return Reservation(reservation_id, account_id, amount, balance, idempotency)
         if outcome == "replay":
-            return Reservation(reservation_id, account_id, 0, balance, idempotency, replayed=True)
+            # Kept in base64: this client decodes every answer as text.
+            answer = StoredAnswer(kept[0], base64.b64decode(kept[1])) if kept and kept[0] else None
+            return Reservation(reservation_id, account_id, 0, balance, idempotency, replayed=True, answer=answer)
         if outcome == "in_flight":
             raise IdempotencyInFlight()
         if outcome == "mismatch":
@@ -213,11 +255,12 @@ class RedisStore:
         raise InsufficientCredits(balance, amount)
 
     @_fail_closed
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
+        kept = ["", ""] if answer is None else [answer.content_type, base64.b64encode(answer.body).decode("ascii")]
         charged = await self._commit(
             keys=[self._resv(reservation.id), self._HELD, self._LEDGER],
-            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX],
+            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX, *kept],
         )
         return bool(charged)
 

@@ -24,6 +24,7 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -43,7 +44,9 @@ CREATE TABLE IF NOT EXISTS accounts (
     credits INTEGER NOT NULL CHECK (credits >= 0),
     rate_limit TEXT,
     revoked INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    label TEXT,
+    unlimited INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
@@ -68,13 +71,31 @@ CREATE TABLE IF NOT EXISTS idempotency (
     done INTEGER NOT NULL DEFAULT 0,
     expires_at REAL NOT NULL
 );
+-- The answer a completed request under the key delivered, served to its retries.
+CREATE TABLE IF NOT EXISTS idempotency_answers (
+    key TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 """
 
-_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at"
+# Columns added since the first schema: a database made before them gets them on open.
+ADDED_COLUMNS = {"label": "TEXT", "unlimited": "INTEGER NOT NULL DEFAULT 0"}
+
+_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at, label, unlimited"
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    return Account(id=row[0], plan=row[1], credits=row[2], rate_limit=row[3], revoked=bool(row[4]), created_at=row[5])
+    return Account(
+        id=row[0],
+        plan=row[1],
+        credits=row[2],
+        rate_limit=row[3],
+        revoked=bool(row[4]),
+        created_at=row[5],
+        label=row[6],
+        unlimited=bool(row[7]),
+    )
 
 
 def _private(path: Path) -> None:
@@ -105,6 +126,10 @@ class SqliteStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
         if "hold_until" not in columns:  # a data dir from before asynchronous jobs
             self._db.execute("ALTER TABLE reservations ADD COLUMN hold_until REAL NOT NULL DEFAULT 0")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(accounts)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE accounts ADD COLUMN {column} {kind}")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -125,17 +150,32 @@ class SqliteStore:
         db.execute("COMMIT")
         return result
 
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
-            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+            id=new_account_id(),
+            plan=plan,
+            credits=credits,
+            rate_limit=rate_limit,
+            revoked=False,
+            created_at=now(),
+            label=label,
+            unlimited=unlimited,
         )
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at),
+                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at, label, unlimited)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at, label, int(unlimited)),
             )
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, 'create', ?)",
@@ -172,24 +212,34 @@ class SqliteStore:
     async def revoke(self, account_id: str) -> None:
         await self._update_account(account_id, "UPDATE accounts SET revoked = 1 WHERE id = ?", ())
 
+    async def rotate_key(self, account_id: str) -> str:
+        key = new_api_key()
+        await self._update_account(account_id, "UPDATE accounts SET key_hash = ? WHERE id = ?", (hash_api_key(key),))
+        return key
+
+    async def set_label(self, account_id: str, label: str | None) -> None:
+        await self._update_account(account_id, "UPDATE accounts SET label = ? WHERE id = ?", (label,))
+
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._update_account(
             account_id, "UPDATE accounts SET plan = ?, rate_limit = ? WHERE id = ?", (plan, rate_limit)
         )
 
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
         def op(db: sqlite3.Connection) -> int:
-            row = db.execute(
-                "UPDATE accounts SET credits = MAX(credits + ?, 0) WHERE id = ? RETURNING credits",
-                (delta, account_id),
-            ).fetchone()
+            row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
             if row is None:
                 raise UnknownAccount(account_id)
+            balance = int(row[0])
+            if balance + delta < 0 and not clamp:
+                raise InsufficientCredits(balance, -delta)
+            moved = max(delta, -balance)  # clamped: down to zero
+            db.execute("UPDATE accounts SET credits = ? WHERE id = ?", (balance + moved, account_id))
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, ?, ?)",
-                (account_id, delta, reason, now()),
+                (account_id, moved, reason, now()),
             )
-            return int(row[0])
+            return balance + moved
 
         return await self._run(lambda db: self._tx(db, op))
 
@@ -219,7 +269,13 @@ class SqliteStore:
                         raise IdempotencyMismatch()
                     if not seen[1]:
                         raise IdempotencyInFlight()
-                    return Reservation(reservation_id, account_id, 0, balance(db), idempotency, replayed=True)
+                    kept = db.execute(
+                        "SELECT content_type, body FROM idempotency_answers WHERE key = ?", (idempotency.key,)
+                    ).fetchone()
+                    answer = None if kept is None else StoredAnswer(kept[0], bytes(kept[1]))
+                    return Reservation(
+                        reservation_id, account_id, 0, balance(db), idempotency, replayed=True, answer=answer
+                    )
             row = db.execute(
                 "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
                 (amount, account_id, amount),
@@ -237,11 +293,12 @@ class SqliteStore:
                     " VALUES (?, ?, ?, 0, ?)",
                     (idempotency.key, idempotency.fingerprint, reservation_id, now() + idempotency.window_s),
                 )
+                db.execute("DELETE FROM idempotency_answers WHERE key = ?", (idempotency.key,))
             return Reservation(reservation_id, account_id, amount, int(row[0]), idempotency)
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         def op(db: sqlite3.Connection) -> bool:
             if not db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount:
                 already = db.execute(
@@ -257,6 +314,11 @@ class SqliteStore:
                     "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
                     (now() + reservation.idempotency.window_s, reservation.id),
                 )
+                if answer is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO idempotency_answers (key, content_type, body) VALUES (?, ?, ?)",
+                        (reservation.idempotency.key, answer.content_type, answer.body),
+                    )
             return True
 
         return await self._run(lambda db: self._tx(db, op))
@@ -285,6 +347,7 @@ class SqliteStore:
             for reservation_id, account_id, amount in stale:
                 self._refund_row(db, reservation_id, account_id, amount)
             db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now(),))
+            db.execute("DELETE FROM idempotency_answers WHERE key NOT IN (SELECT key FROM idempotency)")
             return len(stale)
 
         return await self._run(lambda db: self._tx(db, op))
