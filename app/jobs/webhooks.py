@@ -19,6 +19,7 @@ import ipaddress
 import json
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +33,40 @@ from app.settings import Settings
 
 USER_AGENT = "Cutout-Webhooks/1"
 MAX_BACKOFF_S = 600.0
+
+
+class _Refused(Exception):
+    pass
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves once, refuses an address image_url's guard refuses, connects to the address it checked
+    (no second lookup a rebinding DNS server could answer differently)."""
+
+    def __init__(self, allow: Sequence[fetch.IPNetwork]) -> None:
+        self._allow = allow
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        name = host.strip("[]")
+        infos = await anyio.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+        refused = [ip for ip in addresses if not fetch.address_allowed(ip, self._allow)]
+        if refused or not addresses:
+            raise _Refused(
+                f"{name[:80]} resolves to {refused[0] if refused else 'no address'}, an address we do not call"
+            )
+        return await self._inner.connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -92,7 +127,7 @@ async def deliver(url: str, secret: str, msg_id: str, payload: dict[str, Any], s
     attempt: dict[str, Any] = {"at": time.time(), "status": None, "error": None}
     pool = httpcore.AsyncConnectionPool(
         ssl_context=fetch._ssl_context(),
-        network_backend=fetch._GuardedBackend(parse_networks(settings.fetch_allow)),
+        network_backend=_GuardedBackend(parse_networks(settings.fetch_allow)),
         retries=0,
         max_connections=1,
     )
@@ -105,8 +140,8 @@ async def deliver(url: str, secret: str, msg_id: str, payload: dict[str, Any], s
                 attempt["status"] = response.status
                 if not 200 <= response.status < 300:
                     attempt["error"] = f"HTTP {response.status}"
-    except ApiError as err:  # the guard refused the address it resolved now, or the host is gone
-        attempt["error"] = "refused: " + err.message.replace("image_url", "webhook_url")
+    except _Refused as err:  # the guard refused the address it resolved now
+        attempt["error"] = f"refused: {err}"
     except TimeoutError:
         attempt["error"] = f"no answer within {timeout:g} s"
     except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError, OSError) as err:
