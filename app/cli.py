@@ -8,10 +8,12 @@ from typing import Any
 
 from app.commands import (
     account_command,
+    cmd_batch,
     cmd_docs,
     cmd_keys_create,
     cmd_keys_list,
     cmd_keys_set_plan,
+    cmd_keys_webhook_secret,
     cmd_models_fetch,
     cmd_models_list,
     cmd_probe,
@@ -132,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     set_plan.add_argument("plan", help="a plan from config/plans.toml")
     set_plan.add_argument("--rate", help="rate limit overriding the plan's, e.g. 1000/minute (none: the plan's)")
     set_plan.set_defaults(func=cmd_keys_set_plan)
+
+    secret = keys.add_parser("webhook-secret", help="the account's webhook signing secret (Standard Webhooks)")
+    secret.add_argument("account_id")
+    secret.set_defaults(func=cmd_keys_webhook_secret)
+
+    batch = sub.add_parser("batch", help="send a folder of photos to a server as batches; resumable")
+    batch.add_argument("folder")
+    batch.add_argument("--out", required=True, help="output folder: the cut-outs, side by side")
+    batch.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
+    batch.add_argument("--key", help="API key (default: $CUTOUT_API_KEY)")
+    batch.add_argument("--model")
+    batch.add_argument("--mask", action="store_true", help="masks instead of cut-outs")
+    batch.add_argument("--chunk", type=int, default=100, help="photos per batch (the server's batch_max_items)")
+    batch.set_defaults(func=cmd_batch)
 
     models = _text(sub, "models", "model weights: fetch, verify, list").add_subparsers(
         dest="models_command", required=True, metavar="COMMAND"

@@ -10,6 +10,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from limits import parse as parse_limit
@@ -265,3 +266,41 @@ def cmd_docs(args: argparse.Namespace, settings: Settings) -> None:
             sys.exit(f"stale generated sections in {', '.join(p.name for p in stale)}: run `python -m app docs`")
         return
     print("generated sections " + ("updated" if docgen.update() else "already current"))
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> None:
+    import os
+
+    from app.jobs.client import ClientError, run_batch
+
+    key = args.key or os.environ.get("CUTOUT_API_KEY", "")
+    if not key:
+        sys.exit("give the API key with --key or CUTOUT_API_KEY")
+    fields = {"model": args.model} if args.model else {}
+    if args.mask:
+        fields["output"] = "mask"
+    try:
+        failed = run_batch(Path(args.folder), Path(args.out), args.url.rstrip("/"), key, fields, args.chunk)
+    except ClientError as err:
+        sys.exit(f"error: {err}")
+    if failed:
+        sys.exit(f"{failed} photo(s) failed (listed above); the others are in {args.out}")
+
+
+def cmd_keys_webhook_secret(args: argparse.Namespace, settings: Settings) -> None:
+    from app.jobs.model import webhook_secret
+    from app.jobs.service import open_engine
+
+    async def secret(store: Store) -> str:
+        if await store.get_account(args.account_id) is None:
+            raise UnknownAccount(args.account_id)
+        engine = open_engine(settings)
+        try:
+            return webhook_secret(await engine.master_key(), args.account_id)
+        finally:
+            await engine.close()
+
+    try:
+        print(_run_with_store(settings, secret))
+    except UnknownAccount:
+        sys.exit(f"no account {args.account_id!r}")

@@ -24,11 +24,18 @@ from app.store import (
 log = logging.getLogger("cutout.billing")
 
 
-async def _reserve(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None
+async def reserve(
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None,
+    *,
+    hold_s: float = 0.0,
 ) -> Reservation:
+    """The credits held, or the ApiError the client gets (402, or an Idempotency-Key conflict)."""
     try:
-        return await store.reserve(account.id, amount, request_id, idempotency)
+        return await store.reserve(account.id, amount, request_id, idempotency, hold_s=hold_s)
     except InsufficientCredits as err:
         raise ApiError(
             "insufficient_credits",
@@ -57,7 +64,7 @@ async def charge(
 ) -> AsyncIterator[Reservation]:
     """keep: at the commit, the answer to keep with the Idempotency-Key (None: nothing kept)."""
     # An unlimited account's requests go through the same steps (idempotency included), for nothing.
-    reservation = await _reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
+    reservation = await reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield reservation
         return

@@ -50,6 +50,16 @@ QUEUE_DEPTH = Gauge("cutout_queue_depth", "Jobs admitted to the worker gate and 
 JOBS_IN_FLIGHT = Gauge("cutout_jobs_in_flight", "Jobs admitted to the worker gate (running or waiting).")
 CREDITS_CHARGED = Counter("cutout_credits_charged_total", "Credits committed for delivered results.", ["model"])
 REJECTS = Counter("cutout_rejects_total", "Error responses, by error code.", ["code"])
+JOBS_QUEUED = Gauge("cutout_jobs_queued", "Asynchronous jobs waiting to run (all replicas), as last counted.")
+JOBS_SUBMITTED = Counter("cutout_jobs_submitted_total", "Asynchronous jobs submitted (batch items included).")
+JOBS_FINISHED = Counter("cutout_jobs_finished_total", "Asynchronous jobs ended, by final status.", ["status"])
+JOB_SECONDS = Histogram(
+    "cutout_job_duration_seconds",
+    "Time from an asynchronous job's submission to its result being stored.",
+    buckets=(*LATENCY_BUCKETS, 300.0, 900.0, 3600.0),
+)
+WEBHOOK_ATTEMPTS = Counter("cutout_webhook_attempts_total", "Webhook delivery attempts, by outcome.", ["outcome"])
+WEBHOOK_FAILURES = Counter("cutout_webhook_failures_total", "Webhooks given up after webhook_retry_s.")
 
 
 def watch(gate: WorkerGate, drain: Drain) -> None:

@@ -28,7 +28,7 @@ from app.removal.option_table import FIELDS as OPTION_FIELDS
 MAX_FIELD_BYTES = 1024
 MAX_FORM_PARTS = 32
 MAX_JSON_URL_CHARS = 8192
-INPUT_FIELDS = frozenset({"image", "image_url", "model", "operating_resolution"})
+INPUT_FIELDS = frozenset({"image", "image_url", "model", "operating_resolution", "webhook_url"})
 FORM_FILES = frozenset({"image", "bg_image"})
 FORM_FIELDS = INPUT_FIELDS | OPTION_FIELDS
 JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (OPTION_FIELDS - {"bg_image"})
@@ -48,6 +48,7 @@ class Submission:
     fields: Mapping[str, object] = field(default_factory=dict)  # the option fields, as sent
     bg_image: bytes | None = None
     operating_resolution: str | None = None  # "1024x1024"; None: the model's default
+    webhook_url: str | None = None  # given: the request becomes an asynchronous job (app/jobs/)
 
 
 def _names(names: list[str]) -> str:
@@ -105,6 +106,7 @@ async def _extract(form: FormData) -> Submission:
         image_url=text.pop("image_url", None),
         model=text.pop("model", None),
         operating_resolution=text.pop("operating_resolution", None),
+        webhook_url=text.pop("webhook_url", None),
         fields=text,
         bg_image=await bg_upload.read() if bg_upload is not None else None,
     )
@@ -166,6 +168,15 @@ def _parse_json(raw: bytes) -> Submission:
     resolution = body.pop("operating_resolution", None)
     if resolution is not None and not isinstance(resolution, str):
         raise invalid_parameter('"operating_resolution" must be a string, e.g. "1024x1024".')
+    webhook_url = body.pop("webhook_url", None)
+    if webhook_url is not None and (not isinstance(webhook_url, str) or len(webhook_url) > MAX_JSON_URL_CHARS):
+        raise invalid_parameter(f'"webhook_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
     return Submission(
-        image=image, image_url=image_url, model=model, fields=body, bg_image=bg_image, operating_resolution=resolution
+        image=image,
+        image_url=image_url,
+        model=model,
+        fields=body,
+        bg_image=bg_image,
+        operating_resolution=resolution,
+        webhook_url=webhook_url,
     )

@@ -24,6 +24,7 @@ from app.accounts.billing import charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
 from app.inference.gate import Busy, Expired
+from app.jobs import routes as job_routes
 from app.removal import job as planning
 from app.removal import respond, submission
 from app.removal.job import Job, Order, Output
@@ -99,6 +100,8 @@ async def _serve(request: Request, svc: Services, account: Account, output: Outp
     # header checks at once than its plan's max_concurrent (issue 21).
     with svc.slots.hold(account):
         sub = await submission.read(request)
+        if svc.jobs is not None and (sub.webhook_url is not None or job_routes.wants_async(request)):
+            return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
         pipeline = planning.choose_model(sub, svc.settings, svc.registry)
         logged.model = pipeline.name
         asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)

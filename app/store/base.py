@@ -137,9 +137,18 @@ class Store(Protocol):
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None: ...
 
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         """Atomically take `amount` credits or raise InsufficientCredits.
+
+        `hold_s`: the sweeper leaves the reservation held at least this long (an asynchronous job
+        holds its credits until it runs; its queue engine refunds it if it never does).
 
         With a claim: a completed request under the same key (and fingerprint)
         returns a `replayed` reservation of 0 credits, with the answer its commit kept; one still in flight raises

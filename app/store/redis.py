@@ -220,7 +220,13 @@ class RedisStore:
 
     @_fail_closed
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         idem_key = f"{PREFIX}idem:{idempotency.key}" if idempotency else f"{PREFIX}idem:-"
         outcome, balance, *kept = await self._reserve(
@@ -232,6 +238,7 @@ class RedisStore:
                 idempotency.fingerprint if idempotency else "",
                 int(idempotency.window_s * 1000) if idempotency else 0,
                 account_id,
+                repr(now() + hold_s),
             ],
         )
         balance = int(balance)
@@ -275,9 +282,11 @@ class RedisStore:
         refunded = 0
         for held in stale:
             reservation_id = _text(held)
-            account_id = await self._redis.hget(self._resv(reservation_id), "account")
+            account_id, hold_until = await self._redis.hmget(self._resv(reservation_id), ["account", "hold_until"])
             if account_id is None:  # settled meanwhile, or its record expired
                 await self._redis.zrem(self._HELD, reservation_id)
+                continue
+            if hold_until and float(_text(hold_until)) > now():  # an asynchronous job's: its engine settles it
                 continue
             await self._refund_by_id(reservation_id, _text(account_id))
             refunded += 1

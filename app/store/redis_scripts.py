@@ -1,6 +1,7 @@
 """The Redis store's Lua scripts: each balance change is one script, so it is atomic on the server."""
 
-# KEYS: acct, resv, resv:held, idem (or a placeholder)   ARGV: amount, reservation id, now, fingerprint ('' = none), window ms
+# KEYS: acct, resv, resv:held, idem (or a placeholder)
+# ARGV: amount, reservation id, now, fingerprint ('' = none), window ms, account id, hold until
 RESERVE = """
 local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
 if not credits then return {'unknown', 0} end
@@ -25,7 +26,8 @@ if fingerprint ~= '' then
     redis.call('HSET', idem, 'fingerprint', fingerprint, 'reservation', ARGV[2], 'state', 'pending')
     redis.call('PEXPIRE', idem, ARGV[5])
 end
-redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held')
+redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held',
+    'hold_until', ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', left}
 """

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts(id),
     amount INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    hold_until REAL NOT NULL DEFAULT 0  -- the sweeper leaves it held until then (asynchronous jobs)
 );
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -122,6 +123,9 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
+        if "hold_until" not in columns:  # a data dir from before asynchronous jobs
+            self._db.execute("ALTER TABLE reservations ADD COLUMN hold_until REAL NOT NULL DEFAULT 0")
         have = {row[1] for row in self._db.execute("PRAGMA table_info(accounts)")}
         for column, kind in ADDED_COLUMNS.items():
             if column not in have:
@@ -240,7 +244,13 @@ class SqliteStore:
         return await self._run(lambda db: self._tx(db, op))
 
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         def balance(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
@@ -273,8 +283,8 @@ class SqliteStore:
             if row is None:
                 raise InsufficientCredits(balance(db), amount)
             db.execute(
-                "INSERT INTO reservations (id, account_id, amount, created_at) VALUES (?, ?, ?, ?)",
-                (reservation_id, account_id, amount, now()),
+                "INSERT INTO reservations (id, account_id, amount, created_at, hold_until) VALUES (?, ?, ?, ?, ?)",
+                (reservation_id, account_id, amount, now(), now() + hold_s),
             )
             if idempotency is not None:
                 # An expired record under the key may still be there: the new request replaces it.
@@ -331,7 +341,8 @@ class SqliteStore:
     async def sweep_stale(self, older_than_s: float) -> int:
         def op(db: sqlite3.Connection) -> int:
             stale = db.execute(
-                "SELECT id, account_id, amount FROM reservations WHERE created_at < ?", (now() - older_than_s,)
+                "SELECT id, account_id, amount FROM reservations WHERE created_at < ? AND hold_until < ?",
+                (now() - older_than_s, now()),
             ).fetchall()
             for reservation_id, account_id, amount in stale:
                 self._refund_row(db, reservation_id, account_id, amount)
