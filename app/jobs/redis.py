@@ -26,22 +26,18 @@ Keys (all under `cutout:`):
 
 from __future__ import annotations
 
-import functools
 import secrets
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Collection
 from dataclasses import replace
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from app.jobs.engine import Claimed, IdempotencyConflict, Submitted
 from app.jobs.model import TERMINAL, Batch, Job, Payload
-from app.store.redis_client import client_options, unavailable_on_redis_errors
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from app.store.redis_client import client_options, fail_closed
 
 PREFIX = "cutout:"
 STREAM = PREFIX + "jobs:stream"
@@ -51,15 +47,6 @@ WEBHOOKS = PREFIX + "webhooks"
 MASTER = PREFIX + "jobs:master"
 # Finished jobs' records stay this long after their results expire, so a late GET still says why.
 BATCH_BACKSTOP_S = 7 * 86400
-
-
-def _fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        with unavailable_on_redis_errors():
-            return await fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _job(job_id: str) -> str:
@@ -205,14 +192,14 @@ class RedisJobs:
             raise IdempotencyConflict()
         return Submitted(_text(reply[1]), _text(reply[2]), replayed=_text(reply[0]) == "replay")
 
-    @_fail_closed
+    @fail_closed
     async def find_submission(self, key: str, fingerprint: str) -> Submitted | None:
         seen = await self._redis.hmget(f"{PREFIX}jobsub:{key}", ["fingerprint", "kind", "ref"])
         if seen[0] is None:
             return None
         return self._found([b"replay" if _text(seen[0]) == fingerprint else b"conflict", seen[1], seen[2]])
 
-    @_fail_closed
+    @fail_closed
     async def submit(
         self, jobs: list[tuple[Job, Payload]], batch: Batch | None, idempotency: tuple[str, str, float] | None
     ) -> Submitted:
@@ -242,12 +229,12 @@ class RedisJobs:
             ]
         return self._found(await self._submit(keys=[STREAM], args=args))
 
-    @_fail_closed
+    @fail_closed
     async def get(self, job_id: str) -> Job | None:
         doc = await self._redis.hget(_job(job_id), "doc")
         return None if doc is None else Job.loads(_text(doc))
 
-    @_fail_closed
+    @fail_closed
     async def get_many(self, job_ids: list[str]) -> list[Job]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
@@ -255,16 +242,16 @@ class RedisJobs:
             docs = await pipe.execute()
         return [Job.loads(_text(doc)) for doc in docs if doc is not None]
 
-    @_fail_closed
+    @fail_closed
     async def get_batch(self, batch_id: str) -> Batch | None:
         doc = await self._redis.hget(_batch(batch_id), "doc")
         return None if doc is None else Batch.loads(_text(doc))
 
-    @_fail_closed
+    @fail_closed
     async def put_batch(self, batch: Batch) -> None:
         await self._redis.hset(_batch(batch.id), "doc", batch.dumps())
 
-    @_fail_closed
+    @fail_closed
     async def position(self, job: Job) -> int:
         entry = await self._redis.hget(_job(job.id), "entry")
         if entry is None:
@@ -300,7 +287,7 @@ class RedisJobs:
         await self._redis.xack(STREAM, GROUP, entry)
         await self._redis.xdel(STREAM, entry)
 
-    @_fail_closed
+    @fail_closed
     async def claim(self, worker: str, lease_s: float, wait_s: float) -> Claimed | None:
         await self._ensure_group()
         # Stalled entries first: a replica that died mid-job left them pending past the lease.
@@ -319,11 +306,11 @@ class RedisJobs:
                 return claimed
         return None
 
-    @_fail_closed
+    @fail_closed
     async def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
         return bool(await self._heartbeat(keys=[_job(job_id), STREAM], args=[GROUP, worker]))
 
-    @_fail_closed
+    @fail_closed
     async def update(self, job: Job, expect: Collection[str]) -> bool:
         ttl = str(self._keep_s()) if job.terminal else ""
         done = bool(await self._update(keys=[_job(job.id)], args=[job.status, job.dumps(), ttl, *expect]))
@@ -332,13 +319,13 @@ class RedisJobs:
             await self._redis.zrem(DEADLINES, job.id)
         return done
 
-    @_fail_closed
+    @fail_closed
     async def release(self, job_id: str, worker: str) -> None:
         entry = await self._redis.hget(_job(job_id), "entry")
         if entry is not None:
             await self._ack(_text(entry))
 
-    @_fail_closed
+    @fail_closed
     async def requeue(self, job: Job, worker: str) -> bool:
         return bool(
             await self._requeue(
@@ -346,34 +333,34 @@ class RedisJobs:
             )
         )
 
-    @_fail_closed
+    @fail_closed
     async def put_result(self, job_id: str, body: bytes, ttl_s: float) -> None:
         await self._redis.set(_result(job_id), body, px=int(ttl_s * 1000))
 
-    @_fail_closed
+    @fail_closed
     async def get_result(self, job_id: str) -> bytes | None:
         return _bytes(await self._redis.get(_result(job_id)))
 
-    @_fail_closed
+    @fail_closed
     async def schedule_webhook(self, target: str, due_at: float) -> None:
         await self._redis.zadd(WEBHOOKS, {target: due_at})
 
-    @_fail_closed
+    @fail_closed
     async def due_webhooks(self, now: float, lease_s: float) -> list[str]:
         due: Any = await self._due(keys=[WEBHOOKS], args=[repr(now), repr(now + lease_s)])
         return [_text(target) for target in due]
 
-    @_fail_closed
+    @fail_closed
     async def drop_webhook(self, target: str) -> None:
         await self._redis.zrem(WEBHOOKS, target)
 
-    @_fail_closed
+    @fail_closed
     async def queue_depth(self) -> int:
         await self._ensure_group()
         length = await self._redis.xlen(STREAM)
         return max(0, int(length) - await self._pending())
 
-    @_fail_closed
+    @fail_closed
     async def overdue(self, now: float) -> list[Job]:
         ids = await self._redis.zrangebyscore(DEADLINES, "-inf", now, start=0, num=500)
         return await self.get_many([_text(i) for i in ids])
@@ -381,7 +368,7 @@ class RedisJobs:
     async def purge(self, now: float, keep_s: float) -> int:
         return 0  # finished jobs' keys expire by themselves (EXPIRE at their end)
 
-    @_fail_closed
+    @fail_closed
     async def master_key(self) -> bytes:
         await self._redis.set(MASTER, secrets.token_bytes(32), nx=True)
         key = _bytes(await self._redis.get(MASTER))

@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from app.jobs.engine import Claimed, IdempotencyConflict, Submitted
 from app.jobs.model import Batch, Job, Payload
-from app.store.sqlite import _private
+from app.store.sqlite import open_database
 
 T = TypeVar("T")
 
@@ -54,12 +54,8 @@ POLL_S = 0.1
 
 class SqliteJobs:
     def __init__(self, path: Path) -> None:
-        _private(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
         self._wake = asyncio.Event()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

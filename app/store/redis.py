@@ -23,9 +23,8 @@ lose no acknowledged charge on a crash).
 from __future__ import annotations
 
 import base64
-import functools
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -43,25 +42,13 @@ from app.store.base import (
     new_api_key,
     now,
 )
-from app.store.redis_client import client_options, unavailable_on_redis_errors
+from app.store.redis_client import client_options, fail_closed
 from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, ROTATE, UPDATE_FIELDS
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 PREFIX = "cutout:"
 LEDGER_MAX = 1_000_000
 # A settled reservation is kept this long so that a retried commit/refund sees the outcome.
 SETTLED_TTL_S = 3600
-
-
-def _fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        with unavailable_on_redis_errors():
-            return await fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _text(value: object) -> str:
@@ -107,7 +94,7 @@ class RedisStore:
     _ACCOUNTS = PREFIX + "accounts"
     _LEDGER = PREFIX + "ledger"
 
-    @_fail_closed
+    @fail_closed
     async def create_account(
         self,
         *,
@@ -155,7 +142,7 @@ class RedisStore:
             await tx.execute()
         return account, key
 
-    @_fail_closed
+    @fail_closed
     async def account_by_key(self, api_key: str) -> Account | None:
         digest = hash_api_key(api_key)
         account_id = await self._redis.get(f"{PREFIX}key:{digest}")
@@ -164,12 +151,12 @@ class RedisStore:
         fields = await self._redis.hgetall(self._acct(_text(account_id)))
         return _account(fields) if fields else None
 
-    @_fail_closed
+    @fail_closed
     async def get_account(self, account_id: str) -> Account | None:
         fields = await self._redis.hgetall(self._acct(account_id))
         return _account(fields) if fields else None
 
-    @_fail_closed
+    @fail_closed
     async def list_accounts(self) -> list[Account]:
         ids = await self._redis.zrange(self._ACCOUNTS, 0, -1)
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -183,11 +170,11 @@ class RedisStore:
         if not await self._update(keys=[self._acct(account_id)], args=args):
             raise UnknownAccount(account_id)
 
-    @_fail_closed
+    @fail_closed
     async def revoke(self, account_id: str) -> None:
         await self._set_fields(account_id, {"revoked": "1"})
 
-    @_fail_closed
+    @fail_closed
     async def rotate_key(self, account_id: str) -> str:
         key = new_api_key()
         key_hash = hash_api_key(key)
@@ -198,15 +185,15 @@ class RedisStore:
             raise UnknownAccount(account_id)
         return key
 
-    @_fail_closed
+    @fail_closed
     async def set_label(self, account_id: str, label: str | None) -> None:
         await self._set_fields(account_id, {"label": label or ""})
 
-    @_fail_closed
+    @fail_closed
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._set_fields(account_id, {"plan": plan, "rate_limit": rate_limit or ""})
 
-    @_fail_closed
+    @fail_closed
     async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
         outcome, balance = await self._adjust(
             keys=[self._acct(account_id), self._LEDGER],
@@ -218,7 +205,7 @@ class RedisStore:
             raise InsufficientCredits(int(balance), -delta)
         return int(balance)
 
-    @_fail_closed
+    @fail_closed
     async def reserve(
         self,
         account_id: str,
@@ -254,7 +241,7 @@ class RedisStore:
             raise IdempotencyMismatch()
         raise InsufficientCredits(balance, amount)
 
-    @_fail_closed
+    @fail_closed
     async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
         kept = ["", ""] if answer is None else [answer.content_type, base64.b64encode(answer.body).decode("ascii")]
@@ -271,11 +258,11 @@ class RedisStore:
         )
         return int(balance)
 
-    @_fail_closed
+    @fail_closed
     async def refund(self, reservation: Reservation) -> int:
         return await self._refund_by_id(reservation.id, reservation.account_id)
 
-    @_fail_closed
+    @fail_closed
     async def sweep_stale(self, older_than_s: float) -> int:
         # Idempotency records expire by themselves (TTL); only held reservations need a sweep.
         stale = await self._redis.zrangebyscore(self._HELD, "-inf", now() - older_than_s)
@@ -292,7 +279,7 @@ class RedisStore:
             refunded += 1
         return refunded
 
-    @_fail_closed
+    @fail_closed
     async def ping(self) -> None:
         await self._redis.ping()
 

@@ -115,14 +115,21 @@ def _private(path: Path) -> None:
             name.chmod(0o600)
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """A private database file in WAL mode, every commit durable (synchronous=FULL), with `schema` applied:
+    the store's and the job queue's alike."""
+    _private(path)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        _private(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
         if "hold_until" not in columns:  # a data dir from before asynchronous jobs
             self._db.execute("ALTER TABLE reservations ADD COLUMN hold_until REAL NOT NULL DEFAULT 0")
