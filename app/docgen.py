@@ -135,10 +135,10 @@ def render(text: str) -> str:
         pattern = re.compile(
             rf"(<!-- generated: {re.escape(name)}\b[^\n]*-->\n)(.*?)(<!-- end: {re.escape(name)} -->)", re.DOTALL
         )
-        if not pattern.search(text):
+        found = pattern.search(text)
+        if found is None:
             raise ValueError(f"generated section {name!r} has no `<!-- end: {name} -->` line")
-        body = SECTIONS[name]()
-        text = pattern.sub(lambda match, body=body: match.group(1) + body + match.group(3), text, count=1)
+        text = text[: found.start(2)] + SECTIONS[name]() + text[found.end(2) :]
     return text
 
 

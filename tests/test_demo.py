@@ -1,20 +1,24 @@
 """The /demo page in Chromium at a desktop and a phone viewport: nothing shown before a photo is
-chosen, a favicon, one column on a phone, a before/after slider over the cut-out, and a key the
-browser remembers until "Forget key". Screenshots of each state are written to the test's tmp
-folder (look at them after a change to the page)."""
+chosen, a favicon, the form beside the result on a desktop and above it on a phone, a thumbnail of
+the chosen photo, the price of the chosen model and options before the click (from GET
+/v2/account), plurals that agree, a before/after slider over the cut-out, and a key the browser
+remembers until "Forget key". Screenshots of each state are written to the test's tmp folder
+(look at them after a change to the page)."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
-from harness import LiveServer, subject_image
+from harness import ROOT, LiveServer, subject_image
 
-VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+DEMO_JS = ROOT / "app" / "static" / "demo.js"
 
 
 def box(page: Page, selector: str) -> dict[str, float]:
@@ -44,22 +48,39 @@ def test_demo_page_layout_slider_and_remembered_key(
     expect(page.locator("#forget")).to_be_hidden()
     page.screenshot(path=str(tmp_path / f"{viewport}-empty.png"), full_page=True)
 
-    model, key = box(page, "#model"), box(page, "#key")
+    model, key, form, stage = box(page, "#model"), box(page, "#key"), box(page, "#form"), box(page, ".stage")
+    assert key["y"] >= model["y"] + model["height"], "the model, then the key"
+    expect(page.locator("#price")).to_have_text("The price shows once your key is in.")
     if viewport == "phone":
-        assert key["y"] >= model["y"] + model["height"], "phone: controls stacked"
-        assert box(page, "#submit")["width"] >= VIEWPORTS["phone"]["width"] - 40
+        assert stage["y"] >= form["y"] + form["height"], "phone: the result under the form"
+        assert box(page, "#submit")["width"] >= form["width"] - 40, "phone: the button as wide as the form"
+        assert form["width"] <= VIEWPORTS["phone"]["width"], "nothing wider than the phone"
     else:
-        assert abs(key["y"] + key["height"] - model["y"] - model["height"]) < 8, "desktop: controls in one row"
+        assert stage["x"] >= form["x"] + form["width"], "desktop: the result beside the form"
+        assert form["y"] + form["height"] <= VIEWPORTS["desktop"]["height"], "desktop: the form fits the screen"
 
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(subject_image(320, 240))
     page.fill("#key", api_key)
     page.select_option("#model", "ghost")
+    # The price before the click, from the key's account: the model's, then with a priced option.
+    expect(page.locator("#price")).to_have_text("This costs 1 credit of your 100 credits")
+    expect(page.locator("#model option[value=ghost]")).to_contain_text("· 1 credit")
     page.set_input_files("#file", str(photo))
+    # A thumbnail of the chosen photo, with its name and size, in place of the drop invitation.
+    thumb = page.locator("#thumb")
+    expect(thumb).to_be_visible()
+    assert thumb.evaluate("img => img.complete && img.naturalWidth") == 320
+    assert box(page, "#thumb")["width"] <= 80
+    expect(page.locator("#drop-text")).to_have_text("photo.jpg")
+    expect(page.locator("#drop-hint")).to_contain_text("KB")
     expect(page.locator("#before")).to_be_visible()
     expect(page.locator("#split")).to_be_hidden()
+    page.screenshot(path=str(tmp_path / f"{viewport}-chosen.png"), full_page=True)
     page.click("#submit")
     expect(page.locator("#download")).to_be_visible(timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("with ghost: 1 credit charged, 99 credits left.")
+    expect(page.locator("#price")).to_have_text("This costs 1 credit of your 99 credits")
 
     # The slider cuts the photo laid over the cut-out: at 25%, a quarter of the photo shows.
     expect(page.locator("#after")).to_be_visible()
@@ -78,11 +99,13 @@ def test_demo_page_layout_slider_and_remembered_key(
     page.select_option("#background", "color")
     page.locator("#bg_color").fill("#00ff00")
     shot = Image.open(io.BytesIO(page.locator("#after").screenshot()))
-    red, green, blue = shot.convert("RGB").getpixel((shot.width - 3, 2))  # a background corner, right of the slider
+    red, green, blue = shot.convert("RGB").getpixel(
+        (shot.width - 12, 12)
+    )  # near a corner (inside its rounding), right of the slider
     assert green > 240 and red < 20 and blue < 20, (red, green, blue)
     page.select_option("#background", "transparent")
     shot = Image.open(io.BytesIO(page.locator("#after").screenshot()))
-    assert shot.convert("RGB").getpixel((shot.width - 3, 2))[0] > 200, "the (grey or white) checkerboard is back"
+    assert shot.convert("RGB").getpixel((shot.width - 12, 12))[0] > 200, "the (grey or white) checkerboard is back"
     assert requests_sent == [], requests_sent
     page.click("#options summary")
 
@@ -140,3 +163,52 @@ def test_demo_page_sends_output_options_and_shows_a_cropped_answer_alone(
     expect(page.locator("#split")).to_be_hidden()
     page.screenshot(path=str(tmp_path / "options-result.png"), full_page=True)
     page.close()
+
+
+def test_demo_page_prices_options_agrees_in_number_and_never_parses_server_text(
+    browser: Browser, start_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    live_server = start_server(CUTOUT_OPTION_COSTS='{"shadow": 2}')
+    page = browser.new_page()
+    page.goto(live_server.url + "/demo")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(subject_image(160, 120))
+    page.set_input_files("#file", str(photo))
+    page.select_option("#model", "ghost")
+
+    # A half-typed key is not sent (a wrong key counts against the address's limit); a whole wrong one is.
+    page.fill("#key", "co_abc")
+    expect(page.locator("#price")).to_have_text("A whole key is co_ and 43 more characters.")
+    page.fill("#key", "co_" + "x" * 43)
+    expect(page.locator("#price")).to_contain_text("unknown or revoked")
+
+    # The chosen model's price, plus what a priced option adds; short of credits, it says so.
+    page.fill("#key", live_server.create_key(2))
+    expect(page.locator("#price")).to_have_text("This costs 1 credit of your 2 credits")
+    page.select_option("#model", "aurora")
+    expect(page.locator("#price")).to_have_text("This costs 2 credits of your 2 credits")
+    page.click("#options summary")
+    page.check("#shadow")
+    expect(page.locator("#price")).to_have_text("This costs 4 credits of your 2 credits: top up first")
+    page.uncheck("#shadow")
+    page.select_option("#model", "ghost")
+
+    # Two credits: one request leaves exactly one ("1 credit left", not "1 credits").
+    page.click("#submit")
+    expect(page.locator("#status")).to_contain_text("1 credit charged, 1 credit left.", timeout=60_000)
+    expect(page.locator("#price")).to_have_text("This costs 1 credit of your 1 credit")
+
+    # An unlimited key: free, and nothing charged.
+    created = live_server.cli("keys", "create", "--unlimited")
+    page.fill("#key", created.stdout.strip().splitlines()[-1])
+    expect(page.locator("#price")).to_have_text("This is free with this key (unlimited)")
+    expect(page.locator("#model option[value=ghost]")).to_have_text("ghost: fastest")
+    page.click("#submit")
+    expect(page.locator("#status")).to_contain_text("with ghost: nothing charged.", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "unlimited.png"), full_page=True)
+    page.close()
+
+    # Server text (error messages, file names) is only ever set as text.
+    script = DEMO_JS.read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, sink

@@ -243,10 +243,31 @@ def test_key_commands(backend: str, live_server: LiveServer, pair: list[LiveServ
     account_id = account_id_of(server, key)
     listed = [json.loads(line) for line in server.cli("keys", "list").stdout.splitlines()]
     mine = next(a for a in listed if a["account_id"] == account_id)
-    assert mine == {"account_id": account_id, "plan": "pro", "credits": 10, "rate_limit": "7/minute", "revoked": False}
+    assert mine == {
+        "account_id": account_id,
+        "label": None,
+        "plan": "pro",
+        "credits": 10,
+        "unlimited": False,
+        "rate_limit": "7/minute",
+        "rate_limit_from": "account",
+        "revoked": False,
+    }
     assert key not in server.cli("keys", "list").stdout
     assert server.cli("keys", "grant", account_id, "5").stdout.strip() == "15"
-    assert server.cli("keys", "deduct", account_id, "20").stdout.strip() == "0"
+    refused = server.cli("keys", "deduct", account_id, "20")
+    assert refused.returncode == 1 and "would go below zero" in refused.stderr
+    assert server.cli("keys", "deduct", account_id, "20", "--clamp").stdout.strip() == "0"
+    assert server.cli("keys", "label", account_id, "Acme").returncode == 0
+    rotated = server.cli("keys", "rotate", account_id)
+    assert rotated.returncode == 0, rotated.stderr
+    assert_error(server.remove(key, TINY), 401, "invalid_api_key")
+    key = rotated.stdout.strip().splitlines()[-1]
+    unlimited = server.cli("keys", "create", "--unlimited", "--label", "house").stdout.strip().splitlines()[-1]
+    served = server.remove(unlimited, TINY)
+    assert served.status_code == 200 and served.headers["X-Credits-Charged"] == "0"
+    listed = [json.loads(line) for line in server.cli("keys", "list").stdout.splitlines()]
+    assert {(a["label"], a["unlimited"]) for a in listed} >= {("Acme", False), ("house", True)}
     assert server.cli("keys", "set-plan", account_id, "enterprise").returncode == 0
     body = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()
     assert (body["credits"], body["plan"], body["rate_limit"]) == (0, "enterprise", "6000/minute")

@@ -21,6 +21,7 @@ from app.store import (
     IdempotencyMismatch,
     InsufficientCredits,
     Store,
+    StoredAnswer,
     UnknownAccount,
 )
 from app.store.base import hash_api_key
@@ -117,14 +118,76 @@ async def test_revoke_and_set_plan(backend: Backend) -> None:
 
 
 async def test_grant_and_deduct_never_go_below_zero(backend: Backend) -> None:
-    store, _ = backend
+    store, dump = backend
     account, _ = await store.create_account(credits=5, plan="free")
     assert await store.adjust_credits(account.id, 10, "grant") == 15
     assert await store.adjust_credits(account.id, -4, "deduct") == 11
-    assert await store.adjust_credits(account.id, -100, "deduct") == 0
+    before = dump()
+    with pytest.raises(InsufficientCredits) as refused:
+        await store.adjust_credits(account.id, -100, "deduct")
+    assert (refused.value.balance, refused.value.needed) == (11, 100)
+    assert dump() == before, "a refused deduct changes nothing, not even the ledger"
+    assert await store.adjust_credits(account.id, -100, "deduct", clamp=True) == 0
     assert await balance(store, account.id) == 0
+    assert "-11" in dump(), "the ledger records what was taken, not what was asked"
     with pytest.raises(UnknownAccount):
         await store.adjust_credits("acct_missing", 1, "grant")
+
+
+async def test_labels_and_unlimited_accounts(backend: Backend) -> None:
+    store, _ = backend
+    # An unlimited account's requests reserve nothing (app/accounts/billing.py), whatever its balance.
+    free, _ = await store.create_account(credits=0, plan="free", unlimited=True)
+    reservation = await store.reserve(free.id, 0, "r-free", claim(free.id))
+    assert (reservation.amount, reservation.remaining) == (0, 0)
+    assert await store.commit(reservation)
+    assert await balance(store, free.id) == 0
+    account, key = await store.create_account(credits=0, plan="free", label="Acme shop", unlimited=True)
+    assert (account.label, account.unlimited) == ("Acme shop", True)
+    found = await store.account_by_key(key)
+    assert found is not None and (found.label, found.unlimited, found.credits) == ("Acme shop", True, 0)
+    plain, _ = await store.create_account(credits=3, plan="free")
+    assert (plain.label, plain.unlimited) == (None, False)
+    assert ((await store.get_account(plain.id)).label, (await store.get_account(plain.id)).unlimited) == (None, False)  # type: ignore[union-attr]
+    await store.set_label(plain.id, "Beta app")
+    await store.set_label(account.id, None)
+    labels = {a.id: a.label for a in await store.list_accounts()}
+    assert labels == {free.id: None, account.id: None, plain.id: "Beta app"}
+    with pytest.raises(UnknownAccount):
+        await store.set_label("acct_missing", "x")
+
+
+async def test_rotate_gives_the_account_a_new_key_and_the_old_one_stops_working(backend: Backend) -> None:
+    store, dump = backend
+    account, old = await store.create_account(credits=4, plan="pro", label="Acme")
+    new = await store.rotate_key(account.id)
+    assert new != old and new.startswith("co_")
+    assert await store.account_by_key(old) is None
+    found = await store.account_by_key(new)
+    assert found is not None and (found.id, found.credits, found.plan, found.label) == (account.id, 4, "pro", "Acme")
+    text = dump()
+    assert hash_api_key(old) not in text and hash_api_key(new) in text and new not in text
+    with pytest.raises(UnknownAccount):
+        await store.rotate_key("acct_missing")
+
+
+async def test_a_database_made_before_labels_opens_and_gains_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the accounts table as the first release made it
+        db.execute(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, plan TEXT NOT NULL,"
+            " credits INTEGER NOT NULL CHECK (credits >= 0), rate_limit TEXT, revoked INTEGER NOT NULL DEFAULT 0,"
+            " created_at REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO accounts VALUES ('acct_old', ?, 'free', 9, NULL, 0, 1.0)", (hash_api_key("co_old"),))
+    store = SqliteStore(path)
+    try:
+        found = await store.account_by_key("co_old")
+        assert found is not None and (found.credits, found.label, found.unlimited) == (9, None, False)
+        await store.set_label("acct_old", "kept")
+        assert (await store.get_account("acct_old")).label == "kept"  # type: ignore[union-attr]
+    finally:
+        await store.close()
 
 
 async def test_commit_charges_once_and_a_committed_reservation_is_not_refunded(backend: Backend) -> None:
@@ -262,3 +325,32 @@ async def test_idempotency_keys_are_scoped_to_the_account(backend: Backend) -> N
     await store.commit(await store.reserve(alice.id, 1, "req_a", claim(alice.id, key="same")))
     mine = await store.reserve(bob.id, 1, "req_b", claim(bob.id, key="same"))
     assert not mine.replayed and mine.remaining == 4
+
+
+async def test_a_replay_carries_the_answer_its_commit_kept(backend: Backend) -> None:
+    store, _ = backend
+    account, _ = await store.create_account(credits=10, plan="free")
+    body = bytes(range(256)) * 40  # binary, not text
+    first = await store.reserve(account.id, 2, "req_k1", claim(account.id))
+    assert await store.commit(first, StoredAnswer("image/png", body)) is True
+    retry = await store.reserve(account.id, 2, "req_k2", claim(account.id))
+    assert retry.replayed and retry.answer == StoredAnswer("image/png", body)
+    # Committed without one (an answer over the bound): replayed, with nothing to serve.
+    plain = await store.reserve(account.id, 2, "req_k3", claim(account.id, key="retry-2"))
+    await store.commit(plain)
+    again = await store.reserve(account.id, 2, "req_k4", claim(account.id, key="retry-2"))
+    assert again.replayed and again.answer is None
+    assert await balance(store, account.id) == 6
+
+
+async def test_a_kept_answer_expires_with_its_key(backend: Backend) -> None:
+    store, dump = backend
+    account, _ = await store.create_account(credits=10, plan="free")
+    first = await store.reserve(account.id, 1, "req_e1", claim(account.id, window_s=0.3))
+    await store.commit(first, StoredAnswer("image/png", b"\x89PNG" + b"\0" * 100))
+    await anyio.sleep(0.5)
+    await store.sweep_stale(600)
+    later = await store.reserve(account.id, 1, "req_e2", claim(account.id, window_s=0.3))
+    assert not later.replayed and later.answer is None
+    held = dump()
+    assert 'INSERT INTO "idempotency_answers"' not in held and "answer_type" not in held, "the answer is gone"

@@ -7,7 +7,13 @@ served, and only a request past that gets 429 at once. An account's waiting requ
 enter the global worker queue, so one account's burst delays another account's request by at
 most the jobs the first account is allowed to run (one, on the default plan), not by its backlog.
 
-Counted per process, as the workers are: with several replicas each one bounds its own workers.
+A request's body is read only in its turn (see app/routes/rembg.py), so a waiting request holds a
+connection and no body: one account holds at most `max_concurrent` bodies at once (issue 21).
+Because a waiting request's Idempotency-Key is known before its body, a second request under a key
+that is already in line answers 409 at once instead of queueing behind its twin.
+
+Counted per process, as the workers are: with several replicas each one bounds its own workers
+(and the store's claim answers the 409 across replicas).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class _Line:
 
     admitted: int = 0
     running: int = 0
+    keys: set[str] = field(default_factory=set)  # the Idempotency-Keys of its admitted requests
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
 
 
@@ -54,11 +61,16 @@ class AccountSlots:
             del self._lines[account.id]
 
     @contextlib.contextmanager
-    def admit(self, account: Account) -> Iterator[None]:
+    def admit(self, account: Account, idempotency_key: str | None = None) -> Iterator[None]:
         """A place in the account's line (running or waiting) for the whole request; 429 when the
-        plan's `max_concurrent` + `max_queued` are all taken."""
+        plan's `max_concurrent` + `max_queued` are all taken, 409 when a request under the same
+        Idempotency-Key already has one."""
         limit, queued = self.limit_for(account), self.queue_for(account)
         line = self._line(account)
+        if idempotency_key is not None and idempotency_key in line.keys:
+            raise ApiError(
+                "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed; retry shortly."
+            )
         if line.admitted >= limit + queued:
             self._forget_if_idle(account)
             raise ApiError(
@@ -69,10 +81,13 @@ class AccountSlots:
                 extra={"retry_after": RETRY_AFTER_S},
             )
         line.admitted += 1
+        if idempotency_key is not None:
+            line.keys.add(idempotency_key)
         try:
             yield
         finally:
             line.admitted -= 1
+            line.keys.discard(idempotency_key or "")
             self._forget_if_idle(account)
 
     async def acquire(self, account: Account, timeout: float | None = None) -> None:

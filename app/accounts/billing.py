@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -17,17 +17,25 @@ from app.store import (
     InsufficientCredits,
     Reservation,
     Store,
+    StoredAnswer,
     StoreUnavailable,
 )
 
 log = logging.getLogger("cutout.billing")
 
 
-async def _reserve(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None
+async def reserve(
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None,
+    *,
+    hold_s: float = 0.0,
 ) -> Reservation:
+    """The credits held, or the ApiError the client gets (402, or an Idempotency-Key conflict)."""
     try:
-        return await store.reserve(account.id, amount, request_id, idempotency)
+        return await store.reserve(account.id, amount, request_id, idempotency, hold_s=hold_s)
     except InsufficientCredits as err:
         raise ApiError(
             "insufficient_credits",
@@ -47,9 +55,16 @@ async def _reserve(
 
 @asynccontextmanager
 async def charge(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None = None,
+    keep: Callable[[], StoredAnswer | None] | None = None,
 ) -> AsyncIterator[Reservation]:
-    reservation = await _reserve(store, account, amount, request_id, idempotency)
+    """keep: at the commit, the answer to keep with the Idempotency-Key (None: nothing kept)."""
+    # An unlimited account's requests go through the same steps (idempotency included), for nothing.
+    reservation = await reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield reservation
         return
@@ -65,7 +80,7 @@ async def charge(
                 log.warning("refund of %s deferred to the sweeper: store unavailable", reservation.id)
         raise
     with anyio.CancelScope(shield=True):
-        charged = await store.commit(reservation)
+        charged = await store.commit(reservation, keep() if keep is not None else None)
     if not charged:
         # Held past reservation_ttl_s and refunded by the sweeper: the work goes undelivered, unpaid.
         raise processing_timeout()

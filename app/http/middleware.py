@@ -10,10 +10,15 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import RedirectResponse
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ApiError, payload_too_large
@@ -22,6 +27,28 @@ from app.http.client_address import client_address, parse_networks
 from app.http.errors import error_response
 
 log = logging.getLogger("cutout.access")
+
+
+# Machines asking many times a minute (load balancers, kubelets, Prometheus): their successful
+# answers are logged at debug, not info; a failed probe (503 while draining) stays at info.
+PROBE_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+
+
+class AliasRoute(Route):
+    """A second spelling of a route (`/v2/rembg` for `/v2/rembg/`), answered directly (no redirect:
+    a redirected POST loses its body in many clients) and logged and counted as the route it spells."""
+
+    def __init__(self, path: str, canonical: str, endpoint: Callable[..., Any], *, methods: list[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.canonical = canonical
+
+
+def route_label(route: object) -> str:
+    """The route template a request matched, one per route whatever its spelling; `unmatched` for 404s."""
+    if isinstance(route, AliasRoute):
+        return route.canonical
+    path = getattr(route, "path", None)  # a Route's or a Mount's template
+    return path if isinstance(path, str) else "unmatched"
 
 
 def new_request_id() -> str:
@@ -117,9 +144,10 @@ class _Exchange:
 
 def _account_for(scope: Scope, info: context.RequestInfo, exchange: _Exchange, seconds: float) -> None:
     """The request's metrics and its JSON access log line."""
-    route = getattr(scope.get("route"), "path", "unmatched")
+    route = route_label(scope.get("route"))
     metrics.observe_request(route, exchange.status, info.model or "", seconds, info.error_code)
-    log.info(
+    log.log(
+        logging.DEBUG if route in PROBE_ROUTES and exchange.status == 200 else logging.INFO,
         "access",
         extra={
             "request_id": exchange.request_id,
@@ -222,3 +250,27 @@ class Cors(CORSMiddleware):
             )
             response = error_response(context.of_scope(scope).request_id, err)
         await response(scope, receive, send)
+
+
+def relative_slash_redirects(router: Router) -> None:
+    """Starlette's trailing-slash redirect (`/metrics/` -> `/metrics`, `/v2/rembg` -> `/v2/rembg/`), answered
+    with a relative Location. Starlette's own builds an absolute URL from the client's Host header
+    (`Host: evil.example` -> `http://evil.example/metrics`): a redirect anyone could aim elsewhere."""
+    router.redirect_slashes = False
+    not_found = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "/")
+        if scope["type"] == "http" and path != "/":
+            other = path.rstrip("/") if path.endswith("/") else path + "/"
+            moved = {**scope, "path": other}
+            # Never "//host...": a Location of two slashes names another host.
+            matched = any(route.matches(moved)[0] is not Match.NONE for route in router.routes)
+            if matched and not other.startswith("//"):
+                query = scope.get("query_string", b"").decode("latin-1")
+                location = quote(other, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
+                await RedirectResponse(location)(scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+    router.default = default

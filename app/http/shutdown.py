@@ -18,7 +18,9 @@ balancer waits on a terminal. A second signal stops at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import socket
 import time
 from types import FrameType
 
@@ -29,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import ApiError
 from app.http import context
 from app.http.errors import error_response
+
+log = logging.getLogger("cutout")
 
 # Answered while draining: orchestrators keep probing and scraping until the end.
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -141,3 +145,21 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         return self.drain.tick() or await super().on_tick(counter)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            demo, docs = page_urls(self.config.host, self.config.port, self.servers)
+            log.info("demo page: %s  API reference: %s", demo, docs, extra={"demo_url": demo, "docs_url": docs})
+
+
+def page_urls(host: str, port: int, servers: list[asyncio.base_events.Server]) -> tuple[str, str]:
+    """Where a person on this machine opens /demo and /docs: the port actually bound (port 0: the
+    one the system chose), and localhost for an address that means every interface."""
+    for server in servers:
+        for sock in server.sockets:
+            port = sock.getsockname()[1]
+            break
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}"
+    return f"{base}/demo", f"{base}/docs"

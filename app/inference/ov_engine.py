@@ -34,6 +34,9 @@ log = logging.getLogger("cutout.inference")
 # the layer saves) and moved the masks more than the two big ones together (docs/performance.md).
 BF16_MIN_SHARE = 0.10
 
+# Under models_dir: OpenVINO's compiled-model cache (compiled_cache_dir).
+COMPILED_CACHE_DIR = "ov-cache"
+
 
 def compile_config(settings: Settings, bf16_throughout: bool = False) -> dict[str, object]:
     config: dict[str, object] = {
@@ -174,18 +177,28 @@ def has_native_bf16(core: ov.Core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def prepare_network(
-    core: ov.Core, weights: Path, mixed_precision: bool, precision: str = "mixed", side: int | None = None
-) -> tuple[ov.Model, int, bool]:
-    """The graph the service compiles at `side` (None: the exported size), how many of its
-    convolutions run in bf16, and whether all of it does (precision "bf16" on a CPU with native bf16)."""
+def prepare_float_network(core: ov.Core, weights: Path, side: int | None = None, split: bool = True) -> ov.Model:
+    """The service's f32 graph of these weights at `side` (None: the exported size), before any
+    precision choice: the first output only, the resize sizes scaled, the concats split (`split`).
+    The INT8 networks are quantized from this graph, concats unsplit (quantization.py): each
+    convolution keeps its name from the export, which the recipes' float layers are named by."""
     network = core.read_model(str(weights))
     # Only the first output is used (the fused mask; the others are side outputs for training):
     # dropping them saves their sigmoids and copies, ~1% per run on u2netp, the first output unchanged.
     network = ov.Model([network.get_results()[0]], network.get_parameters(), weights.stem)
     if side is not None:
         scale_resize_sizes(network, side)
-    split_concat_convolutions(network)
+    if split:
+        split_concat_convolutions(network)
+    return network
+
+
+def prepare_network(
+    core: ov.Core, weights: Path, mixed_precision: bool, precision: str = "mixed", side: int | None = None
+) -> tuple[ov.Model, int, bool]:
+    """The graph the service compiles at `side` (None: the exported size), how many of its
+    convolutions run in bf16, and whether all of it does (precision "bf16" on a CPU with native bf16)."""
+    network = prepare_float_network(core, weights, side)
     if not (mixed_precision and has_native_bf16(core)):
         return network, 0, False
     if precision == "bf16":
@@ -193,11 +206,38 @@ def prepare_network(
     return network, bf16_heaviest_convolutions(network, BF16_MIN_SHARE), False
 
 
+def compiled_cache_dir(settings: Settings) -> Path | None:
+    """Where OpenVINO keeps compiled networks (CACHE_DIR) so that a later start imports them instead
+    of compiling: `models_dir/ov-cache`, else `data_dir/ov-cache` where the models folder is read-only
+    (the container image); None where the setting is off or neither is writable.
+
+    Replicas may share it: OpenVINO names each entry by a hash of the network, the device and the
+    compile settings, so replicas that compile the same thing write the same entry, and an entry it
+    cannot import (cut short, another process still writing it) is compiled again instead: that
+    start is only slower, never wrong (tests/test_int8.py)."""
+    if not settings.compiled_cache:
+        return None
+    for parent in (settings.models_dir, settings.data_dir):
+        folder = parent / COMPILED_CACHE_DIR
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    log.warning("compiled-model cache off: neither %s nor %s is writable", settings.models_dir, settings.data_dir)
+    return None
+
+
 class OpenVinoEngine:
     runtime: Literal["openvino"] = "openvino"
 
-    def __init__(self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0) -> None:
+    def __init__(
+        self, compiled: ov.CompiledModel, concurrent_inferences: int, bf16_convolutions: int = 0, precision: str = "f32"
+    ) -> None:
         self.bf16_convolutions = bf16_convolutions
+        # What the network runs in: "int8", "bf16" (throughout) or "f32" (bf16_convolutions in bf16).
+        self.precision = precision
         # One infer request per run in flight; a run waits here for a free one (the bound on memory).
         self._requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
         for _ in range(concurrent_inferences):
@@ -205,22 +245,39 @@ class OpenVinoEngine:
 
     @classmethod
     def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> OpenVinoEngine:
+        from app.inference import quantization
+
         core = ov.Core()
+        cache = compiled_cache_dir(settings)
+        if cache is not None:
+            core.set_property({"CACHE_DIR": str(cache)})
         spec = settings.weights[weights_name]
+        where = f"{weights_name} at {side or 'its exported size'}"
+        int8, why = quantization.choose_int8(settings, weights_name, side)
+        if int8 is not None:
+            # Compiled from the file, not from a graph: with the cache, a later start imports the
+            # compiled network without reading the IR at all. Its float layers (those NNCF keeps in
+            # float) follow the same bf16 rule as the native network's.
+            throughout = spec.precision == "bf16" and settings.mixed_precision and has_native_bf16(core)
+            config = compile_config(settings, throughout)
+            compiled = core.compile_model(str(int8), "CPU", config)
+            log.info(
+                "%s: INT8 (%s), float layers in %s; OpenVINO %s on CPU, %s",
+                where,
+                why,
+                "bf16" if throughout else "f32",
+                ov.get_version(),
+                config,
+            )
+            return cls(compiled, settings.concurrent_inferences, 0, "int8")
         network, bf16, throughout = prepare_network(
             core, settings.weights_path(weights_name), settings.mixed_precision, spec.precision, side
         )
         config = compile_config(settings, throughout)
         compiled = core.compile_model(network, "CPU", config)
-        log.info(
-            "%s at %s: OpenVINO %s on CPU, %s, %d convolutions in bf16",
-            weights_name,
-            side or "its exported size",
-            ov.get_version(),
-            config,
-            bf16,
-        )
-        return cls(compiled, settings.concurrent_inferences, bf16)
+        runs = "bf16 throughout" if throughout else f"f32, {bf16} convolutions in bf16"
+        log.info("%s: native, %s (%s); OpenVINO %s on CPU, %s", where, runs, why, ov.get_version(), config)
+        return cls(compiled, settings.concurrent_inferences, bf16, "bf16" if throughout else "f32")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()

@@ -29,7 +29,10 @@ def _success_headers(settings: Settings) -> JSON:
     return {
         "X-Request-ID": REQUEST_ID,
         "X-Credits-Charged": INT_HEADER,
-        "X-Credits-Remaining": INT_HEADER,
+        "X-Credits-Remaining": {
+            "description": "The balance after this request (absent for an unlimited key).",
+            **INT_HEADER,
+        },
         "X-Model": {"schema": {"type": "string", "enum": sorted(settings.models)}},
         "X-Operating-Resolution": {"schema": {"type": "string", "enum": _resolutions(settings)}},
         "X-RateLimit-Limit": INT_HEADER,

@@ -1,18 +1,21 @@
 """Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
 Everything that can refuse a request before credits are reserved happens here, in three steps:
-`order` checks what is asked (the operating resolution, the options, the answer's shape, a
-background image's header) and prices it; `fetch_photo` brings an image_url's bytes; `job` checks
-the photo's header and estimates the memory. The Job is all the rest of the request needs:
-what to run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the
-memory estimate and the answer's shape (app/removal/respond.py).
+`order` checks what is asked (the operating resolution, the options, the answer's shape) and prices
+it; `fetch_photo` brings an image_url's bytes; `job` checks the photo's and a background's headers
+(inside the account's slot and the memory admission) and estimates the memory. The Job is all the
+rest of the request needs: what to run (app/removal/render.py), what to charge, the Idempotency-Key
+fingerprint, the memory estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,7 +49,6 @@ class Order:
     answer: Answer
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
-    background_pixels: int  # of a bg_image, for the memory estimate
 
     @property
     def model(self) -> str:
@@ -119,6 +121,11 @@ def preferred(accept: str, image_type: str = "image/png") -> Answer:
     return "bytes" if octet > image else "image"
 
 
+def wants_json(accept: str) -> bool:
+    """Whether the Accept header asks for the JSON answer (ACCEPT_RULE): what an asynchronous job keeps."""
+    return preferred(accept) == "json"
+
+
 def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> Pipeline:
     """The model the submission names (or the default), or a 400 naming those there are."""
     name = settings.default_model if sub.model is None else sub.model
@@ -153,16 +160,32 @@ def _answer(chosen: options.Options, accept: str) -> Answer:
     return answer
 
 
-def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
-    """The background's header checked like an upload's: its digest for the Idempotency-Key
-    fingerprint, and its pixels for the memory admission."""
+def _probe_background(data: bytes, settings: Settings) -> int:
+    """The background's header checked like an upload's: its pixels, for the memory admission."""
     try:
         info = codec.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
             raise codec.image_too_large(f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
-    return hashlib.sha256(data).hexdigest(), info.width * info.height
+    return info.width * info.height
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_headers(image: bytes, background: bytes | None, settings: Settings) -> tuple[codec.ImageInfo, int]:
+    """The photo's header, and the background's pixels (0 without one)."""
+    info = codec.probe(image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    return info, 0 if background is None else _probe_background(background, settings)
+
+
+# Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
+# builds from a header that imaging.structure lets through (a TIFF of 65536 strips: ~15 MB).
+HEADER_CHECK_BYTES = 32 * 1024 * 1024
+
+Admit = Callable[[int], AbstractAsyncContextManager[None]]
 
 
 async def fetch_photo(sub: Submission, settings: Settings) -> bytes:
@@ -203,25 +226,28 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-async def order(sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings) -> Order:
-    """What the submission asks of `pipeline`, or the 4xx that refuses it."""
+async def order(
+    sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, fetch_background: bool = True
+) -> Order:
+    """What the submission asks of `pipeline`, or the 4xx that refuses it. fetch_background=False: a bg_image_url is
+    priced and checked but not fetched (an asynchronous job's submission; it is fetched when the job runs)."""
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     if sub.bg_image is not None and sub.bg_image_url is not None:
         raise invalid_parameter("Send either a bg_image or a bg_image_url, not both.")
     # A background to fetch stands as a placeholder while the options are checked (nothing fetched yet).
     background = b"" if sub.bg_image_url is not None else sub.bg_image
     chosen = options.parse(sub.fields, background, mask=output == "mask")
-    if sub.bg_image_url is not None:  # remove.bg's bg_image_url: fetched like image_url, then a bg_image
+    if (
+        sub.bg_image_url is not None and fetch_background
+    ):  # remove.bg's bg_image_url: fetched like image_url, then a bg_image
         chosen = dataclasses.replace(chosen, bg_image=await _fetched(sub.bg_image_url, settings))
     fingerprint = chosen.fingerprint()
     price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
     answer = _answer(chosen, accept)
-    background_digest, background_pixels = "", 0
+    background_digest = ""
     if chosen.bg_image is not None:
-        # Off the event loop: work proportional to the upload (header walks, hashing).
-        background_digest, background_pixels = await anyio.to_thread.run_sync(
-            _probe_background, chosen.bg_image, settings
-        )
+        # Off the event loop: work proportional to the upload. Its header is checked with the photo's (job).
+        background_digest = await anyio.to_thread.run_sync(_digest, chosen.bg_image)
     return Order(
         source="upload" if sub.image is not None else "image_url",
         pipeline=pipeline,
@@ -231,17 +257,19 @@ async def order(sub: Submission, pipeline: Pipeline, output: Output, accept: str
         answer=answer,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
-        background_pixels=background_pixels,
     )
 
 
-async def job(asked: Order, image: bytes, settings: Settings) -> Job:
-    """The order with its photo, whose header is checked (400/413) before any pixel is decoded."""
-    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
-    info = await anyio.to_thread.run_sync(probe)
+async def job(asked: Order, image: bytes, settings: Settings, admit: Admit | None = None) -> Job:
+    """The order with its photo, whose header (and a background's) is checked (400/413) before any pixel
+    is decoded: in a thread, inside `admit` (the memory admission: WorkerGate.admitted)."""
+    check = functools.partial(_check_headers, image, asked.options.bg_image, settings)
+    held = HEADER_CHECK_BYTES + len(image) + len(asked.options.bg_image or b"")
+    async with admit(held) if admit is not None else contextlib.nullcontext():
+        info, background_pixels = await anyio.to_thread.run_sync(check)
     # The model's measured cost for these pixels, plus what the options add (a background image's decode).
     memory = asked.pipeline.spec.peak_bytes(info.width * info.height)
-    memory += asked.background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
     return Job(order=asked, image=image, memory_bytes=memory)
 
 
@@ -256,6 +284,5 @@ def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolutio
         answer="image",
         price=0,
         fingerprint="",
-        background_pixels=0,
     )
     return Job(order=asked, image=image, memory_bytes=0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.errors import ApiError, invalid_image
 from app.imaging import codec, compose
 from app.inference.cancel import checkpoint
 from app.removal.job import Job
@@ -47,9 +48,26 @@ def _encoded(pixels: np.ndarray, chosen: Options, png_level: int, png_fast: bool
     return codec.encode(pixels, chosen.output_format, chosen.quality, png_level, png_fast)
 
 
-def finish_cutout(rgba: np.ndarray, photo: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> Finished:
-    """The model's cut-out composed and encoded as `chosen` says; photo: the decoded input, same size."""
-    background = codec.decode(chosen.bg_image).rgb if chosen.bg_image is not None else None
+def decode_background(data: bytes) -> np.ndarray:
+    """A bg_image's pixels (RGB), or 400 invalid_image naming it."""
+    try:
+        return codec.decode(data).rgb
+    except ApiError as err:
+        raise invalid_image(f"bg_image: {err.message}") from None
+
+
+def finish_cutout(
+    rgba: np.ndarray,
+    photo: np.ndarray,
+    chosen: Options,
+    png_level: int,
+    png_fast: bool,
+    background: np.ndarray | None = None,
+) -> Finished:
+    """The model's cut-out composed and encoded as `chosen` says; photo: the decoded input, same size;
+    background: chosen.bg_image decoded (decode_background), when the caller decoded it first."""
+    if background is None and chosen.bg_image is not None:
+        background = decode_background(chosen.bg_image)
     opaque = chosen.output_format == "jpeg"
     composed = compose.cutout(
         rgba, photo, chosen.finish, background=background, opaque=opaque, with_mask=chosen.output_mask
@@ -72,6 +90,9 @@ def render(job: Job, png_level: int, png_fast: bool) -> Result:
     """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
     asked = job.order
     started = time.perf_counter()
+    # Every input is decoded before the model runs, the background first: a file that fails to decode is
+    # refused (and refunded) for the cost of its decode, never after a whole inference.
+    background = decode_background(asked.options.bg_image) if asked.options.bg_image is not None else None
     decoded = codec.decode(job.image)
     checkpoint()
     if asked.output == "mask":
@@ -79,6 +100,6 @@ def render(job: Job, png_level: int, png_fast: bool) -> Result:
     else:
         rgba = asked.pipeline.cutout(decoded, asked.resolution, asked.options.refine_foreground)
         checkpoint()
-        finished = finish_cutout(rgba, decoded.rgb, asked.options, png_level, png_fast)
+        finished = finish_cutout(rgba, decoded.rgb, asked.options, png_level, png_fast, background)
     content_type = codec.CONTENT_TYPES[asked.options.output_format]
     return Result(finished, content_type, time.perf_counter() - started)

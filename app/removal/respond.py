@@ -10,25 +10,26 @@ from starlette.responses import JSONResponse, Response
 from app.accounts import idempotency
 from app.removal.job import OCTET_TYPE, Order
 from app.removal.render import Result
-from app.store import Reservation
+from app.store import Reservation, StoredAnswer
 
 # remove.bg's names: the result's size, and after a crop the kept rectangle in the input photo.
 WIDTH_HEADER, HEIGHT_HEADER = "X-Width", "X-Height"
 FOREGROUND_HEADERS = ("X-Foreground-Left", "X-Foreground-Top", "X-Foreground-Width", "X-Foreground-Height")
 
 
-def headers(asked: Order, result: Result, reservation: Reservation) -> dict[str, str]:
-    image = result.image
+def headers(asked: Order, result: Result | None, reservation: Reservation, unlimited: bool = False) -> dict[str, str]:
+    """The answer's headers; `result` None for a replay (its kept body carries no geometry)."""
     answer = {
         "X-Credits-Charged": str(reservation.amount),
-        "X-Credits-Remaining": str(reservation.remaining),
         "X-Model": asked.model,
         "X-Operating-Resolution": asked.resolution,
-        WIDTH_HEADER: str(image.width),
-        HEIGHT_HEADER: str(image.height),
     }
-    if image.foreground is not None:
-        answer.update(zip(FOREGROUND_HEADERS, map(str, image.foreground), strict=True))
+    if result is not None:
+        answer[WIDTH_HEADER], answer[HEIGHT_HEADER] = str(result.image.width), str(result.image.height)
+        if result.image.foreground is not None:
+            answer.update(zip(FOREGROUND_HEADERS, map(str, result.image.foreground), strict=True))
+    if not unlimited:  # an unlimited account has no balance to count down
+        answer["X-Credits-Remaining"] = str(reservation.remaining)
     if reservation.replayed:
         answer[idempotency.REPLAYED_HEADER] = "true"
     return answer
@@ -55,10 +56,27 @@ def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONRes
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(asked: Order, result: Result, reservation: Reservation) -> Response:
-    with_headers = headers(asked, result, reservation)
+async def response(asked: Order, result: Result, reservation: Reservation, unlimited: bool = False) -> Response:
+    with_headers = headers(asked, result, reservation, unlimited)
     if asked.answer != "json":
         media_type = OCTET_TYPE if asked.answer == "bytes" else result.content_type
         return Response(result.image.body, media_type=media_type, headers=with_headers)
     # Base64 and JSON of a result that can be tens of MB: off the event loop, like the decode.
     return await anyio.to_thread.run_sync(_json, asked, result, with_headers)
+
+
+def kept(response: Response) -> StoredAnswer | None:
+    """What to keep with the Idempotency-Key: the answer's bytes, when not over the bound."""
+    body = bytes(response.body)
+    if len(body) > idempotency.MAX_STORED_ANSWER_BYTES:
+        return None
+    return StoredAnswer(response.media_type or "application/octet-stream", body)
+
+
+def replay(asked: Order, reservation: Reservation, unlimited: bool = False) -> Response | None:
+    """A retry's answer from the one its first request delivered, or None: nothing was kept (over
+    MAX_STORED_ANSWER_BYTES), or the retry asks for the other shape (JSON or bytes)."""
+    answer = reservation.answer
+    if answer is None or (answer.content_type == "application/json") != (asked.answer == "json"):
+        return None
+    return Response(answer.body, media_type=answer.content_type, headers=headers(asked, None, reservation, unlimited))

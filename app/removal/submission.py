@@ -31,7 +31,7 @@ from app.removal.option_table import FIELDS as OPTION_FIELDS
 MAX_FIELD_BYTES = 1024
 MAX_FORM_PARTS = 32
 MAX_JSON_URL_CHARS = 8192
-INPUT_FIELDS = frozenset({"image", "image_url", "bg_image_url", "model", "operating_resolution"})
+INPUT_FIELDS = frozenset({"image", "image_url", "bg_image_url", "model", "operating_resolution", "webhook_url"})
 FORM_FILES = frozenset({"image", "bg_image"})
 FORM_FIELDS = INPUT_FIELDS | OPTION_FIELDS
 JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (OPTION_FIELDS - {"bg_image"})
@@ -57,6 +57,7 @@ class Submission:
     operating_resolution: str | None = None  # "1024x1024"; None: the model's default
     bg_image_url: str | None = None  # the background to fetch (remove.bg's bg_image_url)
     output: str | None = None  # "cutout" or "mask" when `channels` chose it; None: the route's
+    webhook_url: str | None = None  # given: the request becomes an asynchronous job (app/jobs/)
 
 
 def _suggest(unknown: list[str], known: frozenset[str]) -> str:
@@ -166,6 +167,7 @@ async def _extract(form: FormData) -> Submission:
         operating_resolution=text.pop("operating_resolution", None),
         bg_image_url=text.pop("bg_image_url", None) or None,
         output=text.pop("channels", None),
+        webhook_url=text.pop("webhook_url", None),
         fields=text,
         bg_image=await bg_upload.read() if bg_upload is not None else None,
     )
@@ -199,6 +201,8 @@ def _parse_json(raw: bytes) -> Submission:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise invalid_parameter(f"The JSON body could not be parsed. {SEND_HINT}") from None
+    except RecursionError:  # thousands of nested [ or {: the parser's stack, not our bug
+        raise invalid_parameter(f"The JSON body is nested too deeply. {SEND_HINT}") from None
     if not isinstance(body, dict):
         raise invalid_parameter(f"The JSON body must be an object. {SEND_HINT}")
     plain_b64 = "image_file_b64" in body  # remove.bg's plain base64, for image_data_uri
@@ -237,6 +241,9 @@ def _parse_json(raw: bytes) -> Submission:
     resolution = body.pop("operating_resolution", None)
     if resolution is not None and not isinstance(resolution, str):
         raise invalid_parameter('"operating_resolution" must be a string, e.g. "1024x1024".')
+    webhook_url = body.pop("webhook_url", None)
+    if webhook_url is not None and (not isinstance(webhook_url, str) or len(webhook_url) > MAX_JSON_URL_CHARS):
+        raise invalid_parameter(f'"webhook_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
     return Submission(
         image=image,
         image_url=image_url,
@@ -246,6 +253,7 @@ def _parse_json(raw: bytes) -> Submission:
         operating_resolution=resolution,
         bg_image_url=bg_image_url or None,
         output=output,
+        webhook_url=webhook_url,
     )
 
 

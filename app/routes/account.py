@@ -24,11 +24,14 @@ async def account(request: Request) -> JSONResponse:
         {
             "account_id": acct.id,
             "credits": acct.credits,
+            "unlimited": acct.unlimited,  # true: requests are not charged, whatever `credits` says
             "plan": acct.plan,
             "rate_limit": svc.limits.limit_for(acct),
             "rate_limit_remaining": rate.remaining,
             "rate_limit_reset": int(rate.reset_at),
             **prices,
+            # Standard Webhooks secret that signs this account's webhooks (app/jobs/webhooks.py).
+            **({"webhook_secret": await svc.jobs.secret(acct.id)} if svc.jobs is not None else {}),
         },
         headers=rate.headers(),
     )

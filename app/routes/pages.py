@@ -1,4 +1,4 @@
-"""The pages a person opens: /docs (Swagger UI over /openapi.json) and /demo (try it in a browser).
+"""The pages a person opens: / (where to go), /docs (Swagger UI over /openapi.json), /demo (try it).
 
 Both are static files with no build step: ours in app/static/, Swagger UI's
 from the swagger-ui-py package (its files are served, its Python code unused).
@@ -10,7 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
 # Package data: in a source checkout and in an installed wheel alike.
@@ -45,3 +45,20 @@ async def docs(request: Request) -> FileResponse:
 
 async def demo(request: Request) -> FileResponse:
     return FileResponse(STATIC_DIR / "demo.html", headers=SECURITY_HEADERS)
+
+
+# What GET / tells a program (curl, a health dashboard): where the pages and the API are.
+INDEX = {
+    "service": "cutout",
+    "demo": "/demo",
+    "docs": "/docs",
+    "openapi": "/openapi.json",
+    "endpoints": {"cutout": "POST /v2/rembg/", "mask": "POST /v2/rembg/mask/", "account": "GET /v2/account"},
+}
+
+
+async def index(request: Request) -> Response:
+    """A browser (it asks for text/html) gets a page linking /demo and /docs; anything else, the same as JSON."""
+    if "text/html" in request.headers.get("accept", ""):
+        return FileResponse(STATIC_DIR / "index.html", headers=SECURITY_HEADERS)
+    return JSONResponse(INDEX)

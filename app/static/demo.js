@@ -1,10 +1,22 @@
 // The demo page: one photo, one model, one key -> a before/after view and a PNG to download.
-// Plain JavaScript, no build step; it calls the same public API as any client.
+// Plain JavaScript, no build step; it calls the same public API as any client. Text from the
+// server is only ever set as textContent, never parsed as HTML.
 const $ = (id) => document.getElementById(id);
 // The key is kept in this browser once it has worked, until "Forget key".
 const KEY_ITEM = "cutout.apiKey";
+// What `python -m app keys create` makes (app/store/base.py): only such a key is checked while it is
+// typed, so that a half-typed key never counts as a wrong one against this address's limit.
+const KEY_SHAPE = /^co_[A-Za-z0-9_-]{43}$/;
+// Options that cost extra when used (GET /v2/account's option_costs), as this form sends them.
+const PRICED = ["bg_blur", "shadow"];
 let photo = null;
 let resultUrl = null;
+let thumbUrl = null;
+let account = null;  // GET /v2/account for the key in the field: prices, balance
+let accountFor = "";
+let accountNote = "The price shows once your key is in.";  // the price line while there is no account
+
+const credits = (n) => `${n} credit${n === 1 ? "" : "s"}`;
 
 const storage = {
   // localStorage can be missing or refuse (private windows, blocked storage): then nothing is remembered.
@@ -34,11 +46,80 @@ function outputOptions() {
   return options;
 }
 
+function size(bytes) {
+  return bytes < 1024 * 1024 ? `${Math.max(1, Math.round(bytes / 1024))} KB` : `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+// What the chosen model and options cost with this key, before the click.
+function showPrice() {
+  const price = $("price");
+  price.classList.remove("short");
+  price.replaceChildren();
+  // Each model's price in its option's text: "ghost: fastest · 1 credit" (none without a key).
+  for (const option of $("model").options) {
+    option.dataset.name ??= option.textContent;
+    const priced = account?.models[option.value];
+    option.textContent = option.dataset.name + (priced && !account.unlimited ? ` · ${credits(priced.cost)}` : "");
+  }
+  if (!account) {
+    price.textContent = accountNote;
+    return;
+  }
+  const model = account.models[$("model").value];
+  if (!model) {
+    price.textContent = "This key's server does not offer that model.";
+    return;
+  }
+  const options = outputOptions();
+  const cost = model.cost + PRICED.filter((name) => name in options)
+    .reduce((sum, name) => sum + (account.option_costs?.[name] ?? 0), 0);
+  const strong = document.createElement("strong");
+  if (account.unlimited) {
+    strong.textContent = "free";
+    price.append("This is ", strong, " with this key (unlimited)");
+    return;
+  }
+  strong.textContent = credits(cost);
+  price.append("This costs ", strong, ` of your ${credits(account.credits)}`);
+  price.classList.toggle("short", cost > account.credits);
+  if (cost > account.credits) price.append(": top up first");
+}
+
+// The account behind the key in the field (balance, prices): asked once per complete key.
+async function loadAccount() {
+  const key = $("key").value.trim();
+  if (key === accountFor) return;
+  account = null;
+  accountFor = key;
+  if (!key) accountNote = "The price shows once your key is in.";
+  else if (!KEY_SHAPE.test(key)) accountNote = "A whole key is co_ and 43 more characters.";
+  else accountNote = "Checking the key…";
+  showPrice();
+  if (!KEY_SHAPE.test(key)) return;
+  try {
+    const response = await fetch("v2/account", { headers: { ApiKey: key } });
+    const body = await response.json().catch(() => null);
+    if (key !== $("key").value.trim()) return;  // typed on meanwhile
+    if (response.ok) account = body;
+    else accountNote = body?.error?.message ?? `This key was refused (HTTP ${response.status}).`;
+  } catch (error) {
+    accountNote = "The server could not be reached to price this.";
+  }
+  showPrice();
+}
+
 function choose(file) {
   if (!file) return;
   photo = file;
-  $("drop-text").textContent = `${file.name} (${Math.round(file.size / 1024)} KB)`;
-  $("before").src = URL.createObjectURL(file);
+  $("drop-text").textContent = file.name;
+  $("drop-hint").textContent = `${size(file.size)} · click or drop to change`;
+  if (thumbUrl) URL.revokeObjectURL(thumbUrl);
+  thumbUrl = URL.createObjectURL(file);
+  $("thumb").src = thumbUrl;
+  $("thumb").hidden = false;
+  $("drop").classList.add("chosen");
+  $("empty").hidden = true;
+  $("before").src = thumbUrl;
   $("after").removeAttribute("src");
   $("compare").classList.remove("done", "alone");
   setSplit(100);
@@ -49,7 +130,9 @@ function choose(file) {
 }
 
 function showError(error) {
-  $("error").textContent = `${error.code}: ${error.message}` + (error.request_id ? ` (${error.request_id})` : "");
+  const details = document.createElement("small");
+  details.textContent = [error.code, error.request_id].filter(Boolean).join(" · ");
+  $("error").replaceChildren(String(error.message), details);
   $("error").hidden = false;
 }
 
@@ -73,14 +156,18 @@ $("background").addEventListener("change", () => {
   previewBackground();
 });
 $("bg_color").addEventListener("input", previewBackground);
+for (const id of ["model", "background", "shadow", "crop_to_bbox", "output_format"]) $(id).addEventListener("change", showPrice);
+$("key").addEventListener("input", loadAccount);
 
 const remembered = storage.get();
 if (remembered) $("key").value = remembered;
 showRemembered(Boolean(remembered));
+loadAccount();
 $("forget").addEventListener("click", () => {
   storage.clear();
   $("key").value = "";
   showRemembered(false);
+  loadAccount();
   $("key").focus();
 });
 
@@ -94,6 +181,7 @@ $("form").addEventListener("submit", async (event) => {
   $("error").hidden = true;
   $("submit").disabled = true;
   $("status").textContent = "Working…";
+  $("compare").classList.add("working");
   const started = performance.now();
   const form = new FormData();
   form.append("image", photo);
@@ -126,13 +214,23 @@ $("form").addEventListener("submit", async (event) => {
     $("download").download = photo.name.replace(/\.[^.]*$/, "") + `-cutout.${extension}`;
     $("download").textContent = `Download ${extension.toUpperCase()}`;
     $("download").hidden = false;
-    const seconds = ((performance.now() - started) / 1000).toFixed(2);
-    $("status").textContent = `Done in ${seconds} s with ${response.headers.get("X-Model")}: ` +
-      `${response.headers.get("X-Credits-Charged")} credit(s) charged, ${response.headers.get("X-Credits-Remaining")} left.`;
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    const charged = Number(response.headers.get("X-Credits-Charged"));
+    const remaining = response.headers.get("X-Credits-Remaining");  // absent for an unlimited key
+    let bill = charged ? `${credits(charged)} charged` : "nothing charged";
+    if (remaining !== null) {
+      bill += `, ${credits(Number(remaining))} left`;
+      if (account) account.credits = Number(remaining);
+    }
+    $("status").textContent = `Done in ${seconds} s with ${response.headers.get("X-Model")}: ${bill}.`;
+    showPrice();
+    // On a phone the result is below the form: bring it into view.
+    if (matchMedia("(max-width: 860px)").matches) $("result").scrollIntoView({ behavior: "smooth", block: "start" });
   } catch (error) {
     showError({ code: "network_error", message: String(error) });
     $("status").textContent = "";
   } finally {
     $("submit").disabled = false;
+    $("compare").classList.remove("working");
   }
 });

@@ -52,6 +52,8 @@ class Account:
     rate_limit: str | None  # overrides the plan's limit when set
     revoked: bool
     created_at: float
+    label: str | None = None  # the operator's name for the account (a customer, an app), never shown to callers
+    unlimited: bool = False  # requests are not charged: `credits` is neither checked nor spent
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,14 @@ class IdempotencyClaim:
     key: str  # digest of (account, client's Idempotency-Key): bounded size, no client text stored
     fingerprint: str  # digest of what the request asks for: same key + other request -> mismatch
     window_s: float  # how long a completed request is remembered
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """A delivered answer kept with its Idempotency-Key for the window: a retry is served these bytes."""
+
+    content_type: str
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class Reservation:
     idempotency: IdempotencyClaim | None = None
     # A retry of a request already charged: nothing was reserved, nothing is committed.
     replayed: bool = False
+    # With `replayed`: the answer committed under the key (None when none was kept: see commit).
+    answer: StoredAnswer | None = None
 
 
 def new_api_key() -> str:
@@ -91,9 +103,23 @@ def now() -> float:
 
 
 class Store(Protocol):
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         """Create an account and return it with its API key (shown once, stored hashed)."""
         ...
+
+    async def rotate_key(self, account_id: str) -> str:
+        """A new API key for the account (returned once, stored hashed); the old key stops working at once."""
+        ...
+
+    async def set_label(self, account_id: str, label: str | None) -> None: ...
 
     async def account_by_key(self, api_key: str) -> Account | None: ...
 
@@ -103,28 +129,39 @@ class Store(Protocol):
 
     async def revoke(self, account_id: str) -> None: ...
 
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
-        """Grant (delta > 0) or deduct (delta < 0); never below zero. Returns the balance."""
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
+        """Grant (delta > 0) or deduct (delta < 0). Returns the balance. A deduct below zero raises
+        InsufficientCredits and changes nothing; with `clamp` it deducts down to zero instead."""
         ...
 
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None: ...
 
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         """Atomically take `amount` credits or raise InsufficientCredits.
 
+        `hold_s`: the sweeper leaves the reservation held at least this long (an asynchronous job
+        holds its credits until it runs; its queue engine refunds it if it never does).
+
         With a claim: a completed request under the same key (and fingerprint)
-        returns a `replayed` reservation of 0 credits; one still in flight raises
+        returns a `replayed` reservation of 0 credits, with the answer its commit kept; one still in flight raises
         IdempotencyInFlight; a different request under the key raises
         IdempotencyMismatch. Repeating a call with the same reservation_id
         reserves once (safe to retry after a lost reply).
         """
         ...
 
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         """Make the charge final (idempotent). False when the reservation is gone
-        (refunded or swept as stale): then nothing was charged."""
+        (refunded or swept as stale): then nothing was charged. With an Idempotency-Key, `answer`
+        is kept with the key for its window: a replayed reservation carries it."""
         ...
 
     async def refund(self, reservation: Reservation) -> int:

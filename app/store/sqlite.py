@@ -24,6 +24,7 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -43,13 +44,16 @@ CREATE TABLE IF NOT EXISTS accounts (
     credits INTEGER NOT NULL CHECK (credits >= 0),
     rate_limit TEXT,
     revoked INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    label TEXT,
+    unlimited INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts(id),
     amount INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    hold_until REAL NOT NULL DEFAULT 0  -- the sweeper leaves it held until then (asynchronous jobs)
 );
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -67,13 +71,31 @@ CREATE TABLE IF NOT EXISTS idempotency (
     done INTEGER NOT NULL DEFAULT 0,
     expires_at REAL NOT NULL
 );
+-- The answer a completed request under the key delivered, served to its retries.
+CREATE TABLE IF NOT EXISTS idempotency_answers (
+    key TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL
+);
 """
 
-_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at"
+# Columns added since the first schema: a database made before them gets them on open.
+ADDED_COLUMNS = {"label": "TEXT", "unlimited": "INTEGER NOT NULL DEFAULT 0"}
+
+_ACCOUNT_COLUMNS = "id, plan, credits, rate_limit, revoked, created_at, label, unlimited"
 
 
 def _account(row: tuple[Any, ...]) -> Account:
-    return Account(id=row[0], plan=row[1], credits=row[2], rate_limit=row[3], revoked=bool(row[4]), created_at=row[5])
+    return Account(
+        id=row[0],
+        plan=row[1],
+        credits=row[2],
+        rate_limit=row[3],
+        revoked=bool(row[4]),
+        created_at=row[5],
+        label=row[6],
+        unlimited=bool(row[7]),
+    )
 
 
 def _private(path: Path) -> None:
@@ -93,14 +115,28 @@ def _private(path: Path) -> None:
             name.chmod(0o600)
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """A private database file in WAL mode, every commit durable (synchronous=FULL), with `schema` applied:
+    the store's and the job queue's alike."""
+    _private(path)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        _private(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
+        if "hold_until" not in columns:  # a data dir from before asynchronous jobs
+            self._db.execute("ALTER TABLE reservations ADD COLUMN hold_until REAL NOT NULL DEFAULT 0")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(accounts)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE accounts ADD COLUMN {column} {kind}")
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -121,17 +157,32 @@ class SqliteStore:
         db.execute("COMMIT")
         return result
 
-    async def create_account(self, *, credits: int, plan: str, rate_limit: str | None = None) -> tuple[Account, str]:
+    async def create_account(
+        self,
+        *,
+        credits: int,
+        plan: str,
+        rate_limit: str | None = None,
+        label: str | None = None,
+        unlimited: bool = False,
+    ) -> tuple[Account, str]:
         key = new_api_key()
         account = Account(
-            id=new_account_id(), plan=plan, credits=credits, rate_limit=rate_limit, revoked=False, created_at=now()
+            id=new_account_id(),
+            plan=plan,
+            credits=credits,
+            rate_limit=rate_limit,
+            revoked=False,
+            created_at=now(),
+            label=label,
+            unlimited=unlimited,
         )
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?)",
-                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at),
+                "INSERT INTO accounts (id, key_hash, plan, credits, rate_limit, revoked, created_at, label, unlimited)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                (account.id, hash_api_key(key), plan, credits, rate_limit, account.created_at, label, int(unlimited)),
             )
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, 'create', ?)",
@@ -168,29 +219,45 @@ class SqliteStore:
     async def revoke(self, account_id: str) -> None:
         await self._update_account(account_id, "UPDATE accounts SET revoked = 1 WHERE id = ?", ())
 
+    async def rotate_key(self, account_id: str) -> str:
+        key = new_api_key()
+        await self._update_account(account_id, "UPDATE accounts SET key_hash = ? WHERE id = ?", (hash_api_key(key),))
+        return key
+
+    async def set_label(self, account_id: str, label: str | None) -> None:
+        await self._update_account(account_id, "UPDATE accounts SET label = ? WHERE id = ?", (label,))
+
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._update_account(
             account_id, "UPDATE accounts SET plan = ?, rate_limit = ? WHERE id = ?", (plan, rate_limit)
         )
 
-    async def adjust_credits(self, account_id: str, delta: int, reason: str) -> int:
+    async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
         def op(db: sqlite3.Connection) -> int:
-            row = db.execute(
-                "UPDATE accounts SET credits = MAX(credits + ?, 0) WHERE id = ? RETURNING credits",
-                (delta, account_id),
-            ).fetchone()
+            row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
             if row is None:
                 raise UnknownAccount(account_id)
+            balance = int(row[0])
+            if balance + delta < 0 and not clamp:
+                raise InsufficientCredits(balance, -delta)
+            moved = max(delta, -balance)  # clamped: down to zero
+            db.execute("UPDATE accounts SET credits = ? WHERE id = ?", (balance + moved, account_id))
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, ?, ?)",
-                (account_id, delta, reason, now()),
+                (account_id, moved, reason, now()),
             )
-            return int(row[0])
+            return balance + moved
 
         return await self._run(lambda db: self._tx(db, op))
 
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         def balance(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
@@ -209,7 +276,13 @@ class SqliteStore:
                         raise IdempotencyMismatch()
                     if not seen[1]:
                         raise IdempotencyInFlight()
-                    return Reservation(reservation_id, account_id, 0, balance(db), idempotency, replayed=True)
+                    kept = db.execute(
+                        "SELECT content_type, body FROM idempotency_answers WHERE key = ?", (idempotency.key,)
+                    ).fetchone()
+                    answer = None if kept is None else StoredAnswer(kept[0], bytes(kept[1]))
+                    return Reservation(
+                        reservation_id, account_id, 0, balance(db), idempotency, replayed=True, answer=answer
+                    )
             row = db.execute(
                 "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
                 (amount, account_id, amount),
@@ -217,8 +290,8 @@ class SqliteStore:
             if row is None:
                 raise InsufficientCredits(balance(db), amount)
             db.execute(
-                "INSERT INTO reservations (id, account_id, amount, created_at) VALUES (?, ?, ?, ?)",
-                (reservation_id, account_id, amount, now()),
+                "INSERT INTO reservations (id, account_id, amount, created_at, hold_until) VALUES (?, ?, ?, ?, ?)",
+                (reservation_id, account_id, amount, now(), now() + hold_s),
             )
             if idempotency is not None:
                 # An expired record under the key may still be there: the new request replaces it.
@@ -227,11 +300,12 @@ class SqliteStore:
                     " VALUES (?, ?, ?, 0, ?)",
                     (idempotency.key, idempotency.fingerprint, reservation_id, now() + idempotency.window_s),
                 )
+                db.execute("DELETE FROM idempotency_answers WHERE key = ?", (idempotency.key,))
             return Reservation(reservation_id, account_id, amount, int(row[0]), idempotency)
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def commit(self, reservation: Reservation) -> bool:
+    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
         def op(db: sqlite3.Connection) -> bool:
             if not db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount:
                 already = db.execute(
@@ -247,6 +321,11 @@ class SqliteStore:
                     "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
                     (now() + reservation.idempotency.window_s, reservation.id),
                 )
+                if answer is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO idempotency_answers (key, content_type, body) VALUES (?, ?, ?)",
+                        (reservation.idempotency.key, answer.content_type, answer.body),
+                    )
             return True
 
         return await self._run(lambda db: self._tx(db, op))
@@ -269,11 +348,13 @@ class SqliteStore:
     async def sweep_stale(self, older_than_s: float) -> int:
         def op(db: sqlite3.Connection) -> int:
             stale = db.execute(
-                "SELECT id, account_id, amount FROM reservations WHERE created_at < ?", (now() - older_than_s,)
+                "SELECT id, account_id, amount FROM reservations WHERE created_at < ? AND hold_until < ?",
+                (now() - older_than_s, now()),
             ).fetchall()
             for reservation_id, account_id, amount in stale:
                 self._refund_row(db, reservation_id, account_id, amount)
             db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now(),))
+            db.execute("DELETE FROM idempotency_answers WHERE key NOT IN (SELECT key FROM idempotency)")
             return len(stale)
 
         return await self._run(lambda db: self._tx(db, op))
