@@ -92,12 +92,33 @@ def option_names() -> str:
     return f"on both routes: {both}; on the cut-out route only: {cutout_only}.\n"
 
 
+def aliases_table() -> str:
+    from app.removal.option_table import aliases_markdown
+
+    return aliases_markdown()
+
+
+def flag_rule() -> str:
+    from app.removal.option_table import FLAG_RULE
+
+    return FLAG_RULE + "\n"
+
+
+def accept_rule() -> str:
+    from app.removal.job import ACCEPT_RULE
+
+    return ACCEPT_RULE + "\n"
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "errors": error_table,  # app/errors.py ERROR_CODES
     "errors-at-a-glance": errors_at_a_glance,  # the same, by status
     "config": config_table,  # app/settings.py Settings
     "options": options_table,  # the OpenAPI description of the output options
     "option-names": option_names,  # the same, names only
+    "aliases": aliases_table,  # app/removal/option_table.py ALIASES and SAME_NAMES
+    "flags": flag_rule,  # app/removal/option_table.py FLAG_RULE
+    "accept": accept_rule,  # app/removal/job.py ACCEPT_RULE
 }
 
 

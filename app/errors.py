@@ -40,14 +40,25 @@ ERROR_CODES: dict[str, ErrorCode] = {
         400, "`image_url` failed: no such host, no connection, not HTTP 200, over 3 redirects or `fetch_timeout_s`"
     ),
     "image_url_too_large": ErrorCode(400, "the image at `image_url` is over `max_body_bytes`"),
+    "webhook_url_forbidden": ErrorCode(
+        400,
+        "`webhook_url` is not an http(s) URL, or points at a loopback, private, link-local or reserved address "
+        "(not in `fetch_allow`)",
+    ),
+    "too_many_items": ErrorCode(400, "a batch with no item, or with more than `batch_max_items`"),
     "invalid_api_key": ErrorCode(401, "missing, unknown or revoked key"),
     "insufficient_credits": ErrorCode(402, "the balance does not cover the model's cost"),
     "not_found": ErrorCode(404, "unknown route"),
+    "job_not_found": ErrorCode(
+        404, "unknown job or batch, another account's, or one whose results were removed (`job_ttl_s`)"
+    ),
     "method_not_allowed": ErrorCode(405, "wrong method"),
     "request_timeout": ErrorCode(408, "the upload stalled or took too long (`body_timeout_s`, `body_deadline_s`)"),
     "idempotency_key_in_use": ErrorCode(
         409, "a request with this `Idempotency-Key` is still running", retry_after=True
     ),
+    "job_not_cancellable": ErrorCode(409, "the job (or every item of the batch) has already started or ended"),
+    "result_not_ready": ErrorCode(409, "the job has not succeeded (yet): its `status` and `error` say why"),
     "payload_too_large": ErrorCode(413, "body over `max_body_bytes`"),
     "image_too_large": ErrorCode(413, "more than `max_pixels` pixels or a side over `max_side` (read from the header)"),
     "idempotency_key_reused": ErrorCode(422, "this `Idempotency-Key` was used for a different request"),
@@ -57,7 +68,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "rate_limit_exceeded": ErrorCode(429, "rate limit spent; the body has `retry_after` (s)", retry_after=True),
     "concurrency_limit_exceeded": ErrorCode(
         429,
-        "the account already has its plan's `max_concurrent` requests being processed; the body has `retry_after` (s)",
+        "the account already has its plan's `max_concurrent` requests being processed and `max_queued` more "
+        "waiting; the body has `retry_after` (s)",
         retry_after=True,
     ),
     "client_closed_request": ErrorCode(499, "the client hung up before the answer", public=False),

@@ -18,11 +18,14 @@ from app.accounts.auth import API_KEY_HEADER, X_API_KEY_HEADER
 from app.accounts.limits import RateLimits
 from app.http import metrics
 from app.http.errors import EXCEPTION_HANDLERS
-from app.http.middleware import AliasRoute, BodyLimit, Cors, RequestContext
+from app.http.middleware import AliasRoute, BodyLimit, Cors, RequestContext, relative_slash_redirects
 from app.http.shutdown import Drain, DrainGate
+from app.http.unsent import UNSENT
 from app.inference.gate import WorkerGate
 from app.inference.memory import MemoryBudget, release_large_frees_to_os, resident_bytes
 from app.inference.registry import ModelRegistry
+from app.jobs import routes as job_routes
+from app.jobs.service import JobService, open_engine
 from app.openapi import document
 from app.routes import account, health, pages, rembg
 from app.services import Services
@@ -63,11 +66,14 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
     )
     if budget.capacity <= 0:
         log.warning("memory_budget_mb is below the RSS at rest: jobs run one at a time")
+    # Answers their clients have not read yet hold memory too (app/http/unsent.py).
+    budget.outside = lambda: UNSENT.bytes
+    UNSENT.on_release = budget.wake
     return budget
 
 
 def _services(settings: Settings, registry: ModelRegistry) -> Services:
-    return Services(
+    svc = Services(
         settings=settings,
         store=open_store(settings),
         registry=registry,
@@ -75,6 +81,8 @@ def _services(settings: Settings, registry: ModelRegistry) -> Services:
         limits=RateLimits(settings),
         slots=AccountSlots(settings),
     )
+    svc.jobs = JobService(settings, open_engine(settings), svc.store, registry, svc.gate)
+    return svc
 
 
 def _lifespan(settings: Settings, drain: Drain) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
@@ -87,13 +95,17 @@ def _lifespan(settings: Settings, drain: Drain) -> Callable[[Starlette], Abstrac
         app.state.services = svc
         metrics.watch(svc.gate, drain)
         sweeper = asyncio.create_task(_sweep_forever(svc))
+        assert svc.jobs is not None
+        svc.jobs.start()
         log.info("ready: models %s, %d workers", ", ".join(svc.registry.names), settings.workers)
         try:
             yield
         finally:
             sweeper.cancel()
+            await svc.jobs.stop()
             await drain.settled(SETTLE_TIMEOUT_S)
             svc.gate.shutdown()
+            await svc.jobs.engine.close()
             await svc.store.close()
 
     return lifespan
@@ -109,6 +121,12 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         Route("/v2/rembg/mask/", rembg.remove_background_mask, methods=["POST"]),
         AliasRoute("/v2/rembg/mask", "/v2/rembg/mask/", rembg.remove_background_mask, methods=["POST"]),
         Route("/v2/account", account.account, methods=["GET"]),
+        Route("/v2/jobs/{job_id}", job_routes.job, methods=["GET", "DELETE"]),
+        Route("/v2/jobs/{job_id}/result", job_routes.get_result, methods=["GET"]),
+        Route("/v2/batches", job_routes.create_batch, methods=["POST"]),
+        Route("/v2/batches/", job_routes.create_batch, methods=["POST"]),
+        Route("/v2/batches/{batch_id}", job_routes.batch, methods=["GET", "DELETE"]),
+        Route("/v2/batches/{batch_id}/zip", job_routes.batch_zip, methods=["GET"]),
         AliasRoute("/v2/account/", "/v2/account", account.account, methods=["GET"]),
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
@@ -125,8 +143,8 @@ def _cors(settings: Settings) -> Middleware:
     return Middleware(
         Cors,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=[API_KEY_HEADER, X_API_KEY_HEADER, "Authorization", "Content-Type", idempotency.HEADER],
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=[API_KEY_HEADER, X_API_KEY_HEADER, "Authorization", "Content-Type", idempotency.HEADER, "Prefer"],
         expose_headers=[
             "X-Request-ID",
             "X-Credits-Charged",
@@ -140,6 +158,8 @@ def _cors(settings: Settings) -> Middleware:
             "X-RateLimit-Reset",
             "Retry-After",
             idempotency.REPLAYED_HEADER,
+            "Location",
+            "Preference-Applied",
         ],
         max_age=600,
     )
@@ -170,5 +190,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=_lifespan(settings, drain),
     )
+    relative_slash_redirects(app.router)
     app.state.drain = drain
     return app

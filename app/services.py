@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -13,6 +14,9 @@ from app.inference.registry import ModelRegistry
 from app.settings import Settings
 from app.store import Store
 
+if TYPE_CHECKING:
+    from app.jobs.service import JobService
+
 
 @dataclass
 class Services:
@@ -22,6 +26,7 @@ class Services:
     gate: WorkerGate
     limits: RateLimits
     slots: AccountSlots
+    jobs: JobService | None = None  # asynchronous jobs and batches (app/jobs/)
 
 
 def services(request: Request) -> Services:

@@ -146,8 +146,10 @@ class AutoSpec(BaseModel):
 
 class PlanSpec(BaseModel):
     rate_limit: str
-    # Requests of one account processed (queued or running) at once in one process; more get 429.
+    # Requests of one account processed at once in one process (app/accounts/admission.py)...
     max_concurrent: int = Field(default=1, ge=1)
+    # ...and how many more of them wait for their turn there; past that, 429 at once.
+    max_queued: int = Field(default=16, ge=0)
 
 
 class Settings(BaseSettings):
@@ -239,6 +241,9 @@ class Settings(BaseSettings):
     head_timeout_s: float = Field(
         10.0, gt=0, description="no complete request head this long after opening (or the last response): closed"
     )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="a client that reads nothing of its answer this long has its connection closed"
+    )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(1000, ge=1, description="open connections; past it new ones are closed at once")
     trusted_proxies: list[str] = Field(
@@ -272,14 +277,45 @@ class Settings(BaseSettings):
         1, ge=0, le=9, description="Pillow's zlib level for masks (and cut-outs when `png_fast` is off)"
     )
     cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="browser origins allowed (JSON list)")
-    fetch_enabled: bool = Field(True, description="`false`: `image_url` is refused and the server never fetches")
+    fetch_enabled: bool = Field(
+        True, description="`false`: `image_url` and `webhook_url` are refused: the server makes no outbound request"
+    )
     fetch_allow: list[str] = Field(
         default_factory=list,
-        description="`image_url` fetches: networks (JSON list of CIDRs) that may be fetched from although "
-        "loopback, private, link-local or reserved",
+        description="`image_url` fetches and `webhook_url` calls: networks (JSON list of CIDRs) that may be reached "
+        "although loopback, private, link-local or reserved",
     )
     fetch_connect_timeout_s: float = Field(5.0, gt=0, description="`image_url`: connecting to the host")
     fetch_timeout_s: float = Field(20.0, gt=0, description="`image_url`: the whole fetch, redirects included")
+    job_ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        description="asynchronous jobs and batches: results are kept this long after a job ends; a job not run "
+        "this long after its submission expires (refunded)",
+    )
+    job_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="a running job whose replica stopped renewing its claim this long (it died) is run again by "
+        "another replica, or by itself after a restart",
+    )
+    job_workers: int = Field(
+        1, ge=0, description="asynchronous jobs run at once per replica, only while no synchronous request is; 0: none"
+    )
+    job_idle_s: float = Field(
+        0.25,
+        ge=0,
+        description="an asynchronous job starts only after this long without a synchronous request in a worker "
+        "(one arriving stops a running job at its next step; it runs again later)",
+    )
+    batch_max_items: int = Field(100, ge=1, description="items one `POST /v2/batches` may hold")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one webhook delivery attempt, connecting included")
+    webhook_backoff_s: float = Field(
+        5.0, gt=0, description="wait before a failed webhook's first retry; it doubles with each retry (at most 10 min)"
+    )
+    webhook_retry_s: float = Field(
+        3600.0, gt=0, description="how long a failed webhook is retried before it is recorded as failed"
+    )
     log_level: str = Field("info", description="`info` writes a JSON access line per request")
     # Extra credits per option (config/models.toml [option_costs]), added to the model's cost.
     option_costs: dict[str, int] = Field(default_factory=dict)

@@ -11,16 +11,18 @@ takes the fixed part and the steepest slope among adjacent points, rounded up.
     .venv/bin/python bench/memory.py --background [--sides 2000 4000 6000]
 
 --background measures instead what a bg_image adds (its decode and its scaling to a small cut-out),
-per pixel of the background, JPEG and PNG: app/imaging/compose.py's BACKGROUND_PEAK_BYTES_PER_PIXEL.
+per pixel of the background, JPEG, PNG and 16-bit greyscale PNG: app/imaging/compose.py's BACKGROUND_PEAK_BYTES_PER_PIXEL.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,13 +51,23 @@ def peak_above_rest(run: object) -> float:
     return (status_kib("VmHWM") - rest) * 1024 / MIB
 
 
+def _background_file(side: int, fmt: str) -> bytes:
+    if fmt != "PNG16":
+        return subject_image(side, side, fmt=fmt)
+    # 16-bit greyscale (mode I;16): decoded through a float conversion to 8 bits (codec._to_8bit).
+    grey = np.asarray(Image.open(io.BytesIO(subject_image(side, side, fmt="PNG"))).convert("L"), np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def measure_background(sides: list[int]) -> None:
     cutout = np.zeros((200, 200, 4), np.uint8)
     cutout[50:150, 50:150] = 200
     photo = np.zeros((200, 200, 3), np.uint8)
     for side in sides:
-        for fmt in ("JPEG", "PNG"):
-            chosen = options.parse({}, subject_image(side, side, fmt=fmt), mask=False)
+        for fmt in ("JPEG", "PNG", "PNG16"):
+            chosen = options.parse({}, _background_file(side, fmt), mask=False)
             peak = peak_above_rest(lambda chosen=chosen: finish_cutout(cutout, photo, chosen, 1, True))
             print(f"bg_image {side}x{side} {fmt}: peak {peak:.0f} MiB above rest, {peak * MIB / side / side:.1f} B/px")
 

@@ -82,6 +82,32 @@ def test_command_line_client_gets_the_png_and_is_charged(
     assert live_server.balance(api_key) == 99  # falcon costs 1
 
 
+NODE = ["node", str(EXAMPLES / "node_fetch.mjs")]
+
+
+def test_node_server_side_client_sends_photos_at_once_and_is_charged(
+    live_server: LiveServer, api_key: str, workdir: Path
+) -> None:
+    """Node's built-ins only; four photos in one Promise.all on one key (free plan: one processed at
+    once): the rest wait in the key's queue, so all four come back with no retry."""
+    photos = [f"photo{n}.jpg" for n in range(4)]
+    for name in photos:
+        (workdir / name).write_bytes((workdir / "photo.jpg").read_bytes())
+    result = run_sample([*NODE, *photos], workdir, live_server, api_key)
+    assert result.returncode == 0, result.stderr
+    for n in range(4):
+        assert_cutout_png(workdir / f"photo{n}-cutout.png")
+    assert result.stdout.strip().endswith("credits left: 96"), result.stdout
+    assert live_server.balance(api_key) == 96  # falcon costs 1, four times
+
+
+def test_node_client_prints_the_error_on_a_bad_key(live_server: LiveServer, workdir: Path) -> None:
+    result = run_sample(NODE, workdir, live_server, BAD_KEY)
+    assert result.returncode == 1
+    assert result.stderr.startswith("401 invalid_api_key: The API key is unknown or revoked. (req_"), result.stderr
+    assert not (workdir / "photo-cutout.png").exists()
+
+
 def test_curl_keeps_the_error_json_on_a_bad_key(live_server: LiveServer, workdir: Path) -> None:
     result = run_sample(COMMANDS["curl"], workdir, live_server, BAD_KEY)
     assert result.returncode == 22, "--fail-with-body: curl's exit code for an HTTP error"

@@ -165,6 +165,40 @@ def test_default_refuses_loopback_in_every_spelling(default_server: LiveServer, 
     assert default_server.balance(key) == 5
 
 
+def test_bg_image_url_is_fetched_as_bg_image_and_priced_as_a_fetch(fetching_server: LiveServer, photos: str) -> None:
+    """remove.bg's bg_image_url: the background fetched like image_url, then as an uploaded bg_image."""
+    key = fetching_server.create_key(20)
+    photo = subject_image(160, 120)
+    by_url = requests.post(
+        fetching_server.url + "/v2/rembg/",
+        headers={"ApiKey": key},
+        files={"image": ("p.jpg", photo, "image/jpeg")},
+        data={"model": "ghost", "bg_image_url": f"http://{photos}/photo.jpg"},
+        timeout=60,
+    )
+    uploaded = requests.post(
+        fetching_server.url + "/v2/rembg/",
+        headers={"ApiKey": key},
+        files={"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("b.jpg", PHOTO, "image/jpeg")},
+        data={"model": "ghost"},
+        timeout=60,
+    )
+    assert by_url.status_code == 200 and uploaded.status_code == 200, by_url.text
+    assert by_url.content == uploaded.content
+    fetch_cost = int(by_url.headers["X-Credits-Charged"]) - int(uploaded.headers["X-Credits-Charged"])
+    assert fetch_cost == 1, "the fetch is priced as image_url's"
+    both = requests.post(
+        fetching_server.url + "/v2/rembg/",
+        headers={"ApiKey": key},
+        files={"image": ("p.jpg", photo, "image/jpeg"), "bg_image": ("b.jpg", PHOTO, "image/jpeg")},
+        data={"model": "ghost", "bg_image_url": f"http://{photos}/photo.jpg"},
+        timeout=60,
+    )
+    assert "bg_image_url" in assert_error(both, 400, "invalid_parameter")["error"]["message"]
+    forbidden = fetch(fetching_server, key, f"http://{photos}/photo.jpg", bg_image_url="http://169.254.169.254/x.jpg")
+    assert_error(forbidden, 400, "image_url_forbidden")
+
+
 def test_fetching_can_be_switched_off(live_server: LiveServer, photos: str) -> None:
     key = live_server.create_key(5)  # the shared server runs with CUTOUT_FETCH_ENABLED=false
     body = assert_error(fetch(live_server, key, f"http://{photos}/photo.jpg"), 400, "image_url_forbidden")
@@ -182,11 +216,17 @@ def test_a_slow_fetch_does_not_block_the_event_loop_and_holds_its_accounts_slot(
     started = time.perf_counter()
     assert requests.get(fetching_server.url + "/health", timeout=5).status_code == 200
     assert time.perf_counter() - started < 0.5
-    # The fetch counts as one of the account's requests (free plan: one at once); others are served.
-    assert_error(fetch(fetching_server, key, f"http://{photos}/photo.jpg"), 429, "concurrency_limit_exceeded")
+    # The fetch holds one of the account's running slots (free plan: one at once): the account's next
+    # request waits its turn until the slow fetch gives up (2 s); other accounts are served meanwhile.
+    started = time.perf_counter()
     assert fetch(fetching_server, other, f"http://{photos}/photo.jpg").status_code == 200
+    assert time.perf_counter() - started < 1.0
+    started = time.perf_counter()
+    waited = fetch(fetching_server, key, f"http://{photos}/photo.jpg")
+    assert waited.status_code == 200, waited.text
+    assert time.perf_counter() - started > 0.8, "it waited behind the slow fetch"
     thread.join()
-    assert fetching_server.balance(key) == 5
+    assert fetching_server.balance(key) == 5 - int(waited.headers["X-Credits-Charged"]), "the failed fetch is free"
 
 
 FORBIDDEN = [

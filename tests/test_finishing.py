@@ -173,11 +173,12 @@ BAD_VALUES = [
     ({"output_format": "webp", "quality": "high"}, "quality", "1 to 100"),
     ({"bg_color": "#12345"}, "bg_color", "hex colour"),
     ({"bg_color": "notacolour"}, "bg_color", "CSS colour name"),
-    ({"bg_blur": "0"}, "bg_blur", "0.5 to 200"),
+    ({"bg_blur": "201"}, "bg_blur", "0 to 200"),
     ({"bg_blur": "nan"}, "bg_blur", "number"),
     ({"shadow": "true", "shadow_opacity": "2"}, "shadow_opacity", "0 to 1"),
     ({"shadow": "true", "shadow_offset_y": "1.5"}, "shadow_offset_y", "whole number"),
-    ({"max_side": "0"}, "max_side", "1 to 100000"),
+    ({"max_side": "-5"}, "max_side", "0 to 100000"),
+    ({"max_side": "100001"}, "max_side", "0 to 100000"),
     # Contradictions say why.
     ({"output_format": "jpeg", "bg_color": "#ff000080"}, "transparency", "opaque"),
     ({"bg_color": "red", "bg_blur": "5"}, "bg_color and bg_blur", "one background"),
@@ -195,7 +196,14 @@ def test_bad_values_are_400s_that_name_the_field(fields: dict[str, object], fiel
 
 @pytest.mark.parametrize(
     "fields",
-    [{"crop_to_bbox": "false", "crop_margin": "5"}, {"shadow": "false", "shadow_blur": "9"}, {"quality": "80"}],
+    [
+        {"crop_to_bbox": "false", "crop_margin": "5"},
+        {"shadow": "false", "shadow_blur": "9"},
+        {"quality": "80"},
+        # 0 is the full size and no blurred background; an empty value is as if left out.
+        {"max_side": "0", "bg_blur": "0"},
+        {"bg_color": "", "crop_to_bbox": "", "max_side": " ", "sync_mode": ""},
+    ],
 )
 def test_settings_of_a_switched_off_option_are_ignored(fields: dict[str, object]) -> None:
     # A form may send all its fields and toggle one flag: the plain picture, and the plain fingerprint.

@@ -18,8 +18,9 @@ import requests
 
 from harness import LiveServer, png_of, subject_image
 
-# From 167 files and 12,443 lines before the document was shaped for generators.
-MAX_GENERATED_FILES = 30
+# From 167 files and 12,443 lines before the document was shaped for generators; 30 before the
+# seven operations of jobs and batches (app/openapi/jobs.py) and their models.
+MAX_GENERATED_FILES = 50
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,16 @@ from PIL.PngImagePlugin import PngInfo
 
 from app.errors import ApiError
 from app.imaging import codec
-from harness import SHARED_TESTDATA, LiveServer, assert_error, png_of, proc_status_mb, raw_request, subject_image
+from harness import (
+    SHARED_TESTDATA,
+    LiveServer,
+    assert_error,
+    concurrency_env,
+    png_of,
+    proc_status_mb,
+    raw_request,
+    subject_image,
+)
 
 pillow_heif.register_heif_opener()  # lets the tests write HEIC
 
@@ -300,7 +309,10 @@ def test_any_valid_image_comes_back_at_its_displayed_size(
 
 
 def test_concurrent_bombs_and_oversized_uploads_leave_peak_rss_bounded(start_server: Callable[..., LiveServer]) -> None:
-    server = start_server()  # default limits: 25 MB bodies, 50 MP, 12000 px
+    # Default limits: 25 MB bodies, 50 MP, 12000 px. One account sends all 36 at once: its plan's
+    # concurrency is raised so that every upload reaches the limits under test (bodies and header
+    # checks hold the account's slot).
+    server = start_server(**concurrency_env(64))
     assert server.process is not None
     key = server.create_key(1000, "--rate", "100000/minute")
     assert server.remove(key, subject_image(320, 240), model="aurora").status_code == 200  # warm every code path

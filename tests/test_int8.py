@@ -74,7 +74,7 @@ def test_calibration_inputs_are_what_the_pipeline_feeds_the_network(model: str) 
     side = spec.input_size
     rgb = quantization.calibration_images(7, seed=TEST_SEED)[-1]
     engine = Recording()
-    Pipeline(model, spec, {f"{side}x{side}": engine}, 1).predict(rgb)
+    Pipeline(model, spec, {f"{side}x{side}": engine}).predict(rgb)
     np.testing.assert_array_equal(quantization.model_input(rgb, spec, side), engine.batches[0])
 
 
@@ -89,7 +89,7 @@ def test_calibration_images_come_from_the_declared_dependency_and_repeat() -> No
 
 
 def test_without_an_int8_network_the_engine_runs_native_and_says_why(tmp_path: Path, caplog) -> None:
-    settings = Settings(models_dir=_models_dir_with_weights(tmp_path))
+    settings = Settings(models_dir=_models_dir_with_weights(tmp_path), precision="int8")
     with caplog.at_level(logging.INFO, "cutout.inference"):
         engine = create_engine(settings, "isnet", 768)
     assert isinstance(engine, OpenVinoEngine) and engine.precision in ("f32", "bf16")
@@ -98,7 +98,7 @@ def test_without_an_int8_network_the_engine_runs_native_and_says_why(tmp_path: P
 
 def test_u2netp_stays_native_and_the_log_says_why(caplog) -> None:
     with caplog.at_level(logging.INFO, "cutout.inference"):
-        engine = create_engine(SHIPPED, "u2netp", 320)
+        engine = create_engine(SHIPPED.model_copy(update={"precision": "int8"}), "u2netp", 320)
     assert engine.precision != "int8"
     assert "u2netp has no INT8 recipe" in caplog.text
 
@@ -107,7 +107,7 @@ def test_u2netp_stays_native_and_the_log_says_why(caplog) -> None:
 def test_a_stale_int8_network_is_not_used(tmp_path: Path, caplog) -> None:
     models = _models_dir_with_weights(tmp_path)
     shutil.copytree(MODELS_DIR / quantization.INT8_DIR, models / quantization.INT8_DIR)
-    settings = Settings(models_dir=models)
+    settings = Settings(models_dir=models, precision="int8")
     assert create_engine(settings, "isnet", 768).precision == "int8"
     record = quantization.int8_path(settings, "isnet", 768).with_suffix(".json")
     made = json.loads(record.read_text())

@@ -161,7 +161,7 @@ def test_json_answer_with_mask(live_server: LiveServer, api_key: str, plain: np.
     )
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"image", "mask"}
+    assert set(body) == {"image", "mask", "confidence"}
     assert set(body["image"]) == {"url", "content_type", "file_name", "file_size", "width", "height"}
     assert body["image"]["file_name"] == "cutout.png" and body["mask"]["file_name"] == "mask.png"
     image, mask = _decode_file(body["image"]), _decode_file(body["mask"])
@@ -197,7 +197,8 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
         ({"image_data_uri": "not a data uri"}, "invalid_image"),
         ({"image_data_uri": "data:image/png;base64,@@@"}, "invalid_image"),
         ({"image_data_uri": uri, "image_url": "http://example.invalid/a.png"}, "invalid_parameter"),
-        ({"image_data_uri": uri, "size": "full"}, "invalid_parameter"),
+        ({"image_data_uri": uri, "size": "huge"}, "invalid_parameter"),  # remove.bg's size: no such value
+        ({"image_data_uri": uri, "dimensions": "full"}, "invalid_parameter"),
         ({"image_data_uri": uri, "crop_to_bbox": "maybe"}, "invalid_parameter"),
         ({"image_data_uri": uri, "model": 3}, "invalid_parameter"),
     ]
@@ -212,8 +213,8 @@ def test_json_body_with_data_uri(live_server: LiveServer, api_key: str, plain: n
 
 def test_a_bad_value_is_a_400_that_names_the_field_and_charges_nothing(live_server: LiveServer) -> None:
     key = live_server.create_key(10)
-    body = assert_error(post(live_server, key, {"bg_blur": "0"}), 400, "invalid_parameter")
-    assert "bg_blur" in body["error"]["message"] and "0.5 to 200" in body["error"]["message"]
+    body = assert_error(post(live_server, key, {"bg_blur": "201"}), 400, "invalid_parameter")
+    assert "bg_blur" in body["error"]["message"] and "0 to 200" in body["error"]["message"]
     body = assert_error(
         post(live_server, key, files={"bg_image": ("bg.png", b"not an image", "image/png")}), 400, "invalid_image"
     )

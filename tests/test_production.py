@@ -211,13 +211,15 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones_after_the_dela
     delay_s = 6.0
     server = start_server(data_dir=tmp_path / "drain", CUTOUT_DRAIN_DELAY_S=str(delay_s))
     key = server.create_key(10)
+    # Another client's key: the slow upload holds its own account's one slot from its body on (issue 21).
+    other = server.create_key(10)
     upload = SlowUpload(server, key)
     wait_until(lambda: metric(scrape(server), "cutout_requests_in_flight") == 1, 30, "the upload to be in flight")
 
     signalled = time.monotonic()
     sigterm(server)
     # The delay: the load balancer has not seen /ready yet, so what it still sends is served.
-    during_delay = server.remove(key, model="ghost")
+    during_delay = server.remove(other, model="ghost")
     assert during_delay.status_code == 200, during_delay.text
     # ... and closed after its answer: a keep-alive client reconnects, through the balancer, elsewhere.
     assert during_delay.headers["Connection"] == "close"
@@ -225,7 +227,7 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones_after_the_dela
     assert ready.json() == {"status": "shutting_down"} and ready.headers["Retry-After"] == "1"
     assert requests.get(server.url + "/health", timeout=5).status_code == 200
     time.sleep(max(0.0, signalled + delay_s + 0.2 - time.monotonic()))
-    refused = server.remove(key, model="ghost")
+    refused = server.remove(other, model="ghost")
     assert_error(refused, 503, "shutting_down")
     assert refused.headers["Connection"] == "close" and refused.headers["Retry-After"] == "1"
 
@@ -237,7 +239,8 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones_after_the_dela
     assert server.process is not None
     assert server.process.wait(timeout=30) == 0, server.log()
     server.start()
-    assert server.balance(key) == 8, "the upload and the request during the delay were charged, nothing else"
+    charged = (server.balance(key), server.balance(other))
+    assert charged == (9, 9), "the upload and the request during the delay were charged, nothing else"
 
 
 def test_sigterm_cancels_and_refunds_what_outlives_the_drain(start_server: Callable[..., LiveServer], tmp_path) -> None:

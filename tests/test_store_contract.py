@@ -21,6 +21,7 @@ from app.store import (
     IdempotencyMismatch,
     InsufficientCredits,
     Store,
+    StoredAnswer,
     UnknownAccount,
 )
 from app.store.base import hash_api_key
@@ -206,13 +207,13 @@ async def test_commit_for_less_charges_that_and_gives_the_rest_back_once(backend
     account, _ = await store.create_account(credits=10, plan="free")
     reservation = await store.reserve(account.id, 2, "req_partial")
     assert await balance(store, account.id) == 8
-    assert await store.commit(reservation, 1) is True
+    assert await store.commit(reservation, amount=1) is True
     assert await balance(store, account.id) == 9
-    assert await store.commit(reservation, 1) is True  # a retried commit gives nothing back twice
+    assert await store.commit(reservation, amount=1) is True  # a retried commit gives nothing back twice
     assert await store.refund(reservation) == 9
     assert await balance(store, account.id) == 9
     with pytest.raises(ValueError):
-        await store.commit(await store.reserve(account.id, 1, "req_over"), 2)
+        await store.commit(await store.reserve(account.id, 1, "req_over"), amount=2)
 
 
 async def test_refund_gives_back_once_and_a_refunded_reservation_cannot_be_committed(backend: Backend) -> None:
@@ -339,3 +340,32 @@ async def test_idempotency_keys_are_scoped_to_the_account(backend: Backend) -> N
     await store.commit(await store.reserve(alice.id, 1, "req_a", claim(alice.id, key="same")))
     mine = await store.reserve(bob.id, 1, "req_b", claim(bob.id, key="same"))
     assert not mine.replayed and mine.remaining == 4
+
+
+async def test_a_replay_carries_the_answer_its_commit_kept(backend: Backend) -> None:
+    store, _ = backend
+    account, _ = await store.create_account(credits=10, plan="free")
+    body = bytes(range(256)) * 40  # binary, not text
+    first = await store.reserve(account.id, 2, "req_k1", claim(account.id))
+    assert await store.commit(first, StoredAnswer("image/png", body)) is True
+    retry = await store.reserve(account.id, 2, "req_k2", claim(account.id))
+    assert retry.replayed and retry.answer == StoredAnswer("image/png", body)
+    # Committed without one (an answer over the bound): replayed, with nothing to serve.
+    plain = await store.reserve(account.id, 2, "req_k3", claim(account.id, key="retry-2"))
+    await store.commit(plain)
+    again = await store.reserve(account.id, 2, "req_k4", claim(account.id, key="retry-2"))
+    assert again.replayed and again.answer is None
+    assert await balance(store, account.id) == 6
+
+
+async def test_a_kept_answer_expires_with_its_key(backend: Backend) -> None:
+    store, dump = backend
+    account, _ = await store.create_account(credits=10, plan="free")
+    first = await store.reserve(account.id, 1, "req_e1", claim(account.id, window_s=0.3))
+    await store.commit(first, StoredAnswer("image/png", b"\x89PNG" + b"\0" * 100))
+    await anyio.sleep(0.5)
+    await store.sweep_stale(600)
+    later = await store.reserve(account.id, 1, "req_e2", claim(account.id, window_s=0.3))
+    assert not later.replayed and later.answer is None
+    held = dump()
+    assert 'INSERT INTO "idempotency_answers"' not in held and "answer_type" not in held, "the answer is gone"

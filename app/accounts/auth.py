@@ -2,7 +2,8 @@
 
 `ApiKey: <key>` is the documented header. `X-Api-Key: <key>` (as remove.bg and
 PhotoRoom take it) and `Authorization: Bearer <key>` (what generic HTTP and
-generated OpenAPI clients send) are accepted too; the first one present wins.
+generated OpenAPI clients send) are accepted too, and so is `Authorization: Key <key>` (fal's
+clients); the first one present wins.
 
 Keys are looked up by their SHA-256 digest (the store never holds a key) and
 never logged. Wrong keys count against the client address's failure limit.
@@ -20,6 +21,7 @@ from app.store import Account, Store
 API_KEY_HEADER = "ApiKey"
 X_API_KEY_HEADER = "X-Api-Key"
 MAX_KEY_LENGTH = 200
+AUTHORIZATION_SCHEMES = ("bearer", "key")  # `Authorization: Bearer <key>`, or fal's `Authorization: Key <key>`
 
 
 def presented_key(request: Request) -> str:
@@ -27,7 +29,7 @@ def presented_key(request: Request) -> str:
         if key := request.headers.get(header, "").strip():
             return key
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else ""
+    return credentials.strip() if scheme.lower() in AUTHORIZATION_SCHEMES else ""
 
 
 async def authenticate(request: Request, store: Store, limits: RateLimits) -> Account:
@@ -35,7 +37,7 @@ async def authenticate(request: Request, store: Store, limits: RateLimits) -> Ac
     if not key:
         raise invalid_api_key(
             f"Missing API key: send it in the {API_KEY_HEADER} header "
-            f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>)."
+            f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>, or Authorization: Key <key>)."
         )
     account = await store.account_by_key(key) if len(key) <= MAX_KEY_LENGTH else None
     logged = context.of_scope(request.scope)  # what the access log says of the request

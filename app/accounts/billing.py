@@ -7,7 +7,7 @@ rest back in the same step."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -22,17 +22,25 @@ from app.store import (
     InsufficientCredits,
     Reservation,
     Store,
+    StoredAnswer,
     StoreUnavailable,
 )
 
 log = logging.getLogger("cutout.billing")
 
 
-async def _reserve(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None
+async def reserve(
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None,
+    *,
+    hold_s: float = 0.0,
 ) -> Reservation:
+    """The credits held, or the ApiError the client gets (402, or an Idempotency-Key conflict)."""
     try:
-        return await store.reserve(account.id, amount, request_id, idempotency)
+        return await store.reserve(account.id, amount, request_id, idempotency, hold_s=hold_s)
     except InsufficientCredits as err:
         raise ApiError(
             "insufficient_credits",
@@ -71,10 +79,16 @@ class Bill:
 
 @asynccontextmanager
 async def charge(
-    store: Store, account: Account, amount: int, request_id: str, idempotency: IdempotencyClaim | None = None
+    store: Store,
+    account: Account,
+    amount: int,
+    request_id: str,
+    idempotency: IdempotencyClaim | None = None,
+    keep: Callable[[], StoredAnswer | None] | None = None,
 ) -> AsyncIterator[Bill]:
+    """keep: at the commit, the answer to keep with the Idempotency-Key (None: nothing kept)."""
     # An unlimited account's requests go through the same steps (idempotency included), for nothing.
-    reservation = await _reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
+    reservation = await reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
     bill = Bill(reservation, reservation.amount)
     if reservation.replayed:  # already paid for under this Idempotency-Key
         yield bill
@@ -91,7 +105,8 @@ async def charge(
                 log.warning("refund of %s deferred to the sweeper: store unavailable", reservation.id)
         raise
     with anyio.CancelScope(shield=True):
-        charged = await store.commit(reservation, None if bill.amount == reservation.amount else bill.amount)
+        settled = None if bill.amount == reservation.amount else bill.amount
+        charged = await store.commit(reservation, keep() if keep is not None else None, settled)
     if not charged:
         # Held past reservation_ttl_s and refunded by the sweeper: the work goes undelivered, unpaid.
         raise processing_timeout()

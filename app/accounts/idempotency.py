@@ -19,6 +19,10 @@ from app.store import Account, IdempotencyClaim
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
+# A delivered answer up to this size is kept with its key for the window, and a retry is served those
+# bytes; a larger one is not kept (the store's memory or disk), and its retries are charged like new
+# work: never recomputed for free.
+MAX_STORED_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 def idempotency_digest(account_id: str, client_key: str) -> str:

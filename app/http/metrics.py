@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.http.shutdown import Drain
+from app.http.unsent import UNSENT
 from app.inference.gate import WorkerGate
 
 # Seconds: from a cached 404 up to a big image queued behind others.
@@ -37,16 +38,34 @@ INFERENCE_SECONDS = Histogram(
     ["model", "output"],
     buckets=LATENCY_BUCKETS,
 )
-REQUESTS_IN_FLIGHT = Gauge("cutout_requests_in_flight", "API requests being handled (probes and scrapes excluded).")
+REQUESTS_IN_FLIGHT = Gauge(
+    "cutout_requests_in_flight",
+    "API requests being handled (probes and scrapes excluded), and answers written but not yet read by their clients.",
+)
+UNSENT_BYTES = Gauge(
+    "cutout_unsent_answer_bytes",
+    "Bytes of answers written but not yet read by their clients (closed after send_timeout_s without a read).",
+)
 QUEUE_DEPTH = Gauge("cutout_queue_depth", "Jobs admitted to the worker gate and waiting for a worker.")
 JOBS_IN_FLIGHT = Gauge("cutout_jobs_in_flight", "Jobs admitted to the worker gate (running or waiting).")
 CREDITS_CHARGED = Counter("cutout_credits_charged_total", "Credits committed for delivered results.", ["model"])
 REJECTS = Counter("cutout_rejects_total", "Error responses, by error code.", ["code"])
+JOBS_QUEUED = Gauge("cutout_jobs_queued", "Asynchronous jobs waiting to run (all replicas), as last counted.")
+JOBS_SUBMITTED = Counter("cutout_jobs_submitted_total", "Asynchronous jobs submitted (batch items included).")
+JOBS_FINISHED = Counter("cutout_jobs_finished_total", "Asynchronous jobs ended, by final status.", ["status"])
+JOB_SECONDS = Histogram(
+    "cutout_job_duration_seconds",
+    "Time from an asynchronous job's submission to its result being stored.",
+    buckets=(*LATENCY_BUCKETS, 300.0, 900.0, 3600.0),
+)
+WEBHOOK_ATTEMPTS = Counter("cutout_webhook_attempts_total", "Webhook delivery attempts, by outcome.", ["outcome"])
+WEBHOOK_FAILURES = Counter("cutout_webhook_failures_total", "Webhooks given up after webhook_retry_s.")
 
 
 def watch(gate: WorkerGate, drain: Drain) -> None:
     """Read the gauges from their owners at scrape time, so they cost nothing per request."""
-    REQUESTS_IN_FLIGHT.set_function(lambda: drain.in_flight)
+    REQUESTS_IN_FLIGHT.set_function(lambda: drain.in_flight + UNSENT.connections)
+    UNSENT_BYTES.set_function(lambda: UNSENT.bytes)
     JOBS_IN_FLIGHT.set_function(lambda: gate.in_flight)
     QUEUE_DEPTH.set_function(lambda: max(0, gate.in_flight - gate.workers))
 

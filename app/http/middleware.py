@@ -13,10 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.responses import RedirectResponse
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ApiError, payload_too_large
@@ -248,3 +250,27 @@ class Cors(CORSMiddleware):
             )
             response = error_response(context.of_scope(scope).request_id, err)
         await response(scope, receive, send)
+
+
+def relative_slash_redirects(router: Router) -> None:
+    """Starlette's trailing-slash redirect (`/metrics/` -> `/metrics`, `/v2/rembg` -> `/v2/rembg/`), answered
+    with a relative Location. Starlette's own builds an absolute URL from the client's Host header
+    (`Host: evil.example` -> `http://evil.example/metrics`): a redirect anyone could aim elsewhere."""
+    router.redirect_slashes = False
+    not_found = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "/")
+        if scope["type"] == "http" and path != "/":
+            other = path.rstrip("/") if path.endswith("/") else path + "/"
+            moved = {**scope, "path": other}
+            # Never "//host...": a Location of two slashes names another host.
+            matched = any(route.matches(moved)[0] is not Match.NONE for route in router.routes)
+            if matched and not other.startswith("//"):
+                query = scope.get("query_string", b"").decode("latin-1")
+                location = quote(other, safe="/:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
+                await RedirectResponse(location)(scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+    router.default = default

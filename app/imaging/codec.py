@@ -29,6 +29,12 @@ pillow_heif.register_heif_opener()
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
 ACCEPTED_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF or AVIF"
 
+# Pillow's decoders written in Python, a few interpreter steps per pixel: BMP's RLE8/RLE4 (refused
+# first by imaging.structure, with a clear message), and BLP, DDS, FITS, MSP, PPM, QOI, SGI 16-bit and
+# XPM, formats we do not accept. Switched off, so that no file can reach one.
+Image.init()
+Image.DECODERS.clear()
+
 # Our own limits (probe) are the real gate; Pillow's bomb check would only
 # warn or raise a different error after the fact.
 Image.MAX_IMAGE_PIXELS = None
@@ -92,13 +98,18 @@ def probe(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
 
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16/32-bit grayscale (PNG, TIFF) to 8 bits by scaling: converting directly clips to white."""
-    arr = np.asarray(img, dtype=np.float32)
+    arr = np.array(img, dtype=np.float32)  # a copy of our own, scaled in place below
     if img.mode in _SIXTEEN_BIT_MODES:
         scale = 255.0 / 65535.0
     else:  # "I" / "F" have no fixed range: keep 8-bit-range data, scale anything wider by its peak
         peak = float(arr.max()) if arr.size else 0.0
         scale = 255.0 / peak if peak > 255.0 else 1.0
-    return Image.fromarray((arr * scale + 0.5).clip(0, 255).astype(np.uint8))
+    # In place: one float copy of the image at a time (arr * scale + 0.5, then clip, held three: the
+    # memory admission's 10 B per background pixel was 14 for a 16-bit background).
+    np.multiply(arr, scale, out=arr)
+    np.add(arr, 0.5, out=arr)
+    np.clip(arr, 0, 255, out=arr)
+    return Image.fromarray(arr.astype(np.uint8))
 
 
 # Every 8-bit RGB colour on a 17-step grid (4913 colours): enough to tell sRGB from anything else.
@@ -144,6 +155,7 @@ def _to_srgb(img: Image.Image, icc: bytes, mode: str) -> Image.Image:
 def decode(data: bytes) -> Decoded:
     """Full decode, in a worker thread: first frame, EXIF orientation applied, 8-bit sRGB."""
     img = _open(data)
+    header_size = sorted(img.size)
     try:
         img.seek(0)  # GIF, multi-page TIFF, HEIC sequences: the first frame
         img.load()
@@ -158,6 +170,10 @@ def decode(data: bytes) -> Decoded:
         pixels = np.asarray(img)
     except Exception:
         raise invalid_image("The image is truncated or corrupt and cannot be decoded.") from None
+    if sorted(pixels.shape[:2]) != header_size:
+        # The limits and the memory admission were sized from the header (a crafted HEIF clean
+        # aperture can make them disagree): pixels of another size are not the image we admitted.
+        raise invalid_image("The image's pixels do not match the size its header states.")
     if mode == "RGBA":
         return Decoded(rgb=np.ascontiguousarray(pixels[..., :3]), alpha=np.ascontiguousarray(pixels[..., 3]))
     return Decoded(rgb=pixels, alpha=None)

@@ -55,6 +55,7 @@ class Finish:
 class Composed:
     pixels: np.ndarray  # RGBA, RGB (over an opaque background) or L (a mask)
     mask: np.ndarray | None = None  # the subject's alpha, cropped and scaled as pixels, when asked for
+    crop: Box | None = None  # after a crop: (left, top, right, bottom) of what was kept, in the input's pixels
 
 
 def subject_box(alpha: np.ndarray, finish: Finish) -> Box | None:
@@ -182,11 +183,11 @@ def cutout(
     rgba, photo, alpha = _crop(box, rgba, photo, alpha)
     pixels = _downscale(_background(rgba, photo, finish, background, opaque), finish.max_side)
     kept = _downscale(np.ascontiguousarray(alpha), finish.max_side) if with_mask else None
-    return Composed(np.ascontiguousarray(pixels), None if kept is None else np.ascontiguousarray(kept))
+    return Composed(np.ascontiguousarray(pixels), None if kept is None else np.ascontiguousarray(kept), box)
 
 
 def mask(alpha: np.ndarray, finish: Finish) -> Composed:
     """A mask cropped and scaled as `finish` says (its colour options do not apply)."""
     box = subject_box(alpha, finish) if finish.crop_to_bbox else None
     (alpha,) = _crop(box, alpha)
-    return Composed(np.ascontiguousarray(_downscale(alpha, finish.max_side)))
+    return Composed(np.ascontiguousarray(_downscale(alpha, finish.max_side)), crop=box)

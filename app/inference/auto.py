@@ -22,14 +22,21 @@ class Escalation:
     first_confidence: float  # the first model's, which decided
 
 
-def run(first: Pipeline, then: Pipeline, below: float, decoded: codec.Decoded, cutout: bool) -> Escalation:
+def run(
+    first: Pipeline,
+    then: Pipeline,
+    below: float,
+    decoded: codec.Decoded,
+    cutout: bool,
+    refine_foreground: bool | None = None,
+) -> Escalation:
     alpha, score = first.mask_scored(decoded.rgb)
     checkpoint()
     if score >= below:
-        pixels = first.compose(decoded, alpha) if cutout else alpha
+        pixels = first.compose(decoded, alpha, refine_foreground) if cutout else alpha
         return Escalation(pixels, score, first.name, False, score)
     if cutout:
-        pixels, second = then.cutout_scored(decoded)
+        pixels, second = then.cutout_scored(decoded, refine_foreground=refine_foreground)
     else:
         pixels, second = then.mask_scored(decoded.rgb)
     return Escalation(pixels, second, then.name, True, score)

@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Callable
 
 log = logging.getLogger("cutout.inference")
 
@@ -56,10 +57,17 @@ class MemoryBudget:
         self.capacity = max(0, capacity)
         self.wait_s = wait_s
         self.held = 0
+        # Memory held outside the jobs that counts against the budget too: answers written but not yet
+        # read by their clients (app/http/unsent.py). The one-job-alone exception looks at jobs only.
+        self.outside: Callable[[], int] = lambda: 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
     def _fits(self, need: int) -> bool:
-        return self.held + need <= self.capacity or self.held == 0
+        return self.held + self.outside() + need <= self.capacity or self.held == 0
+
+    def wake(self) -> None:
+        """Memory outside the jobs was freed: admit the waiters that fit now."""
+        self._admit()
 
     async def acquire(self, need: int) -> int:
         """Wait for `need` bytes; returns what was taken (release exactly that)."""

@@ -281,25 +281,31 @@ class Pipeline:
             pred = np.clip((pred - 0.5) * self.spec.edge_contrast + 0.5, 0.0, 1.0)
         return _resize((pred * 255).astype(np.uint8), (width, height), Image.Resampling.LANCZOS), score
 
-    def cutout(self, decoded: codec.Decoded, resolution: str | None = None) -> np.ndarray:
+    def cutout(
+        self, decoded: codec.Decoded, resolution: str | None = None, refine_foreground: bool | None = None
+    ) -> np.ndarray:
         """Full-size RGBA cut-out with straight (not premultiplied) alpha, as PNG expects."""
-        return self.cutout_scored(decoded, resolution)[0]
+        return self.cutout_scored(decoded, resolution, refine_foreground)[0]
 
-    def cutout_scored(self, decoded: codec.Decoded, resolution: str | None = None) -> tuple[np.ndarray, float]:
+    def cutout_scored(
+        self, decoded: codec.Decoded, resolution: str | None = None, refine_foreground: bool | None = None
+    ) -> tuple[np.ndarray, float]:
         """Full-size RGBA cut-out and its mask's confidence."""
         alpha, score = self.mask_scored(decoded.rgb, resolution)
         checkpoint()
-        return self.compose(decoded, alpha), score
+        return self.compose(decoded, alpha, refine_foreground), score
 
-    def compose(self, decoded: codec.Decoded, alpha: np.ndarray) -> np.ndarray:
-        """The cut-out of `decoded` under this model's full-size mask `alpha` (its foreground colour step)."""
+    def compose(self, decoded: codec.Decoded, alpha: np.ndarray, refine_foreground: bool | None = None) -> np.ndarray:
+        """The cut-out of `decoded` under this model's full-size mask `alpha` (its foreground colour step).
+        refine_foreground (fal's): True, the full estimate on soft edges; False, none; None, the model's own."""
         if decoded.alpha is not None:
             # Pixels the upload already made transparent stay transparent.
             alpha = ((alpha.astype(np.uint16) * decoded.alpha + 127) // 255).astype(np.uint8)
         colour = decoded.rgb
-        if self.spec.foreground == "estimate":
+        foreground = self.spec.foreground if refine_foreground is None else "estimate" if refine_foreground else ""
+        if foreground == "estimate":
             colour = estimate_foreground(decoded.rgb, alpha)
-        elif self.spec.foreground == "estimate_fast":
+        elif foreground == "estimate_fast":
             colour = estimate_foreground_fast(decoded.rgb, alpha)
         rgba = np.empty((*alpha.shape, 4), np.uint8)
         # Colour under fully transparent pixels is invisible; zeros there halve PNG size and encode time.

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.errors import error_table
+from app.openapi import jobs
 from app.openapi import options as option_schemas
 from app.openapi.shapes import ERROR_SCHEMA, JSON, SECURITY, SECURITY_SCHEMES, error_response, json_response
 from app.openapi.upload import upload_operation
@@ -29,6 +30,7 @@ from app.settings import Settings
 TAGS = [
     {"name": "Background removal", "description": "Upload a photo, get the cut-out or the mask as PNG bytes."},
     {"name": "Account", "description": "Balance, plan, rate limit and prices."},
+    jobs.TAG,
 ]
 # Answered but left out of the document: the aliases without the trailing slash (the same
 # operations) and the operators' routes (probes, metrics, pages), which API clients do not call.
@@ -44,6 +46,7 @@ UNDOCUMENTED: frozenset[tuple[str, str]] = frozenset(
         ("/openapi.json", "get"),
         ("/docs", "get"),
         ("/demo", "get"),
+        ("/v2/batches/", "post"),
     }
 )
 
@@ -56,8 +59,8 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
             settings,
             "Remove the background",
             "The cut-out: RGBA PNG at the input's displayed size; cropped, in another format, over a background "
-            "or smaller as the options ask; JSON (`sync_mode` or `Accept: application/json`) with the image as a "
-            "data URI.",
+            "or smaller as the options ask; JSON (`sync_mode`, or an `Accept` that prefers JSON) with the image as "
+            "a data URI.",
             mask=False,
         ),
         **removal,
@@ -83,7 +86,12 @@ def operations(settings: Settings) -> dict[str, dict[str, JSON]]:
             **{str(status): error_response(status) for status in (401, 429, 500, 503)},
         },
     }
-    return {"/v2/rembg/": {"post": cutout}, "/v2/rembg/mask/": {"post": mask}, "/v2/account": {"get": account}}
+    return {
+        "/v2/rembg/": {"post": jobs.add_async(cutout, settings)},
+        "/v2/rembg/mask/": {"post": jobs.add_async(mask, settings)},
+        "/v2/account": {"get": account},
+        **jobs.operations(settings),
+    }
 
 
 def _account_schema() -> JSON:
@@ -127,6 +135,11 @@ def _account_schema() -> JSON:
             "rate_limit_reset": {"type": "integer", "description": "Unix time when the window frees up."},
             "models": {"type": "object", "additionalProperties": cost},
             "option_costs": option_costs,
+            "webhook_secret": {
+                "type": "string",
+                "pattern": "^whsec_",
+                "description": "Signs this account's webhooks (Standard Webhooks: `whsec_` + base64 key).",
+            },
         },
     }
 
@@ -149,7 +162,12 @@ def build(settings: Settings) -> JSON:
         "paths": operations(settings),
         "components": {
             "securitySchemes": SECURITY_SCHEMES,
-            "schemas": {"Error": ERROR_SCHEMA, "Account": _account_schema(), **option_schemas.COMPONENTS},
+            "schemas": {
+                "Error": ERROR_SCHEMA,
+                "Account": _account_schema(),
+                **option_schemas.COMPONENTS,
+                **jobs.COMPONENTS,
+            },
         },
     }
 

@@ -19,7 +19,11 @@ SECURITY_SCHEMES: JSON = {
         "name": X_API_KEY_HEADER,
         "description": "The same key, as remove.bg clients send it.",
     },
-    "Bearer": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`."},
+    "Bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The same key as `Authorization: Bearer <key>` (or fal's `Authorization: Key <key>`).",
+    },
 }
 SECURITY: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
 REQUEST_ID = {

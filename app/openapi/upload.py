@@ -5,10 +5,15 @@ from __future__ import annotations
 from app.accounts import idempotency
 from app.openapi import options as option_schemas
 from app.openapi.shapes import INT_HEADER, JSON, REQUEST_ID, SECURITY, error_response
+from app.removal.job import ACCEPT_RULE
+from app.removal.option_table import FLAG_RULE
+from app.removal.respond import FOREGROUND_HEADERS, HEIGHT_HEADER, WIDTH_HEADER
+from app.removal.submission import MAX_FIELD_BYTES
 from app.settings import Settings
 
 # The body is image/png; generators such as openapi-python-client return raw bytes only for
-# application/octet-stream, so the same answer is listed under that name as well.
+# application/octet-stream, so the same bytes are listed under that name as well, and sent as
+# such when the Accept header prefers it (app/removal/job.py ACCEPT_RULE).
 PNG_MEDIA_TYPES = ("image/png", "application/octet-stream")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _ERROR_STATUSES = (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)
@@ -50,6 +55,16 @@ def _success_headers(settings: Settings) -> JSON:
         "X-RateLimit-Limit": INT_HEADER,
         "X-RateLimit-Remaining": INT_HEADER,
         "X-RateLimit-Reset": {"description": "Unix time when the window frees up.", **INT_HEADER},
+        WIDTH_HEADER: {"description": "Width of the result image (px).", **INT_HEADER},
+        HEIGHT_HEADER: {"description": "Height of the result image (px).", **INT_HEADER},
+        **{
+            name: {
+                "description": f"Only after a crop: the {what} of the cropped rectangle (margin included) in the "
+                "input photo's pixels, to place the result back on the photo (remove.bg's header).",
+                **INT_HEADER,
+            }
+            for name, what in zip(FOREGROUND_HEADERS, ("left edge", "top edge", "width", "height"), strict=True)
+        },
         idempotency.REPLAYED_HEADER: {
             "description": "`true` when this is a retry of a request already paid for (then X-Credits-Charged is 0).",
             "schema": {"type": "string", "enum": ["true"]},
@@ -75,18 +90,30 @@ def _form(settings: Settings, mask: bool) -> JSON:
         "EXIF orientation is applied." + option_schemas.IMAGE_URL_IN_FORM
     )
     resolution = (
-        "The size the network runs at (default: the model's own). Each model accepts "
+        "The size the network runs at (`auto`, the default: the model's own). Each model accepts "
         "some of these (GET /v2/account lists them with their cost); another is a 400."
     )
+    # Not required: a field image_url may stand instead (the parser answers 400 when neither is there).
+    # Defaults a form may send back as they are (Swagger UI fills every field from them): "" is left out.
+    fetched = {"type": "string", "maxLength": MAX_FIELD_BYTES, "default": ""}
+    urls: JSON = {"image_url": {**fetched, "description": "Instead of `image`: fetch the photo from this URL."}}
+    if not mask:
+        urls["bg_image_url"] = {**fetched, "description": option_schemas.BG_IMAGE_URL}
     return {
         "schema": {
             "type": "object",
-            "required": ["image"],
             "additionalProperties": False,
+            "description": "The photo as the file part `image`, or its URL in `image_url`. " + FLAG_RULE,
             "properties": {
                 "image": {"type": "string", "format": "binary", "description": image},
+                **urls,
                 "model": {"type": "string", "enum": _model_names(settings), "default": settings.default_model},
-                "operating_resolution": {"type": "string", "enum": _resolutions(settings), "description": resolution},
+                "operating_resolution": {
+                    "type": "string",
+                    "enum": ["auto", *_resolutions(settings)],
+                    "default": "auto",
+                    "description": resolution,
+                },
                 **option_schemas.form_properties(mask),
             },
         },
@@ -110,7 +137,9 @@ def _request_body(settings: Settings, mask: bool) -> JSON:
 def _responses(settings: Settings, png: str) -> JSON:
     return {
         "200": {
-            "description": png + " Sent as `image/png` unless `output_format` or a JSON answer is asked for.",
+            "description": png
+            + " Sent as `image/png` unless `output_format` or a JSON answer is asked for. "
+            + ACCEPT_RULE,
             "headers": _success_headers(settings),
             "content": {
                 **{media_type: _BINARY for media_type in PNG_MEDIA_TYPES},

@@ -1,17 +1,21 @@
 """Planning a removal: from a Submission to a typed, frozen Job, before anything is reserved.
 
 Everything that can refuse a request before credits are reserved happens here, in three steps:
-`order` checks what is asked (the operating resolution, the options, the answer's shape, a
-background image's header) and prices it; `fetch_photo` brings an image_url's bytes; `job` checks
-the photo's header and estimates the memory. The Job is all the rest of the request needs:
-what to run (app/removal/render.py), what to charge, the Idempotency-Key fingerprint, the
-memory estimate and the answer's shape (app/removal/respond.py).
+`order` checks what is asked (the operating resolution, the options, the answer's shape) and prices
+it; `fetch_photo` brings an image_url's bytes; `job` checks the photo's and a background's headers
+(inside the account's slot and the memory admission) and estimates the memory. The Job is all the
+rest of the request needs: what to run (app/removal/render.py), what to charge, the Idempotency-Key
+fingerprint, the memory estimate and the answer's shape (app/removal/respond.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +33,7 @@ from app.removal.submission import Submission
 from app.settings import Settings
 
 Output = pricing.Output
-Answer = Literal["image", "json"]
+Answer = Literal["image", "bytes", "json"]  # bytes: the image sent as application/octet-stream
 Source = Literal["upload", "image_url"]
 AUTO = "auto"  # model=auto: config/models.toml [auto]
 
@@ -57,7 +61,6 @@ class Order:
     answer: Answer
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
-    background_pixels: int  # of a bg_image, for the memory estimate
     escalation: Escalation | None = None  # model=auto
 
     @property
@@ -85,8 +88,61 @@ class Job:
     memory_bytes: int  # the estimated peak, for the memory admission
 
 
+JSON_TYPE = "application/json"
+OCTET_TYPE = "application/octet-stream"
+ACCEPT_RULE = (
+    "Without `sync_mode`, the answer is JSON only when the `Accept` header ranks `application/json` strictly "
+    "above the image type the answer would have (`image/png`, `image/webp` or `image/jpeg`) and above "
+    "`application/octet-stream`: each type's preference is the q-value (default 1) of the most specific range "
+    "naming it (`image/png`, else `image/*`, else `*/*`; `application/json`, else `application/*`, else `*/*`), "
+    "0 when none does. Equal preferences give the image: `*/*`, a browser's Accept and axios's "
+    "`application/json, text/plain, */*` get the image; `Accept: application/json` alone, or "
+    "`application/json, image/*;q=0.5`, get JSON. The image's bytes come as `application/octet-stream` only "
+    "when that ranks strictly above the image type (what some generated clients ask for)."
+)
+
+
+def _preferences(accept: str) -> dict[str, float]:
+    """Media range -> q-value; a malformed q counts as 1 (a client that lists a type wants it)."""
+    ranks: dict[str, float] = {}
+    for part in accept.split(","):
+        media_range, *params = (piece.strip() for piece in part.split(";"))
+        if not media_range:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    q = 1.0
+        media_range = media_range.lower()
+        ranks[media_range] = max(q, ranks.get(media_range, 0.0))
+    return ranks
+
+
+def _quality(ranks: dict[str, float], media_type: str) -> float:
+    kind = media_type.split("/")[0]
+    for media_range in (media_type, f"{kind}/*", "*/*"):
+        if media_range in ranks:
+            return ranks[media_range]
+    return 0.0
+
+
+def preferred(accept: str, image_type: str = "image/png") -> Answer:
+    """ACCEPT_RULE: JSON only when the client prefers it, strictly, to the image it would get; the
+    image as application/octet-stream only when that is preferred, strictly, to its own type."""
+    ranks = _preferences(accept)
+    image, octet = _quality(ranks, image_type), _quality(ranks, OCTET_TYPE)
+    if _quality(ranks, JSON_TYPE) > max(image, octet):
+        return "json"
+    return "bytes" if octet > image else "image"
+
+
 def wants_json(accept: str) -> bool:
-    return "application/json" in {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    """Whether the Accept header asks for the JSON answer (ACCEPT_RULE): what an asynchronous job keeps."""
+    return preferred(accept) == "json"
 
 
 def offered(settings: Settings, registry: ModelRegistry) -> list[str]:
@@ -115,7 +171,7 @@ def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -
 
 def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
     """The resolution asked for (default: the model's own), or a 400 naming those the model accepts."""
-    if value is None:
+    if value is None or value.strip().lower() == "auto":  # auto: the model's own (the form's default)
         return pipeline.resolutions[0]
     if value.strip().lower() in pipeline.resolutions:
         return value.strip().lower()
@@ -126,34 +182,66 @@ def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
 
 
 def _answer(chosen: options.Options, accept: str) -> Answer:
-    json_answer = chosen.sync_mode if chosen.sync_mode is not None else wants_json(accept)
-    if chosen.output_mask and not json_answer:
+    by_accept = preferred(accept, codec.CONTENT_TYPES[chosen.output_format])
+    answer: Answer = by_accept
+    if chosen.sync_mode is not None:  # it decides JSON or not; Accept still picks the bytes' media type
+        answer = "json" if chosen.sync_mode else ("image" if by_accept == "json" else by_accept)
+    if chosen.output_mask and answer != "json":
         raise invalid_parameter(
             "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
         )
-    return "json" if json_answer else "image"
+    return answer
 
 
-def _probe_background(data: bytes, settings: Settings) -> tuple[str, int]:
-    """The background's header checked like an upload's: its digest for the Idempotency-Key
-    fingerprint, and its pixels for the memory admission."""
+def _probe_background(data: bytes, settings: Settings) -> int:
+    """The background's header checked like an upload's: its pixels, for the memory admission."""
     try:
         info = codec.probe(data, max_pixels=settings.max_pixels, max_side=settings.max_side)
     except ApiError as err:
         if err.code == "image_too_large":
             raise codec.image_too_large(f"bg_image: {err.message}") from None
         raise invalid_image(f"bg_image: {err.message}") from None
-    return hashlib.sha256(data).hexdigest(), info.width * info.height
+    return info.width * info.height
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_headers(image: bytes, background: bytes | None, settings: Settings) -> tuple[codec.ImageInfo, int]:
+    """The photo's header, and the background's pixels (0 without one)."""
+    info = codec.probe(image, max_pixels=settings.max_pixels, max_side=settings.max_side)
+    return info, 0 if background is None else _probe_background(background, settings)
+
+
+# Held in the memory admission while headers are checked, beside the uploads themselves: what Pillow
+# builds from a header that imaging.structure lets through (a TIFF of 65536 strips: ~15 MB).
+HEADER_CHECK_BYTES = 32 * 1024 * 1024
+
+Admit = Callable[[int], AbstractAsyncContextManager[None]]
 
 
 async def fetch_photo(sub: Submission, settings: Settings) -> bytes:
     """The photo at the submission's image_url, or the 400 that says why not."""
     if sub.image_url is None:
         raise invalid_image("No image: send an image or an image_url.")  # a Submission has one or the other
+    return await _fetched(sub.image_url, settings)
+
+
+def output_of(sub: Submission, route: Output) -> Output:
+    """The route's output, or the mask when `channels=alpha` (remove.bg's, PhotoRoom's) asks for it."""
+    if sub.output is None or sub.output == route:
+        return route
+    if route == "mask":
+        raise invalid_parameter("POST /v2/rembg/mask/ answers the mask; channels=rgba asks for POST /v2/rembg/.")
+    return "mask"
+
+
+async def _fetched(url: str, settings: Settings) -> bytes:
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
     return await fetch.fetch_image(
-        sub.image_url,
+        url,
         allow=parse_networks(settings.fetch_allow),
         max_bytes=settings.max_body_bytes,
         connect_timeout_s=settings.fetch_connect_timeout_s,
@@ -163,7 +251,7 @@ async def fetch_photo(sub: Submission, settings: Settings) -> bytes:
 
 def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     used = {
-        "image_url": sub.image_url is not None,
+        "image_url": sub.image_url is not None or sub.bg_image_url is not None,  # a fetch, of either
         "bg_blur": chosen.finish.bg_blur is not None,
         "bg_image": chosen.bg_image is not None,
         "shadow": chosen.finish.shadow,
@@ -171,32 +259,47 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
+def _escalation(then: Pipeline, first_price: int, output: Output, used: set[str], settings: Settings) -> Escalation:
+    """model=auto's second model and both prices (the options priced alike for either)."""
+    assert settings.auto is not None
+    then_price = pricing.cost(settings, then.spec, then.resolutions[0], output, used)
+    return Escalation(then, settings.auto.below, first_price, then_price)
+
+
 async def order(
-    sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, then: Pipeline | None = None
+    sub: Submission,
+    pipeline: Pipeline,
+    output: Output,
+    accept: str,
+    settings: Settings,
+    fetch_background: bool = True,
+    then: Pipeline | None = None,
 ) -> Order:
-    """What the submission asks of `pipeline` (model=auto: escalating to `then`), or the 4xx that refuses it."""
+    """What the submission asks of `pipeline` (model=auto: escalating to `then`), or the 4xx that refuses it.
+    fetch_background=False: a bg_image_url is priced and checked but not fetched (an asynchronous job's
+    submission; it is fetched when the job runs)."""
     if then is not None and sub.operating_resolution is not None:
         raise invalid_parameter(
             "model=auto runs each model at its own operating resolution: leave operating_resolution out."
         )
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
-    chosen = options.parse(sub.fields, sub.bg_image, mask=output == "mask")
+    if sub.bg_image is not None and sub.bg_image_url is not None:
+        raise invalid_parameter("Send either a bg_image or a bg_image_url, not both.")
+    # A background to fetch stands as a placeholder while the options are checked (nothing fetched yet).
+    background = b"" if sub.bg_image_url is not None else sub.bg_image
+    chosen = options.parse(sub.fields, background, mask=output == "mask")
+    if sub.bg_image_url is not None and fetch_background:  # remove.bg's: fetched like image_url
+        chosen = dataclasses.replace(chosen, bg_image=await _fetched(sub.bg_image_url, settings))
     fingerprint = chosen.fingerprint()
     used = _priced_options(sub, chosen)
     price = pricing.cost(settings, pipeline.spec, resolution, output, used)
-    escalation = None
-    if then is not None:
-        assert settings.auto is not None
-        then_price = pricing.cost(settings, then.spec, then.resolutions[0], output, used)
-        escalation = Escalation(then, settings.auto.below, price, then_price)
-        price = max(price, then_price)
+    escalation = None if then is None else _escalation(then, price, output, used, settings)
+    price = price if escalation is None else max(price, escalation.then_price)
     answer = _answer(chosen, accept)
-    background_digest, background_pixels = "", 0
+    background_digest = ""
     if chosen.bg_image is not None:
-        # Off the event loop: work proportional to the upload (header walks, hashing).
-        background_digest, background_pixels = await anyio.to_thread.run_sync(
-            _probe_background, chosen.bg_image, settings
-        )
+        # Off the event loop: work proportional to the upload. Its header is checked with the photo's (job).
+        background_digest = await anyio.to_thread.run_sync(_digest, chosen.bg_image)
     return Order(
         source="upload" if sub.image is not None else "image_url",
         pipeline=pipeline,
@@ -206,22 +309,24 @@ async def order(
         answer=answer,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
-        background_pixels=background_pixels,
         escalation=escalation,
     )
 
 
-async def job(asked: Order, image: bytes, settings: Settings) -> Job:
-    """The order with its photo, whose header is checked (400/413) before any pixel is decoded."""
-    probe = functools.partial(codec.probe, image, max_pixels=settings.max_pixels, max_side=settings.max_side)
-    info = await anyio.to_thread.run_sync(probe)
+async def job(asked: Order, image: bytes, settings: Settings, admit: Admit | None = None) -> Job:
+    """The order with its photo, whose header (and a background's) is checked (400/413) before any pixel
+    is decoded: in a thread, inside `admit` (the memory admission: WorkerGate.admitted)."""
+    check = functools.partial(_check_headers, image, asked.options.bg_image, settings)
+    held = HEADER_CHECK_BYTES + len(image) + len(asked.options.bg_image or b"")
+    async with admit(held) if admit is not None else contextlib.nullcontext():
+        info, background_pixels = await anyio.to_thread.run_sync(check)
     # The model's measured cost for these pixels, plus what the options add (a background image's decode).
     pixels = info.width * info.height
     memory = asked.pipeline.spec.peak_bytes(pixels)
     if asked.escalation is not None:
         # One after the other: the larger peak, and the first's full-size mask held meanwhile.
         memory = max(memory, asked.escalation.then.spec.peak_bytes(pixels)) + pixels
-    memory += asked.background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
+    memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
     return Job(order=asked, image=image, memory_bytes=memory)
 
 
@@ -242,7 +347,6 @@ def plain(
         answer="image",
         price=0,
         fingerprint="",
-        background_pixels=0,
         escalation=escalation,
     )
     return Job(order=asked, image=image, memory_bytes=0)

@@ -15,8 +15,15 @@ from app.imaging.compose import SHADOW_BLUR_SHARE, SHADOW_OFFSET_X_SHARE, SHADOW
 
 # What a form field may hold; /openapi.json documents these same patterns, and the parser is
 # never more lenient than the document (schemathesis sends values just outside them).
+# A flag's words, in any case (Python's `True`, PHP's "" for false); JSON's true/false and 1/0 too.
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
+# Any option's empty value is as if the field were left out (for a flag: false): a form (PHP, Swagger
+# UI, an HTML form) sends every field it has.
+FLAG_RULE = (
+    "Flags take `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off` in any case (JSON: `true`/`false` or "
+    "`1`/`0`); any option sent empty counts as left out, so an empty flag is `false`."
+)
 FORMAT_NAMES = ("png", "webp", "jpeg", "jpg")
 DECIMAL = r"^[0-9]+(\.[0-9]+)?$"
 INTEGER = r"^[0-9]+$"
@@ -90,9 +97,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "bg_blur",
         "number",
-        "Keep the photo's own background, Gaussian-blurred with this radius ({low}-{high} px), behind the sharp "
-        "subject. Opaque.",
-        0.5,
+        "Keep the photo's own background, Gaussian-blurred with this radius ({low}-{high} px; 0: none), behind the "
+        "sharp subject. Opaque.",
+        0,
         MAX_BLUR_PX,
         examples=("12",),
     ),
@@ -138,16 +145,18 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_side",
         "integer",
-        "Downscale the finished result so its longer side is at most this; never upscales.",
-        1,
+        "Downscale the finished result so its longer side is at most this; never upscales; 0: full size.",
+        0,
         100000,
+        default="0",
         on_mask=True,
         examples=("1024",),
     ),
     Option(
         "sync_mode",
         "bool",
-        "`true`: answer JSON with the image as a data URI (as does `Accept: application/json`).",
+        "`true`: answer JSON with the image as a data URI; `false`: the image's bytes; left out: as the `Accept` "
+        "header prefers (JSON only when it ranks JSON above the image).",
         default="by `Accept`",
         on_mask=True,
     ),
@@ -156,6 +165,13 @@ OPTIONS: tuple[Option, ...] = (
         "bool",
         "With a JSON answer: add the mask (same crop, size and format) as `mask`.",
         default="false",
+    ),
+    Option(
+        "refine_foreground",
+        "bool",
+        "Estimate the subject's own colours on soft edges (hair, fur: no halo of the old background) with the full "
+        "estimate, as fal's `refine_foreground`; `false` keeps the photo's colours. Default: {default}.",
+        default="the model's own (the full estimate on aurora, a fast one at 1/8 size on ghost and falcon)",
     ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
@@ -198,4 +214,72 @@ def reference_markdown() -> str:
             f"| `{option.name}` | {_SHOWN_KIND[option.kind]} | {_range(option)} | {default} | {mask} | "
             f"{describe(option)} |"
         )
+    return "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another API's name for one of our fields, accepted as that field where the meaning is the same.
+
+    `values` translates their values to ours (matched in any case); with `closed`, only those are
+    accepted. docs/migrating.md's table is rendered from ALIASES and SAME_NAMES (`aliases_markdown`).
+    """
+
+    name: str
+    ours: str
+    apis: str
+    values: tuple[tuple[str, str], ...] = ()
+    closed: bool = False
+    note: str = ""
+
+
+# remove.bg's and PhotoRoom's `size`, as the longer side it allows (0: the full size). Their preview is
+# up to 0.25 MP (625 x 400), medium up to 1.5 MP, hd up to 4 MP: the nearest longer sides.
+SIZE_SIDES = (("preview", "625"), ("small", "625"), ("regular", "625"), ("medium", "1500"), ("hd", "2500"))
+SIZE_FULL = (("full", "0"), ("4k", "0"), ("50mp", "0"), ("auto", "0"))
+CHANNELS = (("rgba", "cutout"), ("alpha", "mask"))
+MASK_ROUTE = "POST /v2/rembg/mask/"
+
+ALIASES: tuple[Alias, ...] = (
+    Alias("image_file", "image", "remove.bg, PhotoRoom", note="the photo's file part"),
+    Alias("image_file_b64", "image_data_uri", "remove.bg", note="plain base64 (a data URI works too), in a JSON body"),
+    Alias("bg_image_file", "bg_image", "remove.bg", note="the background's file part"),
+    Alias("format", "output_format", "remove.bg, PhotoRoom", values=(("auto", "png"), ("jpg", "jpeg"))),
+    Alias(
+        "size",
+        "max_side",
+        "remove.bg, PhotoRoom",
+        values=SIZE_SIDES + SIZE_FULL,
+        closed=True,
+        note="preview/small/regular: 625, medium: 1500, hd: 2500, full/4k/50MP/auto: full size",
+    ),
+    Alias("crop", "crop_to_bbox", "remove.bg, PhotoRoom"),
+    Alias("add_shadow", "shadow", "remove.bg"),
+    Alias(
+        "channels", MASK_ROUTE, "remove.bg, PhotoRoom", values=CHANNELS, closed=True, note="`alpha`: the mask instead"
+    ),
+)
+ALIAS_BY_NAME = {alias.name: alias for alias in ALIASES}
+# Their names that are ours already, with the same meaning.
+SAME_NAMES: tuple[tuple[str, str], ...] = (
+    ("image_url", "remove.bg, fal"),
+    ("bg_image_url", "remove.bg"),
+    ("bg_color", "remove.bg, PhotoRoom"),
+    ("crop_margin", "remove.bg"),
+    ("output_format", "fal"),
+    ("operating_resolution", "fal"),
+    ("refine_foreground", "fal"),
+    ("sync_mode", "fal"),
+    ("output_mask", "fal"),
+)
+
+
+def aliases_markdown() -> str:
+    """ALIASES and SAME_NAMES as the Markdown table of docs/migrating.md."""
+    rows = ["| their field | APIs | ours | values |", "|---|---|---|---|"]
+    for alias in ALIASES:
+        values = alias.note or ", ".join(f"`{theirs}` as `{ours}`" for theirs, ours in alias.values) or "the same"
+        rows.append(f"| `{alias.name}` | {alias.apis} | `{alias.ours}` | {values} |")
+    for name, apis in SAME_NAMES:
+        rows.append(f"| `{name}` | {apis} | `{name}` | the same |")
     return "\n".join(rows) + "\n"

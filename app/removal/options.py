@@ -47,6 +47,7 @@ class Options:
     bg_image: bytes | None = None
     sync_mode: bool | None = None  # None: decided by the Accept header
     output_mask: bool = False
+    refine_foreground: bool | None = None  # None: the model's own
 
     def fingerprint(self) -> str:
         """What the Idempotency-Key fingerprint adds for these options ("" for none, as before)."""
@@ -59,6 +60,7 @@ class Options:
             "quality": self.quality,
             "bg_image": None if self.bg_image is None else len(self.bg_image),
             "output_mask": self.output_mask,
+            **({} if self.refine_foreground is None else {"refine_foreground": self.refine_foreground}),
         }
         return json.dumps(described, sort_keys=True)
 
@@ -69,11 +71,15 @@ def _bad(option: Option, value: object, accepts: str) -> ApiError:
 
 
 def _bool(option: Option, value: object) -> dict[str, Any]:
+    """FLAG_RULE: true/false, 1/0, yes/no, on/off in any case (empty values never get here: left out)."""
     if isinstance(value, bool):
         return {option.name: value}
-    if isinstance(value, str) and value in TRUE_WORDS + FALSE_WORDS:
-        return {option.name: value in TRUE_WORDS}
-    raise _bad(option, value, "true or false")
+    if isinstance(value, int) and value in (0, 1):  # JSON's 1/0
+        return {option.name: bool(value)}
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return {option.name: word in TRUE_WORDS}
+    raise _bad(option, value, "true or false (or 1/0, yes/no, on/off, in any case)")
 
 
 def _checked_number(option: Option, value: object, *, integer: bool) -> float:
@@ -188,11 +194,16 @@ def _implied(values: dict[str, Any]) -> dict[str, Any]:
             values = {name: value for name, value in values.items() if name not in _SHADOW_TUNABLES}
     if values.get("output_format", "png") == "png":
         values.pop("quality", None)
+    for name in ("max_side", "bg_blur"):  # 0: the full size, no blurred background (as left out)
+        if values.get(name) == 0:
+            del values[name]
     return values
 
 
 def parse(given: Mapping[str, object], bg_image: bytes | None, *, mask: bool) -> Options:
     """Options from the request's fields (names already checked against FIELDS)."""
+    # An empty value is as if the field were left out (FLAG_RULE): forms send every field they have.
+    given = {name: value for name, value in given.items() if not (isinstance(value, str) and not value.strip())}
     if mask:
         _refuse_on_mask(given, bg_image)
     values: dict[str, Any] = {}
@@ -208,7 +219,8 @@ def parse(given: Mapping[str, object], bg_image: bytes | None, *, mask: bool) ->
 
 
 def _check_contradictions(options: Options, given: set[str]) -> None:
-    backgrounds: list[str] = [name for name in ("bg_color", "bg_blur") if name in given]
+    finish = options.finish
+    backgrounds = [name for name, value in (("bg_color", finish.bg_color), ("bg_blur", finish.bg_blur)) if value]
     if options.bg_image is not None:
         backgrounds.append("bg_image")
     if len(backgrounds) > 1:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.errors import ApiError, invalid_image
 from app.imaging import codec, compose
 from app.inference import auto
 from app.inference.cancel import checkpoint
-from app.removal.job import Job
+from app.removal.job import Job, Order
 from app.removal.options import Options
 
 
@@ -25,6 +26,16 @@ class Finished:
     width: int
     height: int
     mask: bytes | None = None  # the mask in the same format and geometry, when output_mask
+    # After a crop: the kept rectangle (left, top, width, height) in the input photo's pixels, margin
+    # included, so a client can place the result back on the photo (remove.bg's X-Foreground-* headers).
+    foreground: tuple[int, int, int, int] | None = None
+
+
+def _rectangle(box: compose.Box | None) -> tuple[int, int, int, int] | None:
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    return left, top, right - left, bottom - top
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,26 @@ def _encoded(pixels: np.ndarray, chosen: Options, png_level: int, png_fast: bool
     return codec.encode(pixels, chosen.output_format, chosen.quality, png_level, png_fast)
 
 
-def finish_cutout(rgba: np.ndarray, photo: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> Finished:
-    """The model's cut-out composed and encoded as `chosen` says; photo: the decoded input, same size."""
-    background = codec.decode(chosen.bg_image).rgb if chosen.bg_image is not None else None
+def decode_background(data: bytes) -> np.ndarray:
+    """A bg_image's pixels (RGB), or 400 invalid_image naming it."""
+    try:
+        return codec.decode(data).rgb
+    except ApiError as err:
+        raise invalid_image(f"bg_image: {err.message}") from None
+
+
+def finish_cutout(
+    rgba: np.ndarray,
+    photo: np.ndarray,
+    chosen: Options,
+    png_level: int,
+    png_fast: bool,
+    background: np.ndarray | None = None,
+) -> Finished:
+    """The model's cut-out composed and encoded as `chosen` says; photo: the decoded input, same size;
+    background: chosen.bg_image decoded (decode_background), when the caller decoded it first."""
+    if background is None and chosen.bg_image is not None:
+        background = decode_background(chosen.bg_image)
     opaque = chosen.output_format == "jpeg"
     composed = compose.cutout(
         rgba, photo, chosen.finish, background=background, opaque=opaque, with_mask=chosen.output_mask
@@ -52,37 +80,48 @@ def finish_cutout(rgba: np.ndarray, photo: np.ndarray, chosen: Options, png_leve
     checkpoint()
     height, width = composed.pixels.shape[:2]
     mask = None if composed.mask is None else _encoded(composed.mask, chosen, png_level, False)
-    return Finished(_encoded(composed.pixels, chosen, png_level, png_fast), width, height, mask)
+    body = _encoded(composed.pixels, chosen, png_level, png_fast)
+    return Finished(body, width, height, mask, _rectangle(composed.crop))
 
 
 def finish_mask(alpha: np.ndarray, chosen: Options, png_level: int) -> Finished:
     composed = compose.mask(alpha, chosen.finish)
     checkpoint()
     height, width = composed.pixels.shape[:2]
-    return Finished(_encoded(composed.pixels, chosen, png_level, False), width, height)
+    return Finished(_encoded(composed.pixels, chosen, png_level, False), width, height, None, _rectangle(composed.crop))
+
+
+def _network(asked: Order, decoded: codec.Decoded) -> tuple[np.ndarray, tuple[float, str, str, bool | None]]:
+    """The model's mask (or cut-out) of the photo, and (confidence, model, resolution, escalated) of the
+    answer: model=auto's escalation decides which model's it is."""
+    refine = asked.options.refine_foreground
+    if asked.escalation is not None:
+        then = asked.escalation.then
+        answer = auto.run(asked.pipeline, then, asked.escalation.below, decoded, asked.output == "cutout", refine)
+        if answer.escalated:
+            return answer.pixels, (answer.confidence, then.name, then.resolutions[0], True)
+        return answer.pixels, (answer.confidence, asked.pipeline.name, asked.resolution, False)
+    if asked.output == "mask":
+        pixels, score = asked.pipeline.mask_scored(decoded.rgb, asked.resolution)
+    else:
+        pixels, score = asked.pipeline.cutout_scored(decoded, asked.resolution, refine)
+    return pixels, (score, asked.pipeline.name, asked.resolution, None)
 
 
 def render(job: Job, png_level: int, png_fast: bool) -> Result:
     """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
     asked = job.order
     started = time.perf_counter()
+    # Every input is decoded before the model runs, the background first: a file that fails to decode is
+    # refused (and refunded) for the cost of its decode, never after a whole inference.
+    background = decode_background(asked.options.bg_image) if asked.options.bg_image is not None else None
     decoded = codec.decode(job.image)
     checkpoint()
-    model, resolution, escalated = asked.pipeline.name, asked.resolution, None
-    if asked.escalation is not None:
-        then = asked.escalation.then
-        answer = auto.run(asked.pipeline, then, asked.escalation.below, decoded, asked.output == "cutout")
-        pixels, score, escalated = answer.pixels, answer.confidence, answer.escalated
-        if escalated:
-            model, resolution = then.name, then.resolutions[0]
-    elif asked.output == "mask":
-        pixels, score = asked.pipeline.mask_scored(decoded.rgb, asked.resolution)
-    else:
-        pixels, score = asked.pipeline.cutout_scored(decoded, asked.resolution)
+    pixels, answered = _network(asked, decoded)
     checkpoint()
     if asked.output == "mask":
         finished = finish_mask(pixels, asked.options, png_level)
     else:
-        finished = finish_cutout(pixels, decoded.rgb, asked.options, png_level, png_fast)
+        finished = finish_cutout(pixels, decoded.rgb, asked.options, png_level, png_fast, background)
     content_type = codec.CONTENT_TYPES[asked.options.output_format]
-    return Result(finished, content_type, time.perf_counter() - started, score, model, resolution, escalated)
+    return Result(finished, content_type, time.perf_counter() - started, *answered)

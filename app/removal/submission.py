@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from starlette.datastructures import FormData, UploadFile
@@ -21,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from app.errors import client_closed_request, invalid_image, invalid_parameter
+from app.removal.option_table import ALIAS_BY_NAME, MASK_ROUTE, Alias
 from app.removal.option_table import FIELDS as OPTION_FIELDS
 
 # Text fields are held in memory: each needs a few bytes (an image_url up to 1 KB in a form;
@@ -28,10 +31,14 @@ from app.removal.option_table import FIELDS as OPTION_FIELDS
 MAX_FIELD_BYTES = 1024
 MAX_FORM_PARTS = 32
 MAX_JSON_URL_CHARS = 8192
-INPUT_FIELDS = frozenset({"image", "image_url", "model", "operating_resolution"})
+INPUT_FIELDS = frozenset({"image", "image_url", "bg_image_url", "model", "operating_resolution", "webhook_url"})
 FORM_FILES = frozenset({"image", "bg_image"})
 FORM_FIELDS = INPUT_FIELDS | OPTION_FIELDS
 JSON_FIELDS = (INPUT_FIELDS - {"image"}) | {"image_data_uri", "bg_image_data_uri"} | (OPTION_FIELDS - {"bg_image"})
+# A name this close to one of ours (difflib's ratio) is answered with "did you mean".
+SUGGEST_CUTOFF = 0.7
+FORM_KNOWN = FORM_FIELDS | set(ALIAS_BY_NAME) - {"image_file_b64"}
+JSON_KNOWN = JSON_FIELDS | set(ALIAS_BY_NAME) - {"image_file", "bg_image_file"}
 SEND_HINT = (
     'Send multipart/form-data with the photo as a file part named "image" '
     '(curl: -F image=@photo.jpg) and optionally a text field "model", '
@@ -48,6 +55,54 @@ class Submission:
     fields: Mapping[str, object] = field(default_factory=dict)  # the option fields, as sent
     bg_image: bytes | None = None
     operating_resolution: str | None = None  # "1024x1024"; None: the model's default
+    bg_image_url: str | None = None  # the background to fetch (remove.bg's bg_image_url)
+    output: str | None = None  # "cutout" or "mask" when `channels` chose it; None: the route's
+    webhook_url: str | None = None  # given: the request becomes an asynchronous job (app/jobs/)
+
+
+def _suggest(unknown: list[str], known: frozenset[str]) -> str:
+    """The unknown names, each with the nearest of ours when one is close ("did you mean")."""
+    shown = []
+    for name in unknown:
+        near = difflib.get_close_matches(name.lower(), sorted(known), n=1, cutoff=SUGGEST_CUTOFF)
+        shown.append(f"{name[:40]!r} (did you mean {near[0]!r}?)" if near else repr(name[:40]))
+    return ", ".join(shown)
+
+
+def _translated(alias: Alias, value: object) -> object:
+    """Their value as ours (option_table.ALIASES); 400 for a value a closed alias does not list."""
+    if not isinstance(value, str) or not alias.values:
+        return value
+    for theirs, ours in alias.values:
+        if value.strip().lower() == theirs:
+            return ours
+    if alias.closed:
+        accepted = ", ".join(theirs for theirs, _ in alias.values)
+        raise invalid_parameter(f"Invalid {alias.name} {value[:40]!r}: {alias.name} accepts {accepted}.")
+    return value
+
+
+def _as_ours(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Other APIs' field names (option_table.ALIASES) as ours, their values translated; an alias
+    sent with the field it stands for is a 400. `channels` keeps its name: it chooses the route."""
+    names = {name for name, _ in pairs}
+    both = sorted(name for name in names if name in ALIAS_BY_NAME and ALIAS_BY_NAME[name].ours in names)
+    if both:
+        choices = ", ".join(f"{name!r} or {ALIAS_BY_NAME[name].ours!r}" for name in both)
+        raise invalid_parameter(f"Send {choices}, not both: they are the same field.")
+    ours: list[tuple[str, Any]] = []
+    for name, value in pairs:
+        alias = ALIAS_BY_NAME.get(name)
+        if alias is None:
+            ours.append((name, value))
+        else:
+            ours.append((name if alias.ours == MASK_ROUTE else alias.ours, _translated(alias, value)))
+    return ours
+
+
+def _blank(name: str, value: object) -> bool:
+    """Options handle their own empty values (app/removal/options.py); these input fields are dropped."""
+    return name in ("image_url", "bg_image_url", "bg_image", "image") and isinstance(value, str) and not value.strip()
 
 
 def _names(names: list[str]) -> str:
@@ -77,26 +132,31 @@ async def read(request: Request) -> Submission:
 
 
 async def _extract(form: FormData) -> Submission:
-    items = form.multi_items()
+    # An empty text field is as if left out (a form sends every field it has, Swagger UI an empty bg_image).
+    items = [(name, value) for name, value in _as_ours(form.multi_items()) if not _blank(name, value)]
+    sent: dict[str, list[Any]] = {}
+    for name, value in items:
+        sent.setdefault(name, []).append(value)
     files = [name for name, value in items if isinstance(value, UploadFile)]
-    unknown = sorted({name for name, _ in items} - FORM_FIELDS)
-    if "image" not in form and "image_url" not in form:
+    unknown = sorted(set(sent) - FORM_FIELDS - {"channels"})
+    if "image" not in sent and "image_url" not in sent:
         got = f" Got a file in {_names(files)}." if files else ""
-        raise invalid_image(f'No file part named "image".{got} {SEND_HINT}')
+        hint = f" Unknown field(s): {_suggest(unknown, FORM_KNOWN)}." if unknown else ""
+        raise invalid_image(f'No file part named "image".{got}{hint} {SEND_HINT}')
     if unknown:
-        raise invalid_parameter(f"Unknown form field(s): {_names(unknown)}. {SEND_HINT}")
-    repeated = sorted({name for name, _ in items if len(form.getlist(name)) > 1})
+        raise invalid_parameter(f"Unknown form field(s): {_suggest(unknown, FORM_KNOWN)}. {SEND_HINT}")
+    repeated = sorted(name for name, values in sent.items() if len(values) > 1)
     if repeated:
         raise invalid_parameter(f"Send each field once; got several {_names(repeated)}. {SEND_HINT}")
     stray = sorted(set(files) - FORM_FILES)
     if stray:
         raise invalid_parameter(f"Send exactly one photo file; {_names(stray)} may not be files. {SEND_HINT}")
-    if "image" in form and "image_url" in form:
+    if "image" in sent and "image_url" in sent:
         raise invalid_parameter('Send either a file part "image" or a field "image_url", not both.')
-    upload = form.get("image")
+    upload = sent.get("image", [None])[0]
     if upload is not None and not isinstance(upload, UploadFile):
         raise invalid_image(f'"image" was sent as a text field; send the photo as a file part. {SEND_HINT}')
-    bg_upload = form.get("bg_image")
+    bg_upload = sent.get("bg_image", [None])[0]
     if bg_upload is not None and not isinstance(bg_upload, UploadFile):
         raise invalid_parameter('"bg_image" was sent as a text field; send the background as a file part.')
     text = {name: value for name, value in items if isinstance(value, str)}
@@ -105,6 +165,9 @@ async def _extract(form: FormData) -> Submission:
         image_url=text.pop("image_url", None),
         model=text.pop("model", None),
         operating_resolution=text.pop("operating_resolution", None),
+        bg_image_url=text.pop("bg_image_url", None) or None,
+        output=text.pop("channels", None),
+        webhook_url=text.pop("webhook_url", None),
         fields=text,
         bg_image=await bg_upload.read() if bg_upload is not None else None,
     )
@@ -138,14 +201,19 @@ def _parse_json(raw: bytes) -> Submission:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise invalid_parameter(f"The JSON body could not be parsed. {SEND_HINT}") from None
+    except RecursionError:  # thousands of nested [ or {: the parser's stack, not our bug
+        raise invalid_parameter(f"The JSON body is nested too deeply. {SEND_HINT}") from None
     if not isinstance(body, dict):
         raise invalid_parameter(f"The JSON body must be an object. {SEND_HINT}")
+    plain_b64 = "image_file_b64" in body  # remove.bg's plain base64, for image_data_uri
+    body = dict(_as_ours(list(body.items())))
     sources = [name for name in ("image_url", "image_data_uri") if name in body]
+    unknown = sorted(set(body) - JSON_FIELDS - {"channels"})
     if not sources:
-        raise invalid_image(f'No image in the JSON body: send "image_url" or "image_data_uri". {SEND_HINT}')
-    unknown = sorted(set(body) - JSON_FIELDS)
+        hint = f" Unknown field(s): {_suggest(unknown, JSON_KNOWN)}." if unknown else ""
+        raise invalid_image(f'No image in the JSON body: send "image_url" or "image_data_uri".{hint} {SEND_HINT}')
     if unknown:
-        raise invalid_parameter(f"Unknown JSON field(s): {_names(unknown)}. {SEND_HINT}")
+        raise invalid_parameter(f"Unknown JSON field(s): {_suggest(unknown, JSON_KNOWN)}. {SEND_HINT}")
     nulls = sorted(name for name, value in body.items() if value is None)
     if nulls:
         raise invalid_parameter(f"JSON field(s) {_names(nulls)} are null: leave a field out for its default.")
@@ -157,13 +225,46 @@ def _parse_json(raw: bytes) -> Submission:
     image_url = body.pop("image_url", None)
     if image_url is not None and (not isinstance(image_url, str) or len(image_url) > MAX_JSON_URL_CHARS):
         raise invalid_parameter(f'"image_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
-    image = decode_data_uri(body.pop("image_data_uri"), "image_data_uri") if "image_data_uri" in body else None
+    image = None
+    if "image_data_uri" in body:
+        value = body.pop("image_data_uri")
+        image = _plain_base64(value) if plain_b64 else decode_data_uri(value, "image_data_uri")
+    bg_image_url = body.pop("bg_image_url", None)
+    if bg_image_url is not None and (not isinstance(bg_image_url, str) or len(bg_image_url) > MAX_JSON_URL_CHARS):
+        raise invalid_parameter(f'"bg_image_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
+    output = body.pop("channels", None)
+    if output is not None and not isinstance(output, str):
+        raise invalid_parameter("channels accepts rgba or alpha.")
     bg_image = None
     if "bg_image_data_uri" in body:
         bg_image = decode_data_uri(body.pop("bg_image_data_uri"), "bg_image_data_uri")
     resolution = body.pop("operating_resolution", None)
     if resolution is not None and not isinstance(resolution, str):
         raise invalid_parameter('"operating_resolution" must be a string, e.g. "1024x1024".')
+    webhook_url = body.pop("webhook_url", None)
+    if webhook_url is not None and (not isinstance(webhook_url, str) or len(webhook_url) > MAX_JSON_URL_CHARS):
+        raise invalid_parameter(f'"webhook_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
     return Submission(
-        image=image, image_url=image_url, model=model, fields=body, bg_image=bg_image, operating_resolution=resolution
+        image=image,
+        image_url=image_url,
+        model=model,
+        fields=body,
+        bg_image=bg_image,
+        operating_resolution=resolution,
+        bg_image_url=bg_image_url or None,
+        output=output,
+        webhook_url=webhook_url,
     )
+
+
+def _plain_base64(value: object) -> bytes:
+    """remove.bg's image_file_b64: the photo's bytes in base64 (a data URI is taken too)."""
+    if isinstance(value, str) and value[:5].lower() == "data:":
+        return decode_data_uri(value, "image_file_b64")
+    hint = "image_file_b64 must be the photo's bytes in base64."
+    if not isinstance(value, str):
+        raise invalid_image(hint)
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_image(f"image_file_b64 is not valid base64. {hint}") from None

@@ -37,6 +37,8 @@ async def account(request: Request) -> JSONResponse:
             "rate_limit_remaining": rate.remaining,
             "rate_limit_reset": int(rate.reset_at),
             **prices,
+            # Standard Webhooks secret that signs this account's webhooks (app/jobs/webhooks.py).
+            **({"webhook_secret": await svc.jobs.secret(acct.id)} if svc.jobs is not None else {}),
         },
         headers=rate.headers(),
     )

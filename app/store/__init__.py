@@ -11,6 +11,7 @@ from app.store.base import (
     InsufficientCredits,
     Reservation,
     Store,
+    StoredAnswer,
     StoreUnavailable,
     UnknownAccount,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Reservation",
     "Store",
     "StoreUnavailable",
+    "StoredAnswer",
     "UnknownAccount",
     "open_store",
 ]

@@ -64,6 +64,14 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True)
+class StoredAnswer:
+    """A delivered answer kept with its Idempotency-Key for the window: a retry is served these bytes."""
+
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
 class Reservation:
     id: str
     account_id: str
@@ -72,6 +80,8 @@ class Reservation:
     idempotency: IdempotencyClaim | None = None
     # A retry of a request already charged: nothing was reserved, nothing is committed.
     replayed: bool = False
+    # With `replayed`: the answer committed under the key (None when none was kept: see commit).
+    answer: StoredAnswer | None = None
 
 
 def new_api_key() -> str:
@@ -127,22 +137,34 @@ class Store(Protocol):
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None: ...
 
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         """Atomically take `amount` credits or raise InsufficientCredits.
 
+        `hold_s`: the sweeper leaves the reservation held at least this long (an asynchronous job
+        holds its credits until it runs; its queue engine refunds it if it never does).
+
         With a claim: a completed request under the same key (and fingerprint)
-        returns a `replayed` reservation of 0 credits; one still in flight raises
+        returns a `replayed` reservation of 0 credits, with the answer its commit kept; one still in flight raises
         IdempotencyInFlight; a different request under the key raises
         IdempotencyMismatch. Repeating a call with the same reservation_id
         reserves once (safe to retry after a lost reply).
         """
         ...
 
-    async def commit(self, reservation: Reservation, amount: int | None = None) -> bool:
+    async def commit(
+        self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
+    ) -> bool:
         """Make the charge final (idempotent). False when the reservation is gone
-        (refunded or swept as stale): then nothing was charged. `amount` (at most the reserved):
-        charge only that and give the rest back in the same step; None: all of it."""
+        (refunded or swept as stale): then nothing was charged. With an Idempotency-Key, `answer`
+        is kept with the key for its window: a replayed reservation carries it. `amount` (at most
+        the reserved): charge only that and give the rest back in the same step; None: all of it."""
         ...
 
     async def refund(self, reservation: Reservation) -> int:

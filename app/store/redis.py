@@ -12,7 +12,8 @@ Keys (all under `cutout:`):
     accounts          sorted set of account ids by creation time
     resv:{id}         hash: account, amount, idem, created_at, state (held|charged|refunded)
     resv:held         sorted set of held reservation ids by creation time (for the sweeper)
-    idem:{digest}     hash: fingerprint, reservation, state (pending|done), expires with its window
+    idem:{digest}     hash: fingerprint, reservation, state (pending|done), answer_type and answer (base64)
+                      of a delivered request, expires with its window
     ledger            stream of credit movements, trimmed to about LEDGER_MAX entries
 
 Durability is Redis's: run it with `appendonly yes` (`appendfsync always` to
@@ -21,9 +22,9 @@ lose no acknowledged charge on a crash).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, ParamSpec, TypeVar
+import base64
+from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -34,31 +35,20 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
     new_api_key,
     now,
 )
-from app.store.redis_client import client_options, unavailable_on_redis_errors
+from app.store.redis_client import client_options, fail_closed
 from app.store.redis_scripts import ADJUST, COMMIT, REFUND, RESERVE, ROTATE, UPDATE_FIELDS
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 PREFIX = "cutout:"
 LEDGER_MAX = 1_000_000
 # A settled reservation is kept this long so that a retried commit/refund sees the outcome.
 SETTLED_TTL_S = 3600
-
-
-def _fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        with unavailable_on_redis_errors():
-            return await fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _text(value: object) -> str:
@@ -104,7 +94,7 @@ class RedisStore:
     _ACCOUNTS = PREFIX + "accounts"
     _LEDGER = PREFIX + "ledger"
 
-    @_fail_closed
+    @fail_closed
     async def create_account(
         self,
         *,
@@ -152,7 +142,7 @@ class RedisStore:
             await tx.execute()
         return account, key
 
-    @_fail_closed
+    @fail_closed
     async def account_by_key(self, api_key: str) -> Account | None:
         digest = hash_api_key(api_key)
         account_id = await self._redis.get(f"{PREFIX}key:{digest}")
@@ -161,12 +151,12 @@ class RedisStore:
         fields = await self._redis.hgetall(self._acct(_text(account_id)))
         return _account(fields) if fields else None
 
-    @_fail_closed
+    @fail_closed
     async def get_account(self, account_id: str) -> Account | None:
         fields = await self._redis.hgetall(self._acct(account_id))
         return _account(fields) if fields else None
 
-    @_fail_closed
+    @fail_closed
     async def list_accounts(self) -> list[Account]:
         ids = await self._redis.zrange(self._ACCOUNTS, 0, -1)
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -180,11 +170,11 @@ class RedisStore:
         if not await self._update(keys=[self._acct(account_id)], args=args):
             raise UnknownAccount(account_id)
 
-    @_fail_closed
+    @fail_closed
     async def revoke(self, account_id: str) -> None:
         await self._set_fields(account_id, {"revoked": "1"})
 
-    @_fail_closed
+    @fail_closed
     async def rotate_key(self, account_id: str) -> str:
         key = new_api_key()
         key_hash = hash_api_key(key)
@@ -195,15 +185,15 @@ class RedisStore:
             raise UnknownAccount(account_id)
         return key
 
-    @_fail_closed
+    @fail_closed
     async def set_label(self, account_id: str, label: str | None) -> None:
         await self._set_fields(account_id, {"label": label or ""})
 
-    @_fail_closed
+    @fail_closed
     async def set_plan(self, account_id: str, plan: str, rate_limit: str | None) -> None:
         await self._set_fields(account_id, {"plan": plan, "rate_limit": rate_limit or ""})
 
-    @_fail_closed
+    @fail_closed
     async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
         outcome, balance = await self._adjust(
             keys=[self._acct(account_id), self._LEDGER],
@@ -215,12 +205,18 @@ class RedisStore:
             raise InsufficientCredits(int(balance), -delta)
         return int(balance)
 
-    @_fail_closed
+    @fail_closed
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         idem_key = f"{PREFIX}idem:{idempotency.key}" if idempotency else f"{PREFIX}idem:-"
-        outcome, balance = await self._reserve(
+        outcome, balance, *kept = await self._reserve(
             keys=[self._acct(account_id), self._resv(reservation_id), self._HELD, idem_key],
             args=[
                 amount,
@@ -229,27 +225,36 @@ class RedisStore:
                 idempotency.fingerprint if idempotency else "",
                 int(idempotency.window_s * 1000) if idempotency else 0,
                 account_id,
+                repr(now() + hold_s),
             ],
         )
         balance = int(balance)
         if outcome == "ok":
             return Reservation(reservation_id, account_id, amount, balance, idempotency)
         if outcome == "replay":
-            return Reservation(reservation_id, account_id, 0, balance, idempotency, replayed=True)
+            # Kept in base64: this client decodes every answer as text.
+            answer = StoredAnswer(kept[0], base64.b64decode(kept[1])) if kept and kept[0] else None
+            return Reservation(reservation_id, account_id, 0, balance, idempotency, replayed=True, answer=answer)
         if outcome == "in_flight":
             raise IdempotencyInFlight()
         if outcome == "mismatch":
             raise IdempotencyMismatch()
         raise InsufficientCredits(balance, amount)
 
-    @_fail_closed
-    async def commit(self, reservation: Reservation, amount: int | None = None) -> bool:
+    @fail_closed
+    async def commit(
+        self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
+    ) -> bool:
         if amount is not None and not 0 <= amount <= reservation.amount:
             raise ValueError(f"cannot charge {amount} of a reservation of {reservation.amount}")
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
+        kept = ["", ""] if answer is None else [answer.content_type, base64.b64encode(answer.body).decode("ascii")]
         charged = await self._commit(
             keys=[self._resv(reservation.id), self._HELD, self._LEDGER, self._acct(reservation.account_id)],
-            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX, "" if amount is None else amount],
+            args=[
+                *(reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX),
+                *(*kept, "" if amount is None else amount),
+            ],
         )
         return bool(charged)
 
@@ -260,26 +265,28 @@ class RedisStore:
         )
         return int(balance)
 
-    @_fail_closed
+    @fail_closed
     async def refund(self, reservation: Reservation) -> int:
         return await self._refund_by_id(reservation.id, reservation.account_id)
 
-    @_fail_closed
+    @fail_closed
     async def sweep_stale(self, older_than_s: float) -> int:
         # Idempotency records expire by themselves (TTL); only held reservations need a sweep.
         stale = await self._redis.zrangebyscore(self._HELD, "-inf", now() - older_than_s)
         refunded = 0
         for held in stale:
             reservation_id = _text(held)
-            account_id = await self._redis.hget(self._resv(reservation_id), "account")
+            account_id, hold_until = await self._redis.hmget(self._resv(reservation_id), ["account", "hold_until"])
             if account_id is None:  # settled meanwhile, or its record expired
                 await self._redis.zrem(self._HELD, reservation_id)
+                continue
+            if hold_until and float(_text(hold_until)) > now():  # an asynchronous job's: its engine settles it
                 continue
             await self._refund_by_id(reservation_id, _text(account_id))
             refunded += 1
         return refunded
 
-    @_fail_closed
+    @fail_closed
     async def ping(self) -> None:
         await self._redis.ping()
 

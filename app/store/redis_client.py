@@ -7,8 +7,9 @@ Imported only when CUTOUT_REDIS_URL is set: a SQLite deployment never loads redi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import functools
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -43,3 +44,18 @@ def unavailable_on_redis_errors() -> Iterator[None]:
         yield
     except UNREACHABLE as err:
         raise StoreUnavailable(f"redis: {err}") from err
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def fail_closed(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A Redis call whose failure is StoreUnavailable (a 503 the client may retry), never a guess."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with unavailable_on_redis_errors():
+            return await fn(*args, **kwargs)
+
+    return wrapper

@@ -1,16 +1,17 @@
 """The Redis store's Lua scripts: each balance change is one script, so it is atomic on the server."""
 
-# KEYS: acct, resv, resv:held, idem (or a placeholder)   ARGV: amount, reservation id, now, fingerprint ('' = none), window ms
+# KEYS: acct, resv, resv:held, idem (or a placeholder)
+# ARGV: amount, reservation id, now, fingerprint ('' = none), window ms, account id, hold until
 RESERVE = """
 local credits = tonumber(redis.call('HGET', KEYS[1], 'credits'))
 if not credits then return {'unknown', 0} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'ok', credits} end
 local fingerprint = ARGV[4]
 if fingerprint ~= '' then
-    local seen = redis.call('HMGET', KEYS[4], 'fingerprint', 'state')
+    local seen = redis.call('HMGET', KEYS[4], 'fingerprint', 'state', 'answer_type', 'answer')
     if seen[1] then
         if seen[1] ~= fingerprint then return {'mismatch', credits} end
-        if seen[2] == 'done' then return {'replay', credits} end
+        if seen[2] == 'done' then return {'replay', credits, seen[3] or '', seen[4] or ''} end
         return {'in_flight', credits}
     end
 end
@@ -25,27 +26,30 @@ if fingerprint ~= '' then
     redis.call('HSET', idem, 'fingerprint', fingerprint, 'reservation', ARGV[2], 'state', 'pending')
     redis.call('PEXPIRE', idem, ARGV[5])
 end
-redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held')
+redis.call('HSET', KEYS[2], 'account', ARGV[6], 'amount', amount, 'idem', idem, 'created_at', ARGV[3], 'state', 'held',
+    'hold_until', ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', left}
 """
 
-# KEYS: resv, resv:held, ledger, acct   ARGV: reservation id, now, settled ttl s, window ms, ledger max,
+# KEYS: resv, resv:held, ledger, acct
+# ARGV: reservation id, now, settled ttl s, window ms, ledger max, answer type ('' = none), answer (base64),
 # amount charged ('' = all reserved; less gives the rest back)
 COMMIT = """
 local r = redis.call('HMGET', KEYS[1], 'account', 'amount', 'idem', 'state')
 if r[4] == 'charged' then return 1 end
 if r[4] ~= 'held' then return 0 end
 local charged = tonumber(r[2])
-if ARGV[6] ~= '' and tonumber(ARGV[6]) < charged then
-    redis.call('HINCRBY', KEYS[4], 'credits', charged - tonumber(ARGV[6]))
-    charged = tonumber(ARGV[6])
+if ARGV[8] ~= '' and tonumber(ARGV[8]) < charged then
+    redis.call('HINCRBY', KEYS[4], 'credits', charged - tonumber(ARGV[8]))
+    charged = tonumber(ARGV[8])
 end
 redis.call('HSET', KEYS[1], 'state', 'charged')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if r[3] ~= '' then
     redis.call('HSET', r[3], 'state', 'done')
+    if ARGV[6] ~= '' then redis.call('HSET', r[3], 'answer_type', ARGV[6], 'answer', ARGV[7]) end
     redis.call('PEXPIRE', r[3], ARGV[4])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',

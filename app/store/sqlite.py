@@ -24,6 +24,7 @@ from app.store.base import (
     IdempotencyMismatch,
     InsufficientCredits,
     Reservation,
+    StoredAnswer,
     UnknownAccount,
     hash_api_key,
     new_account_id,
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts(id),
     amount INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    hold_until REAL NOT NULL DEFAULT 0  -- the sweeper leaves it held until then (asynchronous jobs)
 );
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,6 +70,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     reservation_id TEXT NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
     expires_at REAL NOT NULL
+);
+-- The answer a completed request under the key delivered, served to its retries.
+CREATE TABLE IF NOT EXISTS idempotency_answers (
+    key TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL
 );
 """
 
@@ -107,14 +115,24 @@ def _private(path: Path) -> None:
             name.chmod(0o600)
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """A private database file in WAL mode, every commit durable (synchronous=FULL), with `schema` applied:
+    the store's and the job queue's alike."""
+    _private(path)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
-        _private(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = open_database(path, SCHEMA)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(reservations)")}
+        if "hold_until" not in columns:  # a data dir from before asynchronous jobs
+            self._db.execute("ALTER TABLE reservations ADD COLUMN hold_until REAL NOT NULL DEFAULT 0")
         have = {row[1] for row in self._db.execute("PRAGMA table_info(accounts)")}
         for column, kind in ADDED_COLUMNS.items():
             if column not in have:
@@ -233,7 +251,13 @@ class SqliteStore:
         return await self._run(lambda db: self._tx(db, op))
 
     async def reserve(
-        self, account_id: str, amount: int, reservation_id: str, idempotency: IdempotencyClaim | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reservation_id: str,
+        idempotency: IdempotencyClaim | None = None,
+        *,
+        hold_s: float = 0.0,
     ) -> Reservation:
         def balance(db: sqlite3.Connection) -> int:
             row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
@@ -252,7 +276,13 @@ class SqliteStore:
                         raise IdempotencyMismatch()
                     if not seen[1]:
                         raise IdempotencyInFlight()
-                    return Reservation(reservation_id, account_id, 0, balance(db), idempotency, replayed=True)
+                    kept = db.execute(
+                        "SELECT content_type, body FROM idempotency_answers WHERE key = ?", (idempotency.key,)
+                    ).fetchone()
+                    answer = None if kept is None else StoredAnswer(kept[0], bytes(kept[1]))
+                    return Reservation(
+                        reservation_id, account_id, 0, balance(db), idempotency, replayed=True, answer=answer
+                    )
             row = db.execute(
                 "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
                 (amount, account_id, amount),
@@ -260,8 +290,8 @@ class SqliteStore:
             if row is None:
                 raise InsufficientCredits(balance(db), amount)
             db.execute(
-                "INSERT INTO reservations (id, account_id, amount, created_at) VALUES (?, ?, ?, ?)",
-                (reservation_id, account_id, amount, now()),
+                "INSERT INTO reservations (id, account_id, amount, created_at, hold_until) VALUES (?, ?, ?, ?, ?)",
+                (reservation_id, account_id, amount, now(), now() + hold_s),
             )
             if idempotency is not None:
                 # An expired record under the key may still be there: the new request replaces it.
@@ -270,11 +300,14 @@ class SqliteStore:
                     " VALUES (?, ?, ?, 0, ?)",
                     (idempotency.key, idempotency.fingerprint, reservation_id, now() + idempotency.window_s),
                 )
+                db.execute("DELETE FROM idempotency_answers WHERE key = ?", (idempotency.key,))
             return Reservation(reservation_id, account_id, amount, int(row[0]), idempotency)
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def commit(self, reservation: Reservation, amount: int | None = None) -> bool:
+    async def commit(
+        self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
+    ) -> bool:
         charged = reservation.amount if amount is None else amount
         if not 0 <= charged <= reservation.amount:
             raise ValueError(f"cannot charge {charged} of a reservation of {reservation.amount}")
@@ -299,6 +332,11 @@ class SqliteStore:
                     "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
                     (now() + reservation.idempotency.window_s, reservation.id),
                 )
+                if answer is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO idempotency_answers (key, content_type, body) VALUES (?, ?, ?)",
+                        (reservation.idempotency.key, answer.content_type, answer.body),
+                    )
             return True
 
         return await self._run(lambda db: self._tx(db, op))
@@ -321,11 +359,13 @@ class SqliteStore:
     async def sweep_stale(self, older_than_s: float) -> int:
         def op(db: sqlite3.Connection) -> int:
             stale = db.execute(
-                "SELECT id, account_id, amount FROM reservations WHERE created_at < ?", (now() - older_than_s,)
+                "SELECT id, account_id, amount FROM reservations WHERE created_at < ? AND hold_until < ?",
+                (now() - older_than_s, now()),
             ).fetchall()
             for reservation_id, account_id, amount in stale:
                 self._refund_row(db, reservation_id, account_id, amount)
             db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now(),))
+            db.execute("DELETE FROM idempotency_answers WHERE key NOT IN (SELECT key FROM idempotency)")
             return len(stale)
 
         return await self._run(lambda db: self._tx(db, op))

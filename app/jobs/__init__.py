@@ -1,0 +1,1 @@
+"""Asynchronous jobs and batches: submission, queue engines (SQLite, Redis streams), workers, webhooks."""
