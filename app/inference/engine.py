@@ -66,14 +66,32 @@ def create_engine(settings: Settings, weights_name: str, side: int | None = None
     Raises FixedSize where the runtime cannot change the network's size (onnxruntime: IS-Net's
     upsamplings have their sizes baked in; only OpenVINO's graph API rewrites them).
     """
+    made = create_engines(settings, weights_name, [side])[side]
+    if isinstance(made, FixedSize):
+        raise made
+    return made
+
+
+def create_engines(
+    settings: Settings, weights_name: str, sides: list[int | None]
+) -> dict[int | None, Engine | FixedSize]:
+    """An engine per side of one weights file, or the FixedSize that says why the runtime cannot run
+    that side. Made together so that OpenVINO compiles every side from one graph whose weights they
+    share (ov_engine.OpenVinoEngine.create_sides)."""
     # Imported here: a process loads only the runtime it uses (each is tens of MB of libraries).
     if choose_runtime(settings) == "openvino":
         from app.inference.ov_engine import OpenVinoEngine
 
-        return OpenVinoEngine.create(settings, weights_name, side)
+        return dict(OpenVinoEngine.create_sides(settings, weights_name, sides))
     from app.inference.ort_engine import OnnxRuntimeEngine
 
-    engine = OnnxRuntimeEngine.create(settings, weights_name)
-    if side is not None and engine.input_side not in (None, side):
-        raise FixedSize(f"{weights_name} runs only at {engine.input_side}x{engine.input_side} on onnxruntime")
-    return engine
+    made: dict[int | None, Engine | FixedSize] = {}
+    for side in sides:
+        engine = OnnxRuntimeEngine.create(settings, weights_name)
+        if side is not None and engine.input_side not in (None, side):
+            made[side] = FixedSize(
+                f"{weights_name} runs only at {engine.input_side}x{engine.input_side} on onnxruntime"
+            )
+        else:
+            made[side] = engine
+    return made

@@ -10,13 +10,22 @@ few convolutions that carry most of the work run in bf16 (bf16_heaviest_convolut
 takes less time and the masks stay close to the f32 ones (how much of each: docs/performance.md).
 Weights marked `precision = "bf16"` (IS-Net) run in bf16 throughout: there the masks stay within
 IoU 0.99 of f32 on every benchmark photo at the resolutions offered (docs/performance.md).
+
+Start-up and memory (create_sides): the sides of one weights file are compiled from one float graph,
+f32 (widen_f16), kept as OpenVINO IR in the cache folder (prepared_network) and mapped from there,
+so every compiled side reuses the same weights; OpenVINO's compiled-model cache is used where a
+weights file runs at one side only (an imported network brings its own copy of the weights). Once
+compiled, the mapped weights leave the resident set (memory.drop_mapped_pages): each compiled
+network holds its own packed copy. The figures: docs/performance.md, "Start-up and memory".
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +34,7 @@ import openvino as ov
 import openvino.opset13 as ops
 
 from app.inference.cancel import interruptible
+from app.inference.memory import drop_mapped_pages
 from app.settings import Settings
 
 log = logging.getLogger("cutout.inference")
@@ -36,6 +46,10 @@ BF16_MIN_SHARE = 0.10
 
 # Under models_dir: OpenVINO's compiled-model cache (compiled_cache_dir).
 COMPILED_CACHE_DIR = "ov-cache"
+
+# Bumped whenever what prepared_network makes changes (prepare_float_network, widen_f16): the
+# folders it saved before are then neither read nor overwritten, a new one is made beside them.
+PREPARED_VERSION = 1
 
 
 def compile_config(settings: Settings, bf16_throughout: bool = False) -> dict[str, object]:
@@ -193,6 +207,78 @@ def prepare_float_network(core: ov.Core, weights: Path, side: int | None = None,
     return network
 
 
+def widen_f16(network: ov.Model) -> int:
+    """f16 constants and f16 computation -> f32, in the graph itself. The CPU plugin does the same
+    to an f16 network (IS-Net is exported in f16) inside every compile, each compile making its own
+    f32 copy of the weights; done once here, every side compiled from this graph shares one copy.
+    The outputs are the same to the bit (measured at 768 and 1024). Returns how many nodes changed."""
+    changed = 0
+    for op in network.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Constant" and op.get_element_type() == ov.Type.f16:
+            op.output(0).replace(ops.constant(op.get_data().astype(np.float32)).output(0))
+        elif kind == "Convert" and op.get_attributes()["destination_type"] == "f16":
+            source = op.input_value(0)
+            op.output(0).replace(
+                source if source.get_element_type() == ov.Type.f32 else ops.convert(source, ov.Type.f32).output(0)
+            )
+        else:
+            continue
+        changed += 1
+    network.validate_nodes_and_infer_types()
+    return changed
+
+
+def prepared_folder(settings: Settings, weights_name: str, cache: Path) -> Path:
+    """Where prepared_network keeps the graph of these weights: named by their checksum (verified at
+    start), PREPARED_VERSION and OpenVINO's version, so another file, recipe or runtime never reads it."""
+    spec = settings.weights[weights_name]
+    identity = spec.sha256 or spec.md5
+    if not identity:
+        stat = settings.weights_path(weights_name).stat()
+        identity = f"{stat.st_size}-{stat.st_mtime_ns}"
+    key = hashlib.sha256(f"{identity} {PREPARED_VERSION} {ov.get_version()}".encode()).hexdigest()[:16]
+    return cache / f"{Path(spec.file).stem}-f32-{key}"
+
+
+def prepared_network(core: ov.Core, settings: Settings, weights_name: str) -> ov.Model:
+    """The float graph every side of these weights is compiled from: prepare_float_network at the
+    exported size, f32 (widen_f16). Read from the cache folder where a start before saved it (its
+    weights mapped from the file: reading it takes milliseconds and copies nothing), else made from
+    the weights file and saved there, then read back, so the first start holds it as later ones do.
+
+    Safe for replicas sharing the folder: each saves into a folder of its own and renames it into
+    place in one step; one that finds the name taken reads the one already there. A saved graph
+    that cannot be read is made again in memory (a slower start, never a wrong one)."""
+    cache = compiled_cache_dir(settings)
+    folder = prepared_folder(settings, weights_name, cache) if cache is not None else None
+    if folder is not None and (folder / "network.xml").is_file():
+        try:
+            return core.read_model(str(folder / "network.xml"))
+        except RuntimeError as err:
+            log.warning("%s: cannot read %s (%s); preparing it again", weights_name, folder, err)
+            folder = None
+    network = prepare_float_network(core, settings.weights_path(weights_name), split=False)
+    widen_f16(network)
+    split_concat_convolutions(network)
+    if folder is None:
+        return network
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp's 0700 would keep replicas running as another user out
+        ov.save_model(network, str(staging / "network.xml"), compress_to_fp16=False)
+        try:
+            staging.rename(folder)
+        except OSError:  # another replica saved it first: same graph, keep theirs
+            for entry in staging.iterdir():
+                entry.unlink()
+            staging.rmdir()
+        return core.read_model(str(folder / "network.xml"))
+    except (OSError, RuntimeError) as err:
+        log.warning("%s: cannot keep its prepared graph in %s (%s)", weights_name, folder.parent, err)
+        return network
+
+
 def prepare_network(
     core: ov.Core, weights: Path, mixed_precision: bool, precision: str = "mixed", side: int | None = None
 ) -> tuple[ov.Model, int, bool]:
@@ -229,6 +315,15 @@ def compiled_cache_dir(settings: Settings) -> Path | None:
     return None
 
 
+def _origin(compiled: ov.CompiledModel, cached: bool) -> str:
+    """How the start-up got this compiled network, for its log line."""
+    if not cached:
+        return "compiled (compiled-model cache off)"
+    if compiled.get_property("LOADED_FROM_CACHE"):
+        return "imported from the compiled-model cache"
+    return "compiled, saved to the compiled-model cache"
+
+
 class OpenVinoEngine:
     runtime: Literal["openvino"] = "openvino"
 
@@ -245,39 +340,79 @@ class OpenVinoEngine:
 
     @classmethod
     def create(cls, settings: Settings, weights_name: str, side: int | None = None) -> OpenVinoEngine:
+        return cls.create_sides(settings, weights_name, [side])[side]
+
+    @classmethod
+    def create_sides(
+        cls, settings: Settings, weights_name: str, sides: list[int | None]
+    ) -> dict[int | None, OpenVinoEngine]:
+        """An engine per side (None: the exported size) of one weights file. The native ones are
+        compiled from one prepared_network: with two sides or more, each from a copy of the graph
+        that shares its weights, without OpenVINO's cache (importing would give each side its own
+        f32 weights: +180 MiB with IS-Net at 768 and 1024, docs/performance.md); with one side,
+        through the cache, so that a later start imports it instead of compiling."""
         from app.inference import quantization
 
         core = ov.Core()
         cache = compiled_cache_dir(settings)
-        if cache is not None:
-            core.set_property({"CACHE_DIR": str(cache)})
         spec = settings.weights[weights_name]
-        where = f"{weights_name} at {side or 'its exported size'}"
-        int8, why = quantization.choose_int8(settings, weights_name, side)
-        if int8 is not None:
+        engines: dict[int | None, OpenVinoEngine] = {}
+        native: list[tuple[int | None, str]] = []
+        for side in dict.fromkeys(sides):
+            int8, why = quantization.choose_int8(settings, weights_name, side)
+            if int8 is None:
+                native.append((side, why))
+                continue
             # Compiled from the file, not from a graph: with the cache, a later start imports the
             # compiled network without reading the IR at all. Its float layers (those NNCF keeps in
             # float) follow the same bf16 rule as the native network's.
             throughout = spec.precision == "bf16" and settings.mixed_precision and has_native_bf16(core)
             config = compile_config(settings, throughout)
+            if cache is not None:
+                config["CACHE_DIR"] = str(cache)
             compiled = core.compile_model(str(int8), "CPU", config)
             log.info(
-                "%s: INT8 (%s), float layers in %s; OpenVINO %s on CPU, %s",
-                where,
+                "%s at %s: INT8 (%s), float layers in %s; %s; OpenVINO %s on CPU, %s",
+                weights_name,
+                side or "its exported size",
                 why,
                 "bf16" if throughout else "f32",
+                _origin(compiled, cache is not None),
                 ov.get_version(),
                 config,
             )
-            return cls(compiled, settings.concurrent_inferences, 0, "int8")
-        network, bf16, throughout = prepare_network(
-            core, settings.weights_path(weights_name), settings.mixed_precision, spec.precision, side
-        )
-        config = compile_config(settings, throughout)
-        compiled = core.compile_model(network, "CPU", config)
-        runs = "bf16 throughout" if throughout else f"f32, {bf16} convolutions in bf16"
-        log.info("%s: native, %s (%s); OpenVINO %s on CPU, %s", where, runs, why, ov.get_version(), config)
-        return cls(compiled, settings.concurrent_inferences, bf16, "bf16" if throughout else "f32")
+            engines[side] = cls(compiled, settings.concurrent_inferences, 0, "int8")
+        if native:
+            network = prepared_network(core, settings, weights_name)
+            shared = len(native) > 1
+            bf16_native = settings.mixed_precision and has_native_bf16(core)
+            for side, why in native:
+                graph = network.clone() if shared else network
+                if side is not None:
+                    scale_resize_sizes(graph, side)
+                throughout = bf16_native and spec.precision == "bf16"
+                bf16 = bf16_heaviest_convolutions(graph, BF16_MIN_SHARE) if bf16_native and not throughout else 0
+                config = compile_config(settings, throughout)
+                if cache is not None and not shared:
+                    config["CACHE_DIR"] = str(cache)
+                compiled = core.compile_model(graph, "CPU", config)
+                origin = f"weights shared by {len(native)} sides" if shared else _origin(compiled, cache is not None)
+                runs = "bf16 throughout" if throughout else f"f32, {bf16} convolutions in bf16"
+                log.info(
+                    "%s at %s: native, %s (%s); %s; OpenVINO %s on CPU, %s",
+                    weights_name,
+                    side or "its exported size",
+                    runs,
+                    why,
+                    origin,
+                    ov.get_version(),
+                    config,
+                )
+                engines[side] = cls(compiled, settings.concurrent_inferences, bf16, "bf16" if throughout else "f32")
+            del network, graph
+        if cache is not None:
+            drop_mapped_pages(cache)
+        return {side: engines[side] for side in sides}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         request = self._requests.get()

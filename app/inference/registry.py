@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from app.inference.engine import Engine, FixedSize, create_engine
+from app.inference.engine import Engine, FixedSize, create_engines
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
 from app.settings import Settings, resolution_side
@@ -19,27 +19,34 @@ class ModelRegistry:
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
         """Verify every weights file the models use, create one engine per file and operating
-        resolution (models on the same weights share them), warm each pipeline.
+        resolution (models on the same weights share them; the resolutions of one file share its
+        weights), warm each pipeline.
 
         Raises WeightsError (missing file, checksum mismatch) so the service refuses to start.
         """
         for weights in {spec.weights for spec in settings.models.values()}:
             verify(settings.weights_path(weights), settings.weights[weights])
+        wanted: dict[str, dict[str, None]] = {}  # weights -> its resolutions, in the config's order
+        for spec in settings.models.values():
+            wanted.setdefault(spec.weights, {}).update(dict.fromkeys(spec.prices()))
         engines: dict[tuple[str, str], Engine | None] = {}
+        for weights, resolutions in wanted.items():
+            made = create_engines(settings, weights, [resolution_side(r) for r in resolutions])
+            for resolution in resolutions:
+                result = made[resolution_side(resolution)]
+                if isinstance(result, FixedSize):
+                    log.warning("%s; operating resolution %s is not offered", result, resolution)
+                    engines[(weights, resolution)] = None
+                else:
+                    engines[(weights, resolution)] = result
         pipelines: dict[str, Pipeline] = {}
         # A model another one joins (spec.union) is built first; settings allow no chains.
         for name, spec in sorted(settings.models.items(), key=lambda item: item[1].union is not None):
-            chosen: dict[str, Engine] = {}
-            for resolution in spec.prices():
-                key = (spec.weights, resolution)
-                if key not in engines:
-                    try:
-                        engines[key] = create_engine(settings, spec.weights, resolution_side(resolution))
-                    except FixedSize as err:
-                        log.warning("%s; operating resolution %s is not offered", err, resolution)
-                        engines[key] = None
-                if (engine := engines[key]) is not None:
-                    chosen[resolution] = engine
+            chosen = {
+                resolution: engine
+                for resolution in spec.prices()
+                if (engine := engines[(spec.weights, resolution)]) is not None
+            }
             if not chosen:
                 raise RuntimeError(f"model {name!r}: this runtime can run none of its operating resolutions")
             union = pipelines[spec.union] if spec.union is not None else None
