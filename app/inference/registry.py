@@ -1,8 +1,10 @@
-"""The model registry: public names (falcon, aurora, ghost) -> warmed pipelines, built from config."""
+"""The model registry: public names (falcon, aurora, ghost) -> pipelines on warmed engines, built from config."""
 
 from __future__ import annotations
 
 import logging
+
+import numpy as np
 
 from app.inference.engine import Engine, FixedSize, create_engines
 from app.inference.pipeline import Pipeline
@@ -20,7 +22,7 @@ class ModelRegistry:
     def load(cls, settings: Settings) -> ModelRegistry:
         """Verify every weights file the models use, create one engine per file and operating
         resolution (models on the same weights share them; the resolutions of one file share its
-        weights), warm each pipeline.
+        weights), run each engine once.
 
         Raises WeightsError (missing file, checksum mismatch) so the service refuses to start.
         """
@@ -39,6 +41,14 @@ class ModelRegistry:
                     engines[(weights, resolution)] = None
                 else:
                     engines[(weights, resolution)] = result
+        # Warm-up: a network's first run faults in its buffers (17-30 thousand page faults, a few %
+        # more CPU than the runs after it, docs/performance.md "Start-up and memory"); run here, the
+        # first request does not pay it. Once per engine, not once per pipeline and resolution as
+        # before (aurora ran IS-Net 1024 again twice): pipelines that share an engine share its warm-up.
+        for (_, resolution), warming in engines.items():
+            if warming is not None:
+                side = resolution_side(resolution)
+                warming.run(np.zeros((1, 3, side, side), np.float32))
         pipelines: dict[str, Pipeline] = {}
         # A model another one joins (spec.union) is built first; settings allow no chains.
         for name, spec in sorted(settings.models.items(), key=lambda item: item[1].union is not None):
@@ -51,10 +61,7 @@ class ModelRegistry:
                 raise RuntimeError(f"model {name!r}: this runtime can run none of its operating resolutions")
             union = pipelines[spec.union] if spec.union is not None else None
             pipelines[name] = Pipeline(name, spec, chosen, union)
-        pipelines = {name: pipelines[name] for name in settings.models}  # the config's order
-        for pipeline in pipelines.values():
-            pipeline.warm()
-        return cls(pipelines)
+        return cls({name: pipelines[name] for name in settings.models})  # the config's order
 
     def get(self, name: str) -> Pipeline | None:
         return self._pipelines.get(name)
