@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app.inference.ov_engine import COMPILED_CACHE_DIR
 from harness import MODELS_DIR, ROOT, STARTUP_TIMEOUT_S, LiveServer, assert_error, free_port
 
 pytestmark = pytest.mark.slow  # every test runs the service or its CLI as a process
@@ -46,6 +47,34 @@ def test_service_refuses_to_start_without_weights(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as exc:
         server.start()
     assert "missing" in str(exc.value) and "models fetch" in str(exc.value)
+
+
+def test_a_second_start_imports_what_the_first_compiled(tmp_path: Path) -> None:
+    """The compiled-model cache across starts (the lean config: every name on U2-Netp, one network).
+
+    The proof is OpenVINO's own (the compiled network says it was loaded from the cache, and the
+    start-up log says so) and the cache folder, untouched by the second start; not the two starts'
+    times, which a busy 2-core box reorders (measured: bench/startup.py, docs/performance.md)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "u2netp.onnx").symlink_to(MODELS_DIR / "u2netp.onnx")
+    env = {"CUTOUT_MODELS_DIR": str(models), "CUTOUT_LOG_LEVEL": "info"}
+    cache = models / COMPILED_CACHE_DIR
+
+    def entries() -> dict[Path, tuple[int, int]]:
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.rglob("*") if p.is_file()}
+
+    first = LiveServer(tmp_path / "first", env).start()
+    first.stop()
+    assert "u2netp at 320: native" in first.log() and "saved to the compiled-model cache" in first.log()
+    filled = entries()
+    assert [p.suffix for p in filled].count(".blob") == 1 and any(p.name == "network.bin" for p in filled)
+
+    second = LiveServer(tmp_path / "second", env).start()
+    second.stop()
+    assert "imported from the compiled-model cache" in second.log()
+    assert "saved to the compiled-model cache" not in second.log()
+    assert entries() == filled  # read, not written again
 
 
 def test_fetch_reports_every_unreachable_source(tmp_path: Path) -> None:
