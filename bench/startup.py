@@ -11,7 +11,7 @@ networks linked from models/, nothing else), so the first start finds an empty c
 cache (models_dir/ov-cache) and the second one what the first left. Per start: seconds from
 launching the process to /ready answering 200 (imports, weights' checksums, compiling or importing
 every network, warm-up), RSS then, the time of the first request to each model and of a second
-one (client side, one photo), and RSS after them: "at rest" is that last figure (every model has
+one (client side, one photo) with the server's CPU seconds for each, and RSS after them: "at rest" is that last figure (every model has
 run once), as in bench/models.py. Reported: every start, then the medians per checkout and start,
 and with --baseline the ratios ours / baseline. The CPU's model and flags and the load average
 are printed first and last: quote only figures from one run.
@@ -33,10 +33,15 @@ from cpu import describe
 from servers import ROOT
 
 sys.path.insert(0, str(ROOT / "tests"))
-from harness import LiveServer, proc_status_mb, subject_image  # noqa: E402
+from harness import LiveServer, cpu_seconds, proc_status_mb, subject_image  # noqa: E402
 
 MODELS = ("ghost", "falcon", "aurora")
-FIGURES = ("ready_s", "rss_ready", "rss_rest", *(f"first_{m}" for m in MODELS), *(f"again_{m}" for m in MODELS))
+FIGURES = (
+    "ready_s",
+    "rss_ready",
+    "rss_rest",
+    *(f"{when}_{m}" for when in ("first", "again", "first_cpu", "again_cpu") for m in MODELS),
+)
 
 
 @dataclass
@@ -59,7 +64,11 @@ def fresh_models(tmp: Path) -> Path:
     return models
 
 
-def post(server: LiveServer, key: str, image: bytes, model: str) -> float:
+def post(server: LiveServer, key: str, image: bytes, model: str) -> tuple[float, float]:
+    """The request's time (client side) and the server's CPU seconds meanwhile (all its threads):
+    the second is what other load on a shared box barely changes."""
+    assert server.process is not None
+    cpu = cpu_seconds(server.process.pid)
     started = time.perf_counter()
     response = requests.post(
         server.url + "/v2/rembg/",
@@ -70,7 +79,7 @@ def post(server: LiveServer, key: str, image: bytes, model: str) -> float:
     )
     elapsed = time.perf_counter() - started
     assert response.status_code == 200, response.text
-    return elapsed
+    return elapsed, cpu_seconds(server.process.pid) - cpu
 
 
 def one_start(
@@ -85,10 +94,9 @@ def one_start(
         assert server.process is not None
         figures["rss_ready"] = proc_status_mb(server.process.pid, "VmRSS")
         key = server.create_key(1000)
-        for model in MODELS:
-            figures[f"first_{model}"] = post(server, key, image, model)
-        for model in MODELS:
-            figures[f"again_{model}"] = post(server, key, image, model)
+        for when in ("first", "again"):
+            for model in MODELS:
+                figures[f"{when}_{model}"], figures[f"{when}_cpu_{model}"] = post(server, key, image, model)
         figures["rss_rest"] = proc_status_mb(server.process.pid, "VmRSS")
     finally:
         server.stop()
@@ -97,8 +105,12 @@ def one_start(
 
 
 def show(name: str, start: int, figures: dict[str, float], cache_mib: float) -> None:
-    firsts = " ".join(f"{m} {figures[f'first_{m}'] * 1000:.0f}" for m in MODELS)
-    agains = " ".join(f"{m} {figures[f'again_{m}'] * 1000:.0f}" for m in MODELS)
+    firsts, agains = (
+        " ".join(
+            f"{m} {figures[f'{when}_{m}'] * 1000:.0f} ({figures[f'{when}_cpu_{m}'] * 1000:.0f} CPU)" for m in MODELS
+        )
+        for when in ("first", "again")
+    )
     print(
         f"{name} start {start} ({'empty cache' if start == 1 else 'cache from start 1'}): ready in "
         f"{figures['ready_s']:.2f} s, RSS {figures['rss_ready']:.0f} MiB when ready, {figures['rss_rest']:.0f} MiB "
@@ -141,10 +153,16 @@ def main() -> None:
         for c in checkouts
         for start in (1, 2)
     }
-    print("| checkout | start | ready s | RSS ready | RSS at rest | " + " | ".join(f"first {m}" for m in MODELS) + " |")
+    print(
+        "| checkout | start | ready s | RSS ready | RSS at rest | "
+        + " | ".join(f"first {m} (CPU)" for m in MODELS)
+        + " |"
+    )
     print("|---" * (5 + len(MODELS)) + "|")
     for (name, start), m in medians.items():
-        firsts = " | ".join(f"{m[f'first_{model}'] * 1000:.0f}" for model in MODELS)
+        firsts = " | ".join(
+            f"{m[f'first_{model}'] * 1000:.0f} ({m[f'first_cpu_{model}'] * 1000:.0f})" for model in MODELS
+        )
         print(f"| {name} | {start} | {m['ready_s']:.2f} | {m['rss_ready']:.0f} | {m['rss_rest']:.0f} | {firsts} |")
     if args.baseline:
         print("\nratios ours / baseline (medians of the same rounds):")
