@@ -213,8 +213,8 @@ class Settings(BaseSettings):
     )
     compiled_cache: bool = Field(
         True,
-        description="OpenVINO keeps compiled networks in `models_dir`/ov-cache: later starts import them "
-        "instead of compiling (replicas may share it)",
+        description="OpenVINO keeps each network's prepared graph, and compiled networks, in `models_dir`/ov-cache: "
+        "later starts read them instead of preparing or compiling again (replicas may share it)",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
