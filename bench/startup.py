@@ -10,7 +10,7 @@ other load on a shared box falls on both alike): a fresh models folder (the weig
 networks linked from models/, nothing else), so the first start finds an empty compiled-model
 cache (models_dir/ov-cache) and the second one what the first left. Per start: seconds from
 launching the process to /ready answering 200 (imports, weights' checksums, compiling or importing
-every network, warm-up), RSS then, the time of the first request to each model and of a second
+every network, warm-up), the peak RSS until then and RSS then, the time of the first request to each model and of a second
 one (client side, one photo) with the server's CPU seconds for each, and RSS after them: "at rest" is that last figure (every model has
 run once), as in bench/models.py. Reported: every start, then the medians per checkout and start,
 and with --baseline the ratios ours / baseline. The CPU's model and flags and the load average
@@ -38,6 +38,7 @@ from harness import LiveServer, cpu_seconds, proc_status_mb, subject_image  # no
 MODELS = ("ghost", "falcon", "aurora")
 FIGURES = (
     "ready_s",
+    "peak_start",
     "rss_ready",
     "rss_rest",
     *(f"{when}_{m}" for when in ("first", "again", "first_cpu", "again_cpu") for m in MODELS),
@@ -93,6 +94,7 @@ def one_start(
     try:
         assert server.process is not None
         figures["rss_ready"] = proc_status_mb(server.process.pid, "VmRSS")
+        figures["peak_start"] = proc_status_mb(server.process.pid, "VmHWM")
         key = server.create_key(1000)
         for when in ("first", "again"):
             for model in MODELS:
@@ -113,8 +115,8 @@ def show(name: str, start: int, figures: dict[str, float], cache_mib: float) -> 
     )
     print(
         f"{name} start {start} ({'empty cache' if start == 1 else 'cache from start 1'}): ready in "
-        f"{figures['ready_s']:.2f} s, RSS {figures['rss_ready']:.0f} MiB when ready, {figures['rss_rest']:.0f} MiB "
-        f"at rest; first requests ms: {firsts}; second: {agains}; cache {cache_mib:.0f} MiB",
+        f"{figures['ready_s']:.2f} s (peak RSS until then {figures['peak_start']:.0f} MiB), RSS {figures['rss_ready']:.0f} "
+        f"MiB when ready, {figures['rss_rest']:.0f} MiB at rest; first requests ms: {firsts}; second: {agains}; cache {cache_mib:.0f} MiB",
         flush=True,
     )
 
@@ -154,16 +156,19 @@ def main() -> None:
         for start in (1, 2)
     }
     print(
-        "| checkout | start | ready s | RSS ready | RSS at rest | "
+        "| checkout | start | ready s | peak RSS starting | RSS ready | RSS at rest | "
         + " | ".join(f"first {m} (CPU)" for m in MODELS)
         + " |"
     )
-    print("|---" * (5 + len(MODELS)) + "|")
+    print("|---" * (6 + len(MODELS)) + "|")
     for (name, start), m in medians.items():
         firsts = " | ".join(
             f"{m[f'first_{model}'] * 1000:.0f} ({m[f'first_cpu_{model}'] * 1000:.0f})" for model in MODELS
         )
-        print(f"| {name} | {start} | {m['ready_s']:.2f} | {m['rss_ready']:.0f} | {m['rss_rest']:.0f} | {firsts} |")
+        print(
+            f"| {name} | {start} | {m['ready_s']:.2f} | {m['peak_start']:.0f} | {m['rss_ready']:.0f} | "
+            f"{m['rss_rest']:.0f} | {firsts} |"
+        )
     if args.baseline:
         print("\nratios ours / baseline (medians of the same rounds):")
         for start in (1, 2):

@@ -16,7 +16,7 @@ f32 (widen_f16), kept as OpenVINO IR in the cache folder (prepared_network) and 
 so every compiled side reuses the same weights; OpenVINO's compiled-model cache is used where a
 weights file runs at one side only (an imported network brings its own copy of the weights). Once
 compiled, the mapped weights leave the resident set (memory.drop_mapped_pages): each compiled
-network holds its own packed copy. The figures: docs/performance.md, "Start-up and memory".
+network holds its own packed copy. The figures: docs/performance.md, "Start-up and memory at rest".
 """
 
 from __future__ import annotations

@@ -42,9 +42,9 @@ class ModelRegistry:
                 else:
                     engines[(weights, resolution)] = result
         # Warm-up: a network's first run faults in its buffers (17-30 thousand page faults, a few %
-        # more CPU than the runs after it, docs/performance.md "Start-up and memory"); run here, the
-        # first request does not pay it. Once per engine, not once per pipeline and resolution as
-        # before (aurora ran IS-Net 1024 again twice): pipelines that share an engine share its warm-up.
+        # more CPU than the runs after it: docs/performance.md, "Start-up and memory at rest"); run
+        # here, the first request does not pay it. Once per engine, not once per pipeline and
+        # resolution as before (aurora ran IS-Net 1024 twice more): pipelines sharing an engine share it.
         for (_, resolution), warming in engines.items():
             if warming is not None:
                 side = resolution_side(resolution)
