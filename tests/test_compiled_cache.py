@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import mmap
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,22 @@ from app.inference.ov_engine import (
     widen_f16,
 )
 from app.settings import Settings
-from harness import MODELS_DIR
+from harness import MODELS_DIR, ROOT
+
+# One replica's start, as far as the cache folder goes: both kinds of entry (a shared prepared
+# graph for two sides, a compiled network for one), then the output for a fixed input.
+REPLICA = """
+import sys
+from pathlib import Path
+import numpy as np
+from app.inference.engine import create_engines
+from app.settings import Settings
+settings = Settings(models_dir=Path(sys.argv[1]))
+shared = create_engines(settings, "u2netp", [320, 256])
+alone = create_engines(settings, "u2netp", [288])
+x = np.random.default_rng(0).normal(size=(1, 3, 320, 320)).astype(np.float32)
+np.save(sys.argv[2], shared[320].run(x))
+"""
 
 
 @pytest.fixture
@@ -114,3 +131,27 @@ def test_read_only_mappings_under_the_folder_leave_the_resident_set_and_read_bac
         assert mine[:] == data  # read back from the file
         mine.close()
         other.close()
+
+
+@pytest.mark.slow  # starts processes
+def test_replicas_starting_together_on_an_empty_folder_share_it(settings: Settings, tmp_path: Path) -> None:
+    """Before the lock around compiling through OpenVINO's cache, one replica in a few such starts
+    died (SIGBUS: the entry it had mapped was rewritten under it) or failed on the file."""
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", REPLICA, str(settings.models_dir), str(tmp_path / f"out{n}.npy")],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    for replica in replicas:
+        _, err = replica.communicate(timeout=300)
+        assert replica.returncode == 0, err
+    cache = settings.models_dir / COMPILED_CACHE_DIR
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == [prepared_folder(settings, "u2netp", cache).name]
+    assert not [p for p in cache.iterdir() if p.is_dir() and p.name.startswith(".")], "a staging folder was left"
+    outputs = [np.load(tmp_path / f"out{n}.npy") for n in range(4)]
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(outputs[0], other)

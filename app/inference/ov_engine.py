@@ -21,11 +21,14 @@ network holds its own packed copy. The figures: docs/performance.md, "Start-up a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import queue
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +49,9 @@ BF16_MIN_SHARE = 0.10
 
 # Under models_dir: OpenVINO's compiled-model cache (compiled_cache_dir).
 COMPILED_CACHE_DIR = "ov-cache"
+
+# In the cache folder: held by the process compiling through OpenVINO's cache (_compile).
+COMPILE_LOCK = ".compile.lock"
 
 # Bumped whenever what prepared_network makes changes (prepare_float_network, widen_f16): the
 # folders it saved before are then neither read nor overwritten, a new one is made beside them.
@@ -315,13 +321,39 @@ def compiled_cache_dir(settings: Settings) -> Path | None:
     return None
 
 
-def _origin(compiled: ov.CompiledModel, cached: bool) -> str:
-    """How the start-up got this compiled network, for its log line."""
-    if not cached:
-        return "compiled (compiled-model cache off)"
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing) between processes, held for the block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compile(
+    core: ov.Core, model: ov.Model | str, config: dict[str, object], cache: Path | None, what: str
+) -> tuple[ov.CompiledModel, str]:
+    """compile_model, through OpenVINO's compiled-model cache in `cache` (None: not). Replicas that
+    write the same entry at once can make OpenVINO fail on the file itself (seen: "cannot set
+    permissions: No such file or directory", tests/test_compiled_cache.py); that start then
+    compiles without the cache: slower, never failed. A network that does not compile fails again.
+    Returns the compiled network and how it was got, for the start-up log."""
+    if cache is None:
+        return core.compile_model(model, "CPU", config), "compiled"
+    try:
+        # One process at a time compiles through the cache: OpenVINO writes an entry in place, and a
+        # replica importing (mapping) it meanwhile died of SIGBUS when it was cut short under it
+        # (4 replicas started at once on an empty folder: 2 of 32 before the lock, none after).
+        with _locked(cache / COMPILE_LOCK):
+            compiled = core.compile_model(model, "CPU", {**config, "CACHE_DIR": str(cache)})
+    except RuntimeError as err:
+        log.warning("%s: compiled-model cache unusable this time, compiling without it: %s", what, str(err).strip())
+        return core.compile_model(model, "CPU", config), "compiled without the compiled-model cache (see above)"
     if compiled.get_property("LOADED_FROM_CACHE"):
-        return "imported from the compiled-model cache"
-    return "compiled, saved to the compiled-model cache"
+        return compiled, "imported from the compiled-model cache"
+    return compiled, "compiled, saved to the compiled-model cache"
 
 
 class OpenVinoEngine:
@@ -368,16 +400,14 @@ class OpenVinoEngine:
             # float) follow the same bf16 rule as the native network's.
             throughout = spec.precision == "bf16" and settings.mixed_precision and has_native_bf16(core)
             config = compile_config(settings, throughout)
-            if cache is not None:
-                config["CACHE_DIR"] = str(cache)
-            compiled = core.compile_model(str(int8), "CPU", config)
+            compiled, origin = _compile(core, str(int8), config, cache, f"{weights_name} at {side}")
             log.info(
                 "%s at %s: INT8 (%s), float layers in %s; %s; OpenVINO %s on CPU, %s",
                 weights_name,
                 side or "its exported size",
                 why,
                 "bf16" if throughout else "f32",
-                _origin(compiled, cache is not None),
+                origin,
                 ov.get_version(),
                 config,
             )
@@ -393,10 +423,9 @@ class OpenVinoEngine:
                 throughout = bf16_native and spec.precision == "bf16"
                 bf16 = bf16_heaviest_convolutions(graph, BF16_MIN_SHARE) if bf16_native and not throughout else 0
                 config = compile_config(settings, throughout)
-                if cache is not None and not shared:
-                    config["CACHE_DIR"] = str(cache)
-                compiled = core.compile_model(graph, "CPU", config)
-                origin = f"weights shared by {len(native)} sides" if shared else _origin(compiled, cache is not None)
+                compiled, origin = _compile(core, graph, config, None if shared else cache, f"{weights_name} at {side}")
+                if shared:
+                    origin = f"compiled, weights shared by {len(native)} sides"
                 runs = "bf16 throughout" if throughout else f"f32, {bf16} convolutions in bf16"
                 log.info(
                     "%s at %s: native, %s (%s); %s; OpenVINO %s on CPU, %s",
