@@ -304,9 +304,10 @@ def compiled_cache_dir(settings: Settings) -> Path | None:
     (the container image); None where the setting is off or neither is writable.
 
     Replicas may share it: OpenVINO names each entry by a hash of the network, the device and the
-    compile settings, so replicas that compile the same thing write the same entry, and an entry it
-    cannot import (cut short, another process still writing it) is compiled again instead: that
-    start is only slower, never wrong (tests/test_int8.py)."""
+    compile settings, so replicas that compile the same thing write the same entry; they take turns
+    to compile through it (_compile's lock: OpenVINO writes entries in place), and an entry it cannot
+    import is compiled again instead: that start is only slower, never wrong. The prepared graphs
+    are saved by rename (prepared_network). tests/test_compiled_cache.py starts replicas together."""
     if not settings.compiled_cache:
         return None
     for parent in (settings.models_dir, settings.data_dir):
