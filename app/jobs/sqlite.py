@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from app.jobs.engine import Claimed, IdempotencyConflict, Submitted
 from app.jobs.model import Batch, Job, Payload
-from app.store.sqlite import open_database
+from app.store.sqlite import open_database, transaction
 
 T = TypeVar("T")
 
@@ -66,17 +66,7 @@ class SqliteJobs:
         return await anyio.to_thread.run_sync(locked)
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def op(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-        return await self._run(op)
+        return await self._run(lambda db: transaction(db, fn))
 
     @staticmethod
     def _find(db: sqlite3.Connection, key: str, fingerprint: str) -> Submitted | None:
