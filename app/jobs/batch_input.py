@@ -206,6 +206,8 @@ async def _json_item(
     if entry.get("name", "") is None or entry.get("output", "") is None:
         raise invalid_parameter(f"{where}null fields: leave a field out for its default.")
     name = entry.pop("name", None)
+    if name is not None and not isinstance(name, str):
+        raise invalid_parameter(f'{where}"name" must be a string: the file name its result gets in the ZIP.')
     output = _output_of(entry.pop("output", output_shared), where)
     try:
         sub = submission._parse_json(json.dumps({**shared, **entry}).encode())
@@ -217,5 +219,4 @@ async def _json_item(
         return Item(empty, output, "", 0, error=_at(err, where), name=_clean_name(name, index))
     if sub.webhook_url is not None:
         raise invalid_parameter(f'{where}"webhook_url" is the batch\'s: send it once, beside "items".')
-    label = _clean_name(name if isinstance(name, str) else None, index)
-    return await _priced(jobs, sub, output, accept_json, where, label)
+    return await _priced(jobs, sub, output, accept_json, where, _clean_name(name, index))
