@@ -10,50 +10,16 @@ import base64
 import io
 import json
 import subprocess
-import threading
-import time
 import zipfile
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
+from jobs_harness import LOOPBACK, TINY, Receiver, finished, job_of, submit
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from harness import LiveServer, assert_error, free_port, png_of, subject_image, wait_until
-
-TINY = subject_image(64, 48)
-LOOPBACK = '["127.0.0.1/32"]'
-
-
-class Receiver:
-    """A webhook target on loopback: records each POST; answers the statuses given, then 200."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.received: list[tuple[dict[str, str], bytes, float]] = []
-        self.statuses = list(statuses or [])
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()))
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -80,28 +46,6 @@ def idle(start_server: Callable[..., LiveServer]) -> LiveServer:
     """Runs no job (job_workers 0): what is submitted stays queued until cancelled or expired (3 s);
     loopback webhook targets are refused (no fetch_allow)."""
     return start_server(CUTOUT_JOB_WORKERS="0", CUTOUT_JOB_TTL_S="3")
-
-
-def submit(server: LiveServer, key: str, image: bytes = TINY, **kwargs: Any) -> requests.Response:
-    headers = {"Prefer": "respond-async", **kwargs.pop("headers", {})}
-    return server.remove(key, image, model="ghost", headers=headers, **kwargs)
-
-
-def job_of(server: LiveServer, key: str, location: str) -> dict[str, Any]:
-    response = requests.get(server.url + location, headers={"ApiKey": key}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def finished(server: LiveServer, key: str, location: str, timeout_s: float = 60) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    def done() -> bool:
-        seen.update(job_of(server, key, location))
-        return seen["status"] in ("succeeded", "failed", "cancelled", "expired", "completed")
-
-    wait_until(done, timeout_s, f"{location} to finish")
-    return seen
 
 
 def test_async_job_is_accepted_at_once_and_charged_on_delivery(server: LiveServer) -> None:
