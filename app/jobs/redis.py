@@ -72,8 +72,8 @@ class RedisJobs:
                 raise
         self._group_ready = True
 
-    def _keep_s(self) -> int:
-        return int(self._ttl_s) + 3600
+    def _ttl_ms(self) -> int:
+        return max(1, int(self._ttl_s * 1000))
 
     @staticmethod
     def _found(reply: list[Any]) -> Submitted:
@@ -104,7 +104,8 @@ class RedisJobs:
             ref,
             batch.id if batch else "",
             batch.dumps() if batch else "",
-            BATCH_BACKSTOP_S + self._keep_s(),
+            BATCH_BACKSTOP_S + int(self._ttl_s),
+            self._ttl_ms(),
         ]
         for job, payload in jobs:
             args += [
@@ -138,7 +139,11 @@ class RedisJobs:
 
     @fail_closed
     async def put_batch(self, batch: Batch) -> None:
-        await self._redis.hset(batch_key(batch.id), "doc", batch.dumps())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(batch_key(batch.id), "doc", batch.dumps())
+            if batch.completed_at is not None:  # it goes with its last item, job_ttl_s after it ended
+                pipe.pexpireat(batch_key(batch.id), int(batch.completed_at * 1000) + self._ttl_ms())
+            await pipe.execute()
 
     @fail_closed
     async def position(self, job: Job) -> int:
@@ -201,8 +206,10 @@ class RedisJobs:
 
     @fail_closed
     async def update(self, job: Job, expect: Collection[str]) -> bool:
-        ttl = str(self._keep_s()) if job.terminal else ""
-        done = bool(await self._update(keys=[job_key(job.id)], args=[job.status, job.dumps(), ttl, *expect]))
+        # The record goes with its result, job_ttl_s after the job ended (the same instant when a webhook
+        # attempt rewrites it later).
+        gone_at = str(int((job.finished_at or time.time()) * 1000) + self._ttl_ms()) if job.terminal else ""
+        done = bool(await self._update(keys=[job_key(job.id)], args=[job.status, job.dumps(), gone_at, *expect]))
         if done and job.terminal:
             await self._redis.delete(input_key(job.id))
             await self._redis.zrem(DEADLINES, job.id)

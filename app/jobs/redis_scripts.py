@@ -22,7 +22,8 @@ GROUP = "runners"
 DEADLINES = PREFIX + "jobs:deadlines"
 WEBHOOKS = PREFIX + "webhooks"
 MASTER = PREFIX + "jobs:master"
-# Finished jobs' records stay this long after their results expire, so a late GET still says why.
+# A batch's key expires this long after its submission at the latest (its completion sets job_ttl_s), so a
+# batch whose completion was never recorded does not stay forever.
 BATCH_BACKSTOP_S = 7 * 86400
 
 
@@ -43,7 +44,7 @@ def batch_key(batch_id: str) -> str:
 
 
 # ARGV: prefix, idem key ('' = none), fingerprint, window ms, kind, ref, batch id ('' = none), batch doc,
-#       batch ttl s, then per job: id, status, doc, deadline, meta, image, bg_image
+#       batch ttl s, an ended job's ttl ms, then per job: id, status, doc, deadline, meta, image, bg_image
 SUBMIT = """
 local p = ARGV[1]
 if ARGV[2] ~= '' then
@@ -59,7 +60,7 @@ if ARGV[7] ~= '' then
     redis.call('HSET', p .. 'batch:' .. ARGV[7], 'doc', ARGV[8])
     redis.call('EXPIRE', p .. 'batch:' .. ARGV[7], ARGV[9])
 end
-local i = 10
+local i = 11
 while i <= #ARGV do
     local id = ARGV[i]
     redis.call('HSET', p .. 'job:' .. id, 'status', ARGV[i + 1], 'doc', ARGV[i + 2])
@@ -69,14 +70,14 @@ while i <= #ARGV do
         redis.call('HSET', p .. 'job:' .. id, 'entry', entry)
         redis.call('ZADD', p .. 'jobs:deadlines', ARGV[i + 3], id)
     else
-        redis.call('EXPIRE', p .. 'job:' .. id, ARGV[9])
+        redis.call('PEXPIRE', p .. 'job:' .. id, ARGV[10])
     end
     i = i + 7
 end
 return {'ok', ARGV[5], ARGV[6]}
 """
 
-# KEYS: job   ARGV: new status, new doc, expected statuses..., ends with '|', ttl s ('' = keep)
+# KEYS: job   ARGV: new status, new doc, when the record goes (Unix ms; '' = never), expected statuses...
 UPDATE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
@@ -85,7 +86,7 @@ for i = 4, #ARGV do if ARGV[i] == status then ok = true end end
 if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'doc', ARGV[2])
 if ARGV[3] ~= '' then
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
+    redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 end
 return 1
 """

@@ -199,7 +199,10 @@ async def _own_batch(request: Request) -> tuple[JobService, Batch, list[Job]]:
     batch = await jobs.engine.get_batch(batch_id)
     if batch is None or batch.account_id != account.id:
         raise not_found("batch", batch_id)
-    return jobs, batch, await jobs.engine.get_many(batch.job_ids)
+    items = await jobs.engine.get_many(batch.job_ids)
+    if not items:  # every item removed after its retention time: the batch's own record is about to go
+        raise not_found("batch", batch_id)
+    return jobs, batch, items
 
 
 async def get_batch(request: Request) -> JSONResponse:
