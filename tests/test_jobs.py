@@ -11,8 +11,9 @@ import io
 import json
 import subprocess
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -20,13 +21,6 @@ from jobs_harness import LOOPBACK, TINY, Receiver, finished, job_of, submit
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from harness import LiveServer, assert_error, free_port, png_of, subject_image, wait_until
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    target = Receiver()
-    yield target
-    target.close()
 
 
 @pytest.fixture(scope="module")
@@ -226,22 +220,62 @@ def test_webhook_is_signed_per_standard_webhooks_retried_and_recorded(server: Li
         target.close()
 
 
-def test_batch_webhook_on_completion(server: LiveServer, receiver: Receiver) -> None:
+def test_each_batch_item_and_the_batch_send_their_own_signed_webhook(server: LiveServer) -> None:
     key = server.create_key(5)
-    files = [("images", ("a.jpg", TINY, "image/jpeg")), ("images", ("b.jpg", TINY, "image/jpeg"))]
-    response = requests.post(
-        server.url + "/v2/batches",
-        headers={"ApiKey": key},
-        files=files,
-        data={"model": "ghost", "webhook_url": receiver.url},
-        timeout=30,
-    )
-    assert response.status_code == 202
-    wait_until(lambda: len(receiver.received) >= 1, 30, "the batch webhook")
-    secret = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()["webhook_secret"]
-    event = Webhook(secret).verify(receiver.received[0][1], receiver.received[0][0])
-    assert event["type"] == "batch.completed" and event["data"]["counts"]["succeeded"] == 2
-    assert event["data"]["zip_url"].endswith("/zip")
+    target = Receiver(statuses=[500])  # the first delivery, whichever it is, is refused: retried
+    try:
+        files = [
+            ("images", ("a.jpg", TINY, "image/jpeg")),
+            ("images", ("broken.jpg", b"not an image", "image/jpeg")),  # fails at submission
+            ("images", ("b.jpg", TINY, "image/jpeg")),
+        ]
+        response = requests.post(
+            server.url + "/v2/batches",
+            headers={"ApiKey": key},
+            files=files,
+            data={"model": "ghost", "webhook_url": target.url},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        batch_id, items = response.json()["id"], response.json()["items"]
+        expected = {
+            f"msg_job_{items[0]['id']}": "job.succeeded",
+            f"msg_job_{items[1]['id']}": "job.failed",
+            f"msg_job_{items[2]['id']}": "job.succeeded",
+            f"msg_batch_{batch_id}": "batch.completed",
+        }
+        wait_until(lambda: len(target.received) >= len(expected) + 1, 30, "four webhooks and one retry")
+        secret = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()["webhook_secret"]
+        events: dict[str, list[dict[str, Any]]] = {}
+        for headers, body, _ in target.received:
+            events.setdefault(headers["webhook-id"], []).append(Webhook(secret).verify(body, headers))
+        assert {msg_id: [e["type"] for e in sent][-1] for msg_id, sent in events.items()} == expected
+        assert sorted(len(sent) for sent in events.values()) == [1, 1, 1, 2]  # the refused one, sent again
+        for item in items:
+            assert events[f"msg_job_{item['id']}"][-1]["data"]["id"] == item["id"]
+        assert events[f"msg_batch_{batch_id}"][-1]["data"]["counts"] == {
+            "queued": 0,
+            "running": 0,
+            "succeeded": 2,
+            "failed": 1,
+            "cancelled": 0,
+            "expired": 0,
+        }
+
+        def recorded() -> dict[str, Any]:
+            return job_of(server, key, response.headers["location"])
+
+        # Every attempt recorded on its own job (and on the batch), as for a single job.
+        wait_until(
+            lambda: all(hook["state"] == "delivered" for hook in _hooks(recorded())), 30, "every webhook recorded"
+        )
+        assert sorted(hook["attempt_count"] for hook in _hooks(recorded())) == [1, 1, 1, 2]
+    finally:
+        target.close()
+
+
+def _hooks(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    return [batch["webhook"], *(item["webhook"] for item in batch["items"])]
 
 
 def test_unreachable_webhook_is_retried_then_recorded_failed(server: LiveServer) -> None:

@@ -132,8 +132,8 @@ class JobService:
         made = await self._store(reserved, record, idempotency)
         if made.replayed:  # a concurrent submission under the same key won: ours is given back
             await self._refund_all(reserved)
-        elif order.batch_id is not None:
-            await self.settlement.batch_progress(order.batch_id)  # every item refused at submission: completed
+        else:
+            await self._ended_at_submission([job for job, _ in reserved], order.batch_id)
         metrics.JOBS_SUBMITTED.inc(len(reserved))
         return made.kind, made.id, made.replayed
 
@@ -151,7 +151,7 @@ class JobService:
             batch_id=order.batch_id,
             index=index,
             name=item.name,
-            webhook=None if order.batch_id else order.webhook,
+            webhook=order.webhook,  # a batch's items too: each one's end is posted, then the batch's
         )
         if item.error is not None:
             return replace(job, status="failed", finished_at=order.at, error=error_object(item.error, order.request_id))
@@ -174,6 +174,15 @@ class JobService:
             await self._refund_all(reserved)
             raise
         return reserved
+
+    async def _ended_at_submission(self, jobs: list[Job], batch_id: str | None) -> None:
+        """Items refused at submission have ended already: their webhooks are due, and the batch is
+        completed when every item was refused."""
+        for job in jobs:
+            if job.terminal and job.webhook is not None:
+                await self.engine.schedule_webhook(f"job:{job.id}", now())
+        if batch_id is not None:
+            await self.settlement.batch_progress(batch_id)
 
     async def _store(
         self, reserved: list[tuple[Job, Payload]], record: Batch | None, idempotency: tuple[str, str, float] | None

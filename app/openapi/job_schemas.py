@@ -15,6 +15,11 @@ WEBHOOK_URL: JSON = {
     "description": "Makes the request asynchronous (202): when it ends, this URL receives a POST signed as "
     "Standard Webhooks says, with the secret `GET /v2/account` shows. The same address rules as `image_url`.",
 }
+BATCH_WEBHOOK_URL: JSON = {
+    **WEBHOOK_URL,
+    "description": "When each item ends, and when the whole batch has, this URL receives a POST signed as Standard "
+    "Webhooks says, with the secret `GET /v2/account` shows. The same address rules as `image_url`.",
+}
 OUTPUT = {"$ref": "#/components/schemas/Output"}
 _NULLABLE_TIME = {"type": ["number", "null"], "description": "Unix time."}
 
@@ -139,7 +144,7 @@ def _multipart_body(limit: int, models: str) -> JSON:
                     "type": "string",
                     "description": "JSON list, one object of options (or null) per image, in order.",
                 },
-                "webhook_url": WEBHOOK_URL,
+                "webhook_url": BATCH_WEBHOOK_URL,
                 "model": {"type": "string", "description": models},
                 "output": OUTPUT,
             },
@@ -156,7 +161,7 @@ def _json_body(limit: int, models: str) -> JSON:
             "required": ["items"],
             "properties": {
                 "items": {"type": "array", "minItems": 1, "maxItems": limit, "items": _batch_item()},
-                "webhook_url": WEBHOOK_URL,
+                "webhook_url": BATCH_WEBHOOK_URL,
                 "model": {"type": "string", "description": models},
                 "output": OUTPUT,
             },

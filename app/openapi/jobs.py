@@ -26,45 +26,59 @@ LOCATION = {"description": "The job's (or batch's) status URL.", "schema": {"typ
 _ID = {"type": "string"}
 
 
+EVENT_TYPES = {"job": ["job.succeeded", "job.failed", "job.cancelled", "job.expired"], "batch": ["batch.completed"]}
+SIGNED: JSON = {
+    "webhook-id": {"description": "The message id: the same on every retry.", "schema": {"type": "string"}},
+    "webhook-timestamp": {"description": "Unix seconds of this attempt.", "schema": {"type": "integer"}},
+    "webhook-signature": {
+        "description": "`v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` with the "
+        "account's secret (the base64 after `whsec_`).",
+        "schema": {"type": "string", "pattern": "^v1,"},
+    },
+}
+RETRIED = (
+    "Retried with exponential backoff (`webhook_backoff_s`, doubling) for `webhook_retry_s` until a 2xx; "
+    "each attempt is recorded on the "
+)
+
+
 def _event(kind: str) -> JSON:
     return {
         "type": "object",
         "required": ["type", "data", "timestamp"],
         "properties": {
-            "type": {"type": "string", "examples": [f"{kind}.succeeded" if kind == "job" else "batch.completed"]},
+            "type": {"type": "string", "enum": EVENT_TYPES[kind]},
             "timestamp": {"type": "string"},
             "data": {"$ref": f"#/components/schemas/{kind.capitalize()}"},
         },
     }
 
 
-def callbacks(kind: str) -> JSON:
-    """The webhook: POST to `webhook_url` when the job (or the batch) ends."""
-    signed = {
-        "webhook-id": {"description": "The message id: the same on every retry.", "schema": {"type": "string"}},
-        "webhook-timestamp": {"description": "Unix seconds of this attempt.", "schema": {"type": "integer"}},
-        "webhook-signature": {
-            "description": "`v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` with the "
-            "account's secret (the base64 after `whsec_`).",
-            "schema": {"type": "string", "pattern": "^v1,"},
-        },
-    }
+def _callback(kind: str, summary: str, description: str) -> JSON:
     return {
-        f"{kind}Ended": {
-            "{$request.body#/webhook_url}": {
-                "post": {
-                    "summary": f"The {kind} ended",
-                    "description": "Retried with exponential backoff (`webhook_backoff_s`, doubling) for "
-                    "`webhook_retry_s` until a 2xx; each attempt is recorded on the "
-                    f"{kind}.",
-                    "parameters": [
-                        {"name": name, "in": "header", "required": True, **spec} for name, spec in signed.items()
-                    ],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": _event(kind)}}},
-                    "responses": {"2XX": {"description": "Delivered."}},
-                }
+        "{$request.body#/webhook_url}": {
+            "post": {
+                "summary": summary,
+                "description": description,
+                "parameters": [
+                    {"name": name, "in": "header", "required": True, **spec} for name, spec in SIGNED.items()
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _event(kind)}}},
+                "responses": {"2XX": {"description": "Delivered."}},
             }
         }
+    }
+
+
+def callbacks(kind: str) -> JSON:
+    """The webhooks: a job's end is posted to its `webhook_url`; a batch's gets each item's end, then its own."""
+    if kind == "job":
+        return {"jobEnded": _callback("job", "The job ended", RETRIED + "job.")}
+    return {
+        "itemEnded": _callback(
+            "job", "One of the batch's items ended", "Sent for each item, as for a single job. " + RETRIED + "item."
+        ),
+        "batchEnded": _callback("batch", "The batch ended (every item has)", RETRIED + "batch."),
     }
 
 
