@@ -35,8 +35,11 @@ from app.jobs.redis_scripts import (
     GROUP,
     HEARTBEAT,
     MASTER,
+    POSITION,
     PREFIX,
+    QUEUED,
     REQUEUE,
+    SEQ,
     STREAM,
     SUBMIT,
     UPDATE,
@@ -60,6 +63,7 @@ class RedisJobs:
         self._heartbeat = self._redis.register_script(HEARTBEAT)
         self._requeue = self._redis.register_script(REQUEUE)
         self._due = self._redis.register_script(DUE)
+        self._position = self._redis.register_script(POSITION)
         self._group_ready = False
 
     async def _ensure_group(self) -> None:
@@ -147,16 +151,13 @@ class RedisJobs:
 
     @fail_closed
     async def position(self, job: Job) -> int:
-        entry = await self._redis.hget(job_key(job.id), "entry")
-        if entry is None:
-            return 0
-        ahead = await self._redis.xrange(STREAM, "-", "(" + as_text(entry), count=10_000)
-        return max(0, len(ahead or []) - await self._pending())
+        # Exact: jobs:queued holds the queued jobs (and only them) in the order the stream hands them out.
+        return max(0, int(await self._position(keys=[QUEUED], args=[job.id])))
 
-    async def _pending(self) -> int:
-        await self._ensure_group()
-        summary: Any = await self._redis.xpending(STREAM, GROUP)
-        return int(summary["pending"])
+    async def _set_status(self, job: Job, gone_at: str, expect: Collection[str]) -> bool:
+        """The compare-and-set on the job's status; a job no longer queued leaves the queue's sorted sets."""
+        keys = [job_key(job.id), QUEUED, DEADLINES]
+        return bool(await self._update(keys=keys, args=[job.id, job.status, job.dumps(), gone_at, *expect]))
 
     async def _take(self, job_id: str, entry: str, worker: str) -> Claimed | None:
         """The job of a stream entry this worker was handed, now running; None (entry acknowledged)
@@ -167,11 +168,10 @@ class RedisJobs:
             return None
         job = Job.loads(as_text(raw[b"doc"]))
         job = replace(job, status="running", started_at=time.time(), runs=job.runs + 1)
-        if not await self._update(keys=[job_key(job_id)], args=["running", job.dumps(), "", "queued", "running"]):
+        if not await self._set_status(job, "", ("queued", "running")):
             await self._ack(entry)
             return None
         await self._redis.hset(job_key(job_id), "entry", entry)
-        await self._redis.zrem(DEADLINES, job_id)
         data = await self._redis.hmget(input_key(job_id), ["meta", "image", "bg_image"])
         if data[0] is None:  # its input is gone: nothing can run it
             return Claimed(job, Payload(None, None, None, {}, None, None, False))
@@ -209,10 +209,9 @@ class RedisJobs:
         # The record goes with its result, job_ttl_s after the job ended (the same instant when a webhook
         # attempt rewrites it later).
         gone_at = str(int((job.finished_at or time.time()) * 1000) + self._ttl_ms()) if job.terminal else ""
-        done = bool(await self._update(keys=[job_key(job.id)], args=[job.status, job.dumps(), gone_at, *expect]))
+        done = await self._set_status(job, gone_at, expect)
         if done and job.terminal:
             await self._redis.delete(input_key(job.id))
-            await self._redis.zrem(DEADLINES, job.id)
         return done
 
     @fail_closed
@@ -225,7 +224,8 @@ class RedisJobs:
     async def requeue(self, job: Job, worker: str) -> bool:
         return bool(
             await self._requeue(
-                keys=[job_key(job.id), STREAM, DEADLINES], args=[GROUP, worker, job.dumps(), job.id, repr(job.deadline)]
+                keys=[job_key(job.id), STREAM, DEADLINES, QUEUED, SEQ],
+                args=[GROUP, worker, job.dumps(), job.id, repr(job.deadline)],
             )
         )
 
@@ -252,9 +252,7 @@ class RedisJobs:
 
     @fail_closed
     async def queue_depth(self) -> int:
-        await self._ensure_group()
-        length = await self._redis.xlen(STREAM)
-        return max(0, int(length) - await self._pending())
+        return int(await self._redis.zcard(QUEUED))
 
     @fail_closed
     async def overdue(self, now: float) -> list[Job]:

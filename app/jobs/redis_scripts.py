@@ -8,6 +8,8 @@ Keys (all under `cutout:`):
     jobout:{id}         the result's bytes, expiring job_ttl_s after the job ends
     jobs:stream         the queue; group `runners`
     jobs:deadlines      sorted set of queued job ids by deadline (expiry of jobs nobody ran)
+    jobs:queued         sorted set of queued job ids by their turn (jobs:seq when queued): positions
+    jobs:seq            the counter that numbers each queueing, in the order of the stream's entries
     batch:{id}          hash: doc
     webhooks            sorted set of due webhooks ("job:{id}" / "batch:{id}") by due time
     jobsub:{digest}     an Idempotency-Key's submission: fingerprint, kind, id (expires with its window)
@@ -20,6 +22,8 @@ PREFIX = "cutout:"
 STREAM = PREFIX + "jobs:stream"
 GROUP = "runners"
 DEADLINES = PREFIX + "jobs:deadlines"
+QUEUED = PREFIX + "jobs:queued"
+SEQ = PREFIX + "jobs:seq"
 WEBHOOKS = PREFIX + "webhooks"
 MASTER = PREFIX + "jobs:master"
 # A batch's key expires this long after its submission at the latest (its completion sets job_ttl_s), so a
@@ -69,6 +73,7 @@ while i <= #ARGV do
         local entry = redis.call('XADD', p .. 'jobs:stream', '*', 'job', id)
         redis.call('HSET', p .. 'job:' .. id, 'entry', entry)
         redis.call('ZADD', p .. 'jobs:deadlines', ARGV[i + 3], id)
+        redis.call('ZADD', p .. 'jobs:queued', redis.call('INCR', p .. 'jobs:seq'), id)
     else
         redis.call('PEXPIRE', p .. 'job:' .. id, ARGV[10])
     end
@@ -77,18 +82,30 @@ end
 return {'ok', ARGV[5], ARGV[6]}
 """
 
-# KEYS: job   ARGV: new status, new doc, when the record goes (Unix ms; '' = never), expected statuses...
+# KEYS: job, queued, deadlines
+# ARGV: job id, new status, new doc, when the record goes (Unix ms; '' = never), expected statuses...
 UPDATE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 0 end
 local ok = false
-for i = 4, #ARGV do if ARGV[i] == status then ok = true end end
+for i = 5, #ARGV do if ARGV[i] == status then ok = true end end
 if not ok then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'doc', ARGV[2])
-if ARGV[3] ~= '' then
-    redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'doc', ARGV[3])
+if ARGV[2] ~= 'queued' then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('ZREM', KEYS[3], ARGV[1])
+end
+if ARGV[4] ~= '' then
+    redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 end
 return 1
+"""
+
+# KEYS: queued   ARGV: job id. How many queued jobs are ahead of this one; -1 when it is not queued.
+POSITION = """
+local turn = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not turn then return -1 end
+return redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. turn)
 """
 
 # KEYS: job, stream   ARGV: group, consumer
@@ -101,7 +118,7 @@ redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, entry, 'JUSTID')
 return 1
 """
 
-# KEYS: job, stream, deadlines   ARGV: group, consumer, doc, job id, deadline
+# KEYS: job, stream, deadlines, queued, seq   ARGV: group, consumer, doc, job id, deadline
 REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 local entry = redis.call('HGET', KEYS[1], 'entry')
@@ -112,6 +129,7 @@ end
 local fresh = redis.call('XADD', KEYS[2], '*', 'job', ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'doc', ARGV[3], 'entry', fresh)
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[4])  -- the back of the line, as its fresh entry
 return 1
 """
 

@@ -65,7 +65,11 @@ def job_schema() -> JSON:
             "expires_at": {"type": "number", "description": "Not run by then: expired, refunded."},
             "batch_id": {"type": ["string", "null"]},
             "runs": {"type": "integer", "minimum": 0},
-            "position": {"type": "integer", "minimum": 0, "description": "Queued jobs ahead (queued only)."},
+            "position": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Queued jobs (every account's) to be started before this one; 0: next (queued only).",
+            },
             "index": {"type": "integer", "minimum": 0},
             "name": {"type": ["string", "null"]},
             "result_url": {"type": "string", "description": "Once succeeded."},
