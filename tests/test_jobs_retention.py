@@ -17,7 +17,7 @@ from jobs_harness import TINY, finished, submit
 
 from harness import LiveServer, RedisServer, assert_error, wait_until
 
-RETENTION_S = 8  # long enough for a tiny ghost job to run and be read before it goes
+RETENTION_S = 12  # long enough for a tiny ghost job to run and be read before it goes, on a loaded machine
 
 
 def _windows(data: bytes, size: int = 32, step: int = 61) -> list[bytes]:
@@ -85,6 +85,7 @@ def test_a_finished_job_and_its_result_are_removed_after_the_retention_time(
         assert _found_in_files(server.data_dir, result) == 0
         assert _found_in_files(server.data_dir, TINY) == 0  # the uploaded photos too
     else:
-        assert _keys_of(client, job["id"]) == [] and _keys_of(client, batch["id"]) == []
-        assert _keys_of(client, batch["items"][0]["id"]) == []
+        refs = (job["id"], batch["id"], batch["items"][0]["id"])
+        # Redis expires each key on its own (the same millisecond for a batch and its last item): a moment's grace.
+        wait_until(lambda: all(_keys_of(client, ref) == [] for ref in refs), 5, "the job engine's keys to expire")
     assert server.balance(key) == 3  # the two delivered jobs stay charged: removal is not a refund

@@ -55,6 +55,8 @@ class Settlement:
             return
         jobs = await self.engine.get_many(batch.job_ids)
         if all(job.terminal for job in jobs):
-            await self.engine.put_batch(replace(batch, completed_at=now()))
+            # When its last item ended: the batch's retention ends with that item's, to the millisecond.
+            completed_at = max((job.finished_at or 0.0 for job in jobs), default=0.0) or now()
+            await self.engine.put_batch(replace(batch, completed_at=completed_at))
             if batch.webhook is not None:
                 await self.engine.schedule_webhook(f"batch:{batch.id}", now())
