@@ -100,9 +100,17 @@ class ModelSpec(BaseModel):
     # different things: falcon = IS-Net 768 with ghost (U2-Netp) keeps what IS-Net drops on flat,
     # textured backgrounds, for ghost's inference time on top (README, Models).
     union: str | None = None
+    # "drop": regions of the mask where no pixel is decided subject (a half-transparent second
+    # subject) are left out (app/inference/pipeline.py, drop_undecided).
+    undecided: Literal["keep", "drop"] = "keep"
+    # The mask's black point: values at or below it become 0, the rest are stretched back to 0-1
+    # (the faint haze a joined mask spreads over the background goes).
+    black_point: float = Field(default=0.0, ge=0.0, lt=1.0)
     # Steepens the soft mask around 0.5: u2netp's edges are blurrier than the subject's.
     edge_contrast: float = Field(default=1.0, ge=1.0)
-    foreground: Literal["none", "estimate"] = "none"
+    # "estimate": blur-fusion foreground colour on soft edges (no halo of the old background);
+    # "estimate_fast": the same with its blurs at 1/8 of the size, for the fast models.
+    foreground: Literal["none", "estimate", "estimate_fast"] = "none"
     cost: int = Field(default=1, ge=0)
     mask_cost: int = Field(default=1, ge=0)
     # A job's peak memory above the resting process, measured by bench/memory.py (one home: models.toml):
@@ -125,6 +133,15 @@ class ModelSpec(BaseModel):
         """Every operating resolution the model accepts, the default first, with its price."""
         default = resolution_name(self.input_size)
         return {default: Price(cost=self.cost, mask_cost=self.mask_cost), **self.resolutions}
+
+
+class AutoSpec(BaseModel):
+    """`model=auto` (config/models.toml [auto]): `first` runs; when its confidence is below `below`,
+    `escalate_to` runs too and its answer is given, at its price (the reservation holds the larger)."""
+
+    first: str = "falcon"
+    escalate_to: str = "aurora"
+    below: float = Field(ge=0.0, le=1.0)
 
 
 class PlanSpec(BaseModel):
@@ -305,6 +322,7 @@ class Settings(BaseSettings):
 
     weights: dict[str, WeightsSpec] = Field(default_factory=dict)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    auto: AutoSpec | None = None  # config/models.toml [auto]; None: no model=auto
     default_plan: str  # config/plans.toml
     plans: dict[str, PlanSpec] = Field(default_factory=dict)
 
@@ -319,6 +337,12 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"model {name!r}: union names {model.union!r}, which must be another model without a union"
                     )
+        if self.auto is not None and self.models:
+            for role in (self.auto.first, self.auto.escalate_to):
+                if role not in self.models:
+                    raise ValueError(f"[auto] names {role!r}, which is not in models")
+            if "auto" in self.models:
+                raise ValueError("a model may not be named 'auto': model=auto is [auto]")
         if self.models and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         for cidr in self.fetch_allow:
@@ -353,12 +377,17 @@ class Settings(BaseSettings):
         return self.plans.get(name) or self.plans[self.default_plan]  # the default exists (checked)
 
     def only_models(self, names: list[str] | tuple[str, ...]) -> Settings:
-        """These settings with only the named models loaded, and the models they join (`union`)."""
-        chosen = {name: self.models[name] for name in names}
+        """These settings with only the named models loaded, and the models they join (`union`).
+        "auto" loads auto's two models; without both, auto is off."""
+        wanted = [name for name in names if name != "auto"]
+        if "auto" in names and self.auto is not None:
+            wanted += [self.auto.first, self.auto.escalate_to]
+        chosen = {name: self.models[name] for name in wanted}
         for spec in list(chosen.values()):
             if spec.union is not None:
                 chosen.setdefault(spec.union, self.models[spec.union])
-        return self.model_copy(update={"models": chosen})
+        auto = self.auto if self.auto is not None and {self.auto.first, self.auto.escalate_to} <= set(chosen) else None
+        return self.model_copy(update={"models": chosen, "auto": auto})
 
     def weights_path(self, weights_name: str) -> Path:
         return self.models_dir / self.weights[weights_name].file

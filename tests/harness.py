@@ -66,6 +66,8 @@ def _lean_config() -> str:
             f"peak_bytes_per_pixel = {max(spec.peak_bytes_per_pixel, 28) if on_isnet else spec.peak_bytes_per_pixel}",
             "",
         ]
+    auto = shipped.index("[auto]")  # model=auto as shipped (its two models keep their names here)
+    lines += [shipped[auto : shipped.index("\n[", auto + 1)].strip(), ""]
     folder = Path(tempfile.mkdtemp(prefix="cutout-lean-config-"))
     atexit.register(shutil.rmtree, folder, True)  # servers outlive no test run
     (folder / "models.toml").write_text("\n".join(lines))

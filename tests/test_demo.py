@@ -50,6 +50,9 @@ def test_demo_page_layout_slider_and_remembered_key(
 
     model, key, form, stage = box(page, "#model"), box(page, "#key"), box(page, "#form"), box(page, ".stage")
     assert key["y"] >= model["y"] + model["height"], "the model, then the key"
+    for control in (model, key, box(page, ".key")):
+        assert control["x"] + control["width"] <= form["x"] + form["width"], "every control inside the form's panel"
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), "no sideways scrolling"
     expect(page.locator("#price")).to_have_text("The price shows once your key is in.")
     if viewport == "phone":
         assert stage["y"] >= form["y"] + form["height"], "phone: the result under the form"
@@ -212,3 +215,20 @@ def test_demo_page_prices_options_agrees_in_number_and_never_parses_server_text(
     script = DEMO_JS.read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
+
+
+def test_demo_page_offers_auto_and_shows_the_confidence_under_the_result(
+    browser: Browser, live_server: LiveServer, api_key: str, tmp_path: Path
+) -> None:
+    page = browser.new_page()
+    page.goto(live_server.url + "/demo")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(subject_image(320, 240))
+    page.fill("#key", api_key)
+    page.select_option("#model", "auto")
+    page.set_input_files("#file", str(photo))
+    page.click("#submit")
+    expect(page.locator("#download")).to_be_visible(timeout=60_000)
+    expect(page.locator("#confidence")).to_be_visible()
+    expect(page.locator("#confidence")).to_contain_text("Mask confidence 0.")
+    page.close()

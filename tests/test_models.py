@@ -95,6 +95,8 @@ def test_falcon_keeps_per_pixel_the_larger_of_isnet_and_ghost() -> None:
     settings = Settings(models_dir=MODELS_DIR)
     ghost_spec, falcon_spec = settings.models["ghost"], settings.models["falcon"]
     assert falcon_spec.union == "ghost"
+    # The join alone: its clean-up (undecided regions, black point) is tested in test_confidence.py.
+    falcon_spec = falcon_spec.model_copy(update={"undecided": "keep", "black_point": 0.0})
     ghost = Pipeline("ghost", ghost_spec, {"320x320": create_engine(settings, "u2netp", 320)})
     isnet = {"768x768": create_engine(settings, "isnet", 768)}
     falcon = Pipeline("falcon", falcon_spec, isnet, union=ghost)

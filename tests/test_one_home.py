@@ -89,7 +89,7 @@ def test_relative_links_lead_somewhere(page: Path) -> None:
 def test_every_service_setting_is_documented() -> None:
     """Each setting without a description must be one that config/models.toml or plans.toml supplies."""
     undocumented = {name for name, field in Settings.model_fields.items() if not field.description}
-    assert undocumented == {"weights", "models", "default_plan", "plans", "option_costs"}
+    assert undocumented == {"weights", "models", "auto", "default_plan", "plans", "option_costs"}
 
 
 def test_config_files_set_only_what_differs_from_the_defaults() -> None:

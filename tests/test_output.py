@@ -161,7 +161,7 @@ def test_json_answer_with_mask(live_server: LiveServer, api_key: str, plain: np.
     )
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     body = response.json()
-    assert set(body) == {"image", "mask"}
+    assert set(body) == {"image", "mask", "confidence"}
     assert set(body["image"]) == {"url", "content_type", "file_name", "file_size", "width", "height"}
     assert body["image"]["file_name"] == "cutout.png" and body["mask"]["file_name"] == "mask.png"
     image, mask = _decode_file(body["image"]), _decode_file(body["mask"])

@@ -201,6 +201,21 @@ async def test_commit_charges_once_and_a_committed_reservation_is_not_refunded(b
     assert await balance(store, account.id) == 7
 
 
+async def test_commit_for_less_charges_that_and_gives_the_rest_back_once(backend: Backend) -> None:
+    """model=auto reserves the larger price and settles for what ran."""
+    store, _ = backend
+    account, _ = await store.create_account(credits=10, plan="free")
+    reservation = await store.reserve(account.id, 2, "req_partial")
+    assert await balance(store, account.id) == 8
+    assert await store.commit(reservation, amount=1) is True
+    assert await balance(store, account.id) == 9
+    assert await store.commit(reservation, amount=1) is True  # a retried commit gives nothing back twice
+    assert await store.refund(reservation) == 9
+    assert await balance(store, account.id) == 9
+    with pytest.raises(ValueError):
+        await store.commit(await store.reserve(account.id, 1, "req_over"), amount=2)
+
+
 async def test_refund_gives_back_once_and_a_refunded_reservation_cannot_be_committed(backend: Backend) -> None:
     store, _ = backend
     account, _ = await store.create_account(credits=10, plan="free")

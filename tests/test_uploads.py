@@ -385,7 +385,7 @@ def test_openapi_lists_every_route_the_app_serves(live_server: LiveServer) -> No
     form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
     # Neither image nor image_url is required alone: one of the two stands (a 400 says so when neither does).
     assert "required" not in form and {"image", "image_url"} <= set(form["properties"])
-    assert set(form["properties"]["model"]["enum"]) == {"ghost", "falcon", "aurora"}
+    assert set(form["properties"]["model"]["enum"]) == {"ghost", "falcon", "aurora", "auto"}
     assert "image/png" in upload["responses"]["200"]["content"]
     assert {"400", "401", "402", "408", "413", "429", "500", "503"} <= set(upload["responses"])
 

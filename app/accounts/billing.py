@@ -1,10 +1,15 @@
-"""Charging for one request: reserve before the work, commit on success, refund on any failure."""
+"""Charging for one request: reserve before the work, commit on success, refund on any failure.
+
+A request whose price is known only once it ran (model=auto: the first model's price, or the one it
+escalated to) reserves the larger and settles for what ran: the commit charges that and gives the
+rest back in the same step."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 
@@ -53,6 +58,25 @@ async def reserve(
         ) from None
 
 
+@dataclass
+class Bill:
+    """A reservation and what the commit will charge of it: all of it, unless `settle_for` says less."""
+
+    reservation: Reservation
+    amount: int
+
+    def settle_for(self, amount: int) -> None:
+        if amount < 0:
+            raise ValueError(f"cannot settle a reservation for {amount}")
+        # Never more than was reserved: a replay or an unlimited account reserved 0 and pays nothing.
+        self.amount = min(amount, self.reservation.amount)
+
+    @property
+    def remaining(self) -> int:
+        """The balance after the commit: the reservation's, plus what it gives back."""
+        return self.reservation.remaining + self.reservation.amount - self.amount
+
+
 @asynccontextmanager
 async def charge(
     store: Store,
@@ -61,15 +85,16 @@ async def charge(
     request_id: str,
     idempotency: IdempotencyClaim | None = None,
     keep: Callable[[], StoredAnswer | None] | None = None,
-) -> AsyncIterator[Reservation]:
+) -> AsyncIterator[Bill]:
     """keep: at the commit, the answer to keep with the Idempotency-Key (None: nothing kept)."""
     # An unlimited account's requests go through the same steps (idempotency included), for nothing.
     reservation = await reserve(store, account, 0 if account.unlimited else amount, request_id, idempotency)
+    bill = Bill(reservation, reservation.amount)
     if reservation.replayed:  # already paid for under this Idempotency-Key
-        yield reservation
+        yield bill
         return
     try:
-        yield reservation
+        yield bill
     except BaseException:
         # Shielded: a client that hung up cancels the request, and the refund must still land.
         with anyio.CancelScope(shield=True):
@@ -80,7 +105,8 @@ async def charge(
                 log.warning("refund of %s deferred to the sweeper: store unavailable", reservation.id)
         raise
     with anyio.CancelScope(shield=True):
-        charged = await store.commit(reservation, keep() if keep is not None else None)
+        settled = None if bill.amount == reservation.amount else bill.amount
+        charged = await store.commit(reservation, keep() if keep is not None else None, settled)
     if not charged:
         # Held past reservation_ttl_s and refunded by the sweeper: the work goes undelivered, unpaid.
         raise processing_timeout()

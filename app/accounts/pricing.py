@@ -43,3 +43,21 @@ def price_list(settings: Settings, specs: dict[str, ModelSpec], resolutions: dic
             "resolutions": {r: model_price(spec, r).model_dump() for r in offered},
         }
     return {"models": models, "option_costs": {name: settings.option_costs.get(name, 0) for name in PRICED_OPTIONS}}
+
+
+def auto_price(
+    settings: Settings, first: ModelSpec, then: ModelSpec, first_resolution: str, then_resolution: str
+) -> dict[str, Any]:
+    """model=auto's entry in the price list: the first model's price, or the one it escalates to
+    when it does (the request reserves the larger and is charged what ran)."""
+    assert settings.auto is not None
+    plain, escalated = model_price(first, first_resolution), model_price(then, then_resolution)
+    return {
+        "cost": plain.cost,
+        "mask_cost": plain.mask_cost,
+        "escalated_cost": escalated.cost,
+        "escalated_mask_cost": escalated.mask_cost,
+        "runs": settings.auto.first,
+        "escalates_to": settings.auto.escalate_to,
+        "escalates_below_confidence": settings.auto.below,
+    }

@@ -11,6 +11,7 @@ import functools
 import logging
 from dataclasses import replace
 
+from app.accounts.billing import Bill
 from app.errors import ApiError
 from app.http import metrics
 from app.inference.cancel import Cancelled
@@ -103,20 +104,28 @@ class Runner:
             return
         await self._deliver(job, *outcome)
 
-    async def _deliver(self, job: Job, body: bytes, media_type: str) -> None:
+    async def _deliver(self, job: Job, body: bytes, media_type: str, charged: int) -> None:
         """The result stored, then charged, then the job recorded succeeded."""
         await self.engine.put_result(job.id, body, self.settings.job_ttl_s)
-        # Charged once however often the job ran: commit is idempotent per reservation.
-        await self.store.commit(job.reservation())
+        # Charged once however often the job ran: commit is idempotent per reservation. model=auto
+        # reserved the larger price and is charged what ran (the rest given back in the same step).
+        await self.store.commit(job.reservation(), amount=None if charged == job.credits else charged)
         done = replace(
-            job, status="succeeded", finished_at=now(), media_type=media_type, result_bytes=len(body), charged=True
+            job,
+            status="succeeded",
+            finished_at=now(),
+            media_type=media_type,
+            result_bytes=len(body),
+            charged=True,
+            credits=charged,
         )
         await self.settlement.finish(done, expect=("running",))
         metrics.JOB_SECONDS.observe(done.finished_at - job.created_at)  # type: ignore[operator]
         metrics.CREDITS_CHARGED.labels(job.model).inc(job.credits)
 
-    async def _render(self, job: Job, payload: Payload) -> tuple[bytes, str] | ApiError:
-        """The job's result as the synchronous route would answer it, or the ApiError it would answer."""
+    async def _render(self, job: Job, payload: Payload) -> tuple[bytes, str, int] | ApiError:
+        """The job's result as the synchronous route would answer it (body, media type, credits charged),
+        or the ApiError it would answer."""
         try:
             return await self._answer(job, payload)
         except ApiError as err:
@@ -129,15 +138,15 @@ class Runner:
             log.exception("job %s failed", job.id)
             return ApiError("internal_error", "The job failed on our side; its credits were refunded.")
 
-    async def _answer(self, job: Job, payload: Payload) -> tuple[bytes, str]:
+    async def _answer(self, job: Job, payload: Payload) -> tuple[bytes, str, int]:
         settings = self.settings
         sub = payload.submission()
         if payload.image is None and payload.image_url is None:
             raise ApiError("internal_error", "The job's input was lost; its credits were refunded.")
-        pipeline = planning.choose_model(sub, settings, self.registry)
+        pipeline, then = planning.choose_model(sub, settings, self.registry)
         # The synchronous route's own steps: order (options, price), the photo (image_url fetched now),
         # its header checked, render in a worker, the answer.
-        asked = await planning.order(sub, pipeline, job.output, accept(payload.accept_json), settings)
+        asked = await planning.order(sub, pipeline, job.output, accept(payload.accept_json), settings, then=then)
         photo = sub.image if sub.image is not None else await planning.fetch_photo(sub, settings)
         planned = await planning.job(asked, photo, settings)
         work = functools.partial(render, planned, settings.png_compress_level, settings.png_fast)
@@ -149,5 +158,7 @@ class Runner:
             preemptible=job.runs <= MAX_PREEMPTIONS,
         )
         metrics.observe_delivery(asked.model, job.output, result.inference_s, 0)
-        response = await respond.response(asked, result, job.reservation())
-        return bytes(response.body), response.media_type or "application/octet-stream"
+        bill = Bill(job.reservation(), job.credits)
+        bill.settle_for(asked.price_of(bool(result.escalated)))
+        response = await respond.response(asked, result, bill)
+        return bytes(response.body), response.media_type or "application/octet-stream", bill.amount

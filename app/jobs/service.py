@@ -97,9 +97,10 @@ class JobService:
         """The item's model and cost, or the 400 its options get (at submission: nothing is fetched yet)."""
         if sub.image_url is not None and not self.settings.fetch_enabled:
             raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
-        pipeline = planning.choose_model(sub, self.settings, self.registry)
-        asked = await planning.order(sub, pipeline, output, accept(accept_json), self.settings, fetch_background=False)
-        return Item(Payload.of(sub, accept_json), output, pipeline.name, asked.price)
+        pipeline, then = planning.choose_model(sub, self.settings, self.registry)
+        wanted = accept(accept_json)
+        asked = await planning.order(sub, pipeline, output, wanted, self.settings, fetch_background=False, then=then)
+        return Item(Payload.of(sub, accept_json), output, asked.model, asked.price)
 
     async def secret(self, account_id: str) -> str:
         return await self.sender.secret(account_id)

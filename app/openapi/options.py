@@ -198,6 +198,19 @@ def _file_schema() -> JSON:
 def json_answer() -> JSON:
     return {
         "type": "object",
-        "required": ["image"],
-        "properties": {"image": _file_schema(), "mask": {**_file_schema(), "description": "With `output_mask`."}},
+        "required": ["image", "confidence"],
+        "properties": {
+            "image": _file_schema(),
+            "mask": {**_file_schema(), "description": "With `output_mask`."},
+            "confidence": CONFIDENCE,
+        },
     }
+
+
+CONFIDENCE: JSON = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 1,
+    "description": "How far to trust the mask (0-1), as X-Mask-Confidence says: below 0.5, look at the "
+    "cut-out (or send model=auto, or aurora). docs/models.md, Confidence and model=auto.",
+}

@@ -25,6 +25,11 @@ def _resolutions(settings: Settings) -> list[str]:
     return sorted(names, key=lambda r: int(r.split("x")[0]))
 
 
+def _model_names(settings: Settings) -> list[str]:
+    """The names a client may send: the models, and auto when it is configured."""
+    return sorted(settings.models) + (["auto"] if settings.auto is not None else [])
+
+
 def _success_headers(settings: Settings) -> JSON:
     return {
         "X-Request-ID": REQUEST_ID,
@@ -33,7 +38,19 @@ def _success_headers(settings: Settings) -> JSON:
             "description": "The balance after this request (absent for an unlimited key).",
             **INT_HEADER,
         },
-        "X-Model": {"schema": {"type": "string", "enum": sorted(settings.models)}},
+        "X-Model": {
+            "description": "The model whose answer this is (model=auto: the one that ran last).",
+            "schema": {"type": "string", "enum": sorted(settings.models)},
+        },
+        "X-Mask-Confidence": {
+            "description": option_schemas.CONFIDENCE["description"],
+            "schema": {"type": "string", "example": "0.912"},
+        },
+        "X-Model-Escalated": {
+            "description": "model=auto only: `true` when the first model's confidence was below the threshold "
+            "and the stronger model's answer was given (charged at its price).",
+            "schema": {"type": "string", "enum": ["true", "false"]},
+        },
         "X-Operating-Resolution": {"schema": {"type": "string", "enum": _resolutions(settings)}},
         "X-RateLimit-Limit": INT_HEADER,
         "X-RateLimit-Remaining": INT_HEADER,
@@ -90,7 +107,7 @@ def _form(settings: Settings, mask: bool) -> JSON:
             "properties": {
                 "image": {"type": "string", "format": "binary", "description": image},
                 **urls,
-                "model": {"type": "string", "enum": sorted(settings.models), "default": settings.default_model},
+                "model": {"type": "string", "enum": _model_names(settings), "default": settings.default_model},
                 "operating_resolution": {
                     "type": "string",
                     "enum": ["auto", *_resolutions(settings)],
@@ -110,7 +127,7 @@ def _request_body(settings: Settings, mask: bool) -> JSON:
         "content": {
             "multipart/form-data": _form(settings, mask),
             "application/json": {
-                "schema": option_schemas.json_request(sorted(settings.models), settings.default_model, mask),
+                "schema": option_schemas.json_request(_model_names(settings), settings.default_model, mask),
                 "example": option_schemas.json_example(mask),
             },
         },

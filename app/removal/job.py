@@ -35,6 +35,18 @@ from app.settings import Settings
 Output = pricing.Output
 Answer = Literal["image", "bytes", "json"]  # bytes: the image sent as application/octet-stream
 Source = Literal["upload", "image_url"]
+AUTO = "auto"  # model=auto: config/models.toml [auto]
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """model=auto: when the order's model answers with a confidence below `below`, `then` runs too
+    and its answer is given. The order reserves the larger price and charges what ran."""
+
+    then: Pipeline
+    below: float
+    first_price: int  # credits when the first model's answer is given
+    then_price: int  # credits when it escalated
 
 
 @dataclass(frozen=True)
@@ -49,16 +61,23 @@ class Order:
     answer: Answer
     price: int  # credits
     fingerprint: str  # what the Idempotency-Key fingerprint adds to output, model and image
+    escalation: Escalation | None = None  # model=auto
 
     @property
     def model(self) -> str:
-        return self.pipeline.name
+        return AUTO if self.escalation is not None else self.pipeline.name
+
+    def price_of(self, escalated: bool) -> int:
+        """The credits for the answer given: what ran (auto reserves the larger, `price`)."""
+        if self.escalation is None:
+            return self.price
+        return self.escalation.then_price if escalated else self.escalation.first_price
 
     @property
     def asked(self) -> str:
         """The model as the fingerprint names it: another resolution is another request, and the
         default keeps the fingerprint it always had."""
-        default = self.resolution == self.pipeline.resolutions[0]
+        default = self.resolution == self.pipeline.resolutions[0] or self.escalation is not None
         return self.model if default else f"{self.model}@{self.resolution}"
 
 
@@ -126,14 +145,28 @@ def wants_json(accept: str) -> bool:
     return preferred(accept) == "json"
 
 
-def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> Pipeline:
-    """The model the submission names (or the default), or a 400 naming those there are."""
+def offered(settings: Settings, registry: ModelRegistry) -> list[str]:
+    """The model names a client may send: the loaded models, and auto when both of its are loaded."""
+    names = list(registry.names)
+    auto = settings.auto
+    if auto is not None and registry.get(auto.first) is not None and registry.get(auto.escalate_to) is not None:
+        names.append(AUTO)
+    return names
+
+
+def choose_model(sub: Submission, settings: Settings, registry: ModelRegistry) -> tuple[Pipeline, Pipeline | None]:
+    """The model the submission names (or the default), and for auto the one it may escalate to;
+    or a 400 naming those there are."""
     name = settings.default_model if sub.model is None else sub.model
+    if name == AUTO and settings.auto is not None and AUTO in offered(settings, registry):
+        first, then = registry.get(settings.auto.first), registry.get(settings.auto.escalate_to)
+        assert first is not None and then is not None
+        return first, then
     pipeline = registry.get(name)
     if pipeline is None:
-        names = ", ".join(registry.names)
+        names = ", ".join(offered(settings, registry))
         raise invalid_parameter(f"Unknown model {name[:40]!r}. Choose one of: {names}.")
-    return pipeline
+    return pipeline, None
 
 
 def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
@@ -226,23 +259,42 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
+def _escalation(then: Pipeline, first_price: int, output: Output, used: set[str], settings: Settings) -> Escalation:
+    """model=auto's second model and both prices (the options priced alike for either)."""
+    assert settings.auto is not None
+    then_price = pricing.cost(settings, then.spec, then.resolutions[0], output, used)
+    return Escalation(then, settings.auto.below, first_price, then_price)
+
+
 async def order(
-    sub: Submission, pipeline: Pipeline, output: Output, accept: str, settings: Settings, fetch_background: bool = True
+    sub: Submission,
+    pipeline: Pipeline,
+    output: Output,
+    accept: str,
+    settings: Settings,
+    fetch_background: bool = True,
+    then: Pipeline | None = None,
 ) -> Order:
-    """What the submission asks of `pipeline`, or the 4xx that refuses it. fetch_background=False: a bg_image_url is
-    priced and checked but not fetched (an asynchronous job's submission; it is fetched when the job runs)."""
+    """What the submission asks of `pipeline` (model=auto: escalating to `then`), or the 4xx that refuses it.
+    fetch_background=False: a bg_image_url is priced and checked but not fetched (an asynchronous job's
+    submission; it is fetched when the job runs)."""
+    if then is not None and sub.operating_resolution is not None:
+        raise invalid_parameter(
+            "model=auto runs each model at its own operating resolution: leave operating_resolution out."
+        )
     resolution = _operating_resolution(pipeline, sub.operating_resolution)
     if sub.bg_image is not None and sub.bg_image_url is not None:
         raise invalid_parameter("Send either a bg_image or a bg_image_url, not both.")
     # A background to fetch stands as a placeholder while the options are checked (nothing fetched yet).
     background = b"" if sub.bg_image_url is not None else sub.bg_image
     chosen = options.parse(sub.fields, background, mask=output == "mask")
-    if (
-        sub.bg_image_url is not None and fetch_background
-    ):  # remove.bg's bg_image_url: fetched like image_url, then a bg_image
+    if sub.bg_image_url is not None and fetch_background:  # remove.bg's: fetched like image_url
         chosen = dataclasses.replace(chosen, bg_image=await _fetched(sub.bg_image_url, settings))
     fingerprint = chosen.fingerprint()
-    price = pricing.cost(settings, pipeline.spec, resolution, output, _priced_options(sub, chosen))
+    used = _priced_options(sub, chosen)
+    price = pricing.cost(settings, pipeline.spec, resolution, output, used)
+    escalation = None if then is None else _escalation(then, price, output, used, settings)
+    price = price if escalation is None else max(price, escalation.then_price)
     answer = _answer(chosen, accept)
     background_digest = ""
     if chosen.bg_image is not None:
@@ -257,6 +309,7 @@ async def order(
         answer=answer,
         price=price,
         fingerprint=fingerprint + (f"\n{background_digest}" if background_digest else ""),
+        escalation=escalation,
     )
 
 
@@ -268,12 +321,22 @@ async def job(asked: Order, image: bytes, settings: Settings, admit: Admit | Non
     async with admit(held) if admit is not None else contextlib.nullcontext():
         info, background_pixels = await anyio.to_thread.run_sync(check)
     # The model's measured cost for these pixels, plus what the options add (a background image's decode).
-    memory = asked.pipeline.spec.peak_bytes(info.width * info.height)
+    pixels = info.width * info.height
+    memory = asked.pipeline.spec.peak_bytes(pixels)
+    if asked.escalation is not None:
+        # One after the other: the larger peak, and the first's full-size mask held meanwhile.
+        memory = max(memory, asked.escalation.then.spec.peak_bytes(pixels)) + pixels
     memory += background_pixels * BACKGROUND_PEAK_BYTES_PER_PIXEL
     return Job(order=asked, image=image, memory_bytes=memory)
 
 
-def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolution: str | None = None) -> Job:
+def plain(
+    pipeline: Pipeline,
+    image: bytes,
+    output: Output = "cutout",
+    resolution: str | None = None,
+    escalation: Escalation | None = None,
+) -> Job:
     """A job with no option, price or fingerprint: the service's own path, for bench/ to time."""
     asked = Order(
         source="upload",
@@ -284,5 +347,6 @@ def plain(pipeline: Pipeline, image: bytes, output: Output = "cutout", resolutio
         answer="image",
         price=0,
         fingerprint="",
+        escalation=escalation,
     )
     return Job(order=asked, image=image, memory_bytes=0)

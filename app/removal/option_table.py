@@ -169,9 +169,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "refine_foreground",
         "bool",
-        "Estimate the subject's own colours on soft edges (hair, fur: no halo of the old background), as fal's "
-        "`refine_foreground`; `false` keeps the photo's colours. Default: {default}.",
-        default="the model's own (on for aurora)",
+        "Estimate the subject's own colours on soft edges (hair, fur: no halo of the old background) with the full "
+        "estimate, as fal's `refine_foreground`; `false` keeps the photo's colours. Default: {default}.",
+        default="the model's own (the full estimate on aurora, a fast one at 1/8 size on ghost and falcon)",
     ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}

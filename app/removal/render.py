@@ -14,8 +14,9 @@ import numpy as np
 
 from app.errors import ApiError, invalid_image
 from app.imaging import codec, compose
+from app.inference import auto
 from app.inference.cancel import checkpoint
-from app.removal.job import Job
+from app.removal.job import Job, Order
 from app.removal.options import Options
 
 
@@ -42,6 +43,10 @@ class Result:
     image: Finished
     content_type: str
     inference_s: float  # decode to encode, without the queue's wait
+    confidence: float  # of the mask given, 0-1 (app/inference/confidence.py)
+    model: str  # the model whose answer it is (model=auto: the first, or the one it escalated to)
+    resolution: str  # the operating resolution that model ran at
+    escalated: bool | None = None  # model=auto: whether it escalated; None for a named model
 
 
 def _encoded(pixels: np.ndarray, chosen: Options, png_level: int, png_fast: bool) -> bytes:
@@ -86,6 +91,23 @@ def finish_mask(alpha: np.ndarray, chosen: Options, png_level: int) -> Finished:
     return Finished(_encoded(composed.pixels, chosen, png_level, False), width, height, None, _rectangle(composed.crop))
 
 
+def _network(asked: Order, decoded: codec.Decoded) -> tuple[np.ndarray, tuple[float, str, str, bool | None]]:
+    """The model's mask (or cut-out) of the photo, and (confidence, model, resolution, escalated) of the
+    answer: model=auto's escalation decides which model's it is."""
+    refine = asked.options.refine_foreground
+    if asked.escalation is not None:
+        then = asked.escalation.then
+        answer = auto.run(asked.pipeline, then, asked.escalation.below, decoded, asked.output == "cutout", refine)
+        if answer.escalated:
+            return answer.pixels, (answer.confidence, then.name, then.resolutions[0], True)
+        return answer.pixels, (answer.confidence, asked.pipeline.name, asked.resolution, False)
+    if asked.output == "mask":
+        pixels, score = asked.pipeline.mask_scored(decoded.rgb, asked.resolution)
+    else:
+        pixels, score = asked.pipeline.cutout_scored(decoded, asked.resolution, refine)
+    return pixels, (score, asked.pipeline.name, asked.resolution, None)
+
+
 def render(job: Job, png_level: int, png_fast: bool) -> Result:
     """png_fast: colour PNGs through fpng (app/imaging/codec.py); masks always take Pillow."""
     asked = job.order
@@ -95,11 +117,11 @@ def render(job: Job, png_level: int, png_fast: bool) -> Result:
     background = decode_background(asked.options.bg_image) if asked.options.bg_image is not None else None
     decoded = codec.decode(job.image)
     checkpoint()
+    pixels, answered = _network(asked, decoded)
+    checkpoint()
     if asked.output == "mask":
-        finished = finish_mask(asked.pipeline.mask(decoded.rgb, asked.resolution), asked.options, png_level)
+        finished = finish_mask(pixels, asked.options, png_level)
     else:
-        rgba = asked.pipeline.cutout(decoded, asked.resolution, asked.options.refine_foreground)
-        checkpoint()
-        finished = finish_cutout(rgba, decoded.rgb, asked.options, png_level, png_fast, background)
+        finished = finish_cutout(pixels, decoded.rgb, asked.options, png_level, png_fast, background)
     content_type = codec.CONTENT_TYPES[asked.options.output_format]
-    return Result(finished, content_type, time.perf_counter() - started)
+    return Result(finished, content_type, time.perf_counter() - started, *answered)

@@ -8,29 +8,47 @@ import anyio
 from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
+from app.accounts.billing import Bill
 from app.removal.job import OCTET_TYPE, Order
 from app.removal.render import Result
-from app.store import Reservation, StoredAnswer
+from app.store import StoredAnswer
 
+CONFIDENCE_HEADER = "X-Mask-Confidence"
+ESCALATED_HEADER = "X-Model-Escalated"
 # remove.bg's names: the result's size, and after a crop the kept rectangle in the input photo.
 WIDTH_HEADER, HEIGHT_HEADER = "X-Width", "X-Height"
 FOREGROUND_HEADERS = ("X-Foreground-Left", "X-Foreground-Top", "X-Foreground-Width", "X-Foreground-Height")
 
 
-def headers(asked: Order, result: Result | None, reservation: Reservation, unlimited: bool = False) -> dict[str, str]:
-    """The answer's headers; `result` None for a replay (its kept body carries no geometry)."""
+def confidence(result: Result) -> float:
+    """The mask's confidence as the answer states it (header and JSON alike)."""
+    return round(result.confidence, 3)
+
+
+def _result_headers(result: Result) -> dict[str, str]:
+    """What the result itself says: its confidence, size, crop and (model=auto) escalation."""
+    image = result.image
+    answer = {CONFIDENCE_HEADER: f"{confidence(result):.3f}", WIDTH_HEADER: str(image.width)}
+    answer[HEIGHT_HEADER] = str(image.height)
+    if image.foreground is not None:
+        answer.update(zip(FOREGROUND_HEADERS, map(str, image.foreground), strict=True))
+    if result.escalated is not None:
+        answer[ESCALATED_HEADER] = "true" if result.escalated else "false"
+    return answer
+
+
+def headers(asked: Order, result: Result | None, bill: Bill, unlimited: bool = False) -> dict[str, str]:
+    """The answer's headers; `result` None for a replay (its kept body is all that was kept)."""
     answer = {
-        "X-Credits-Charged": str(reservation.amount),
-        "X-Model": asked.model,
-        "X-Operating-Resolution": asked.resolution,
+        "X-Credits-Charged": str(bill.amount),
+        "X-Model": asked.model if result is None else result.model,
+        "X-Operating-Resolution": asked.resolution if result is None else result.resolution,
     }
     if result is not None:
-        answer[WIDTH_HEADER], answer[HEIGHT_HEADER] = str(result.image.width), str(result.image.height)
-        if result.image.foreground is not None:
-            answer.update(zip(FOREGROUND_HEADERS, map(str, result.image.foreground), strict=True))
+        answer.update(_result_headers(result))
     if not unlimited:  # an unlimited account has no balance to count down
-        answer["X-Credits-Remaining"] = str(reservation.remaining)
-    if reservation.replayed:
+        answer["X-Credits-Remaining"] = str(bill.remaining)
+    if bill.reservation.replayed:
         answer[idempotency.REPLAYED_HEADER] = "true"
     return answer
 
@@ -50,14 +68,15 @@ def _file(data: bytes, result: Result, name: str) -> dict[str, object]:
 
 
 def _json(asked: Order, result: Result, with_headers: dict[str, str]) -> JSONResponse:
-    body = {"image": _file(result.image.body, result, asked.output)}
+    body: dict[str, object] = {"image": _file(result.image.body, result, asked.output)}
     if result.image.mask is not None:
         body["mask"] = _file(result.image.mask, result, "mask")
+    body["confidence"] = confidence(result)
     return JSONResponse(body, headers=with_headers)
 
 
-async def response(asked: Order, result: Result, reservation: Reservation, unlimited: bool = False) -> Response:
-    with_headers = headers(asked, result, reservation, unlimited)
+async def response(asked: Order, result: Result, bill: Bill, unlimited: bool = False) -> Response:
+    with_headers = headers(asked, result, bill, unlimited)
     if asked.answer != "json":
         media_type = OCTET_TYPE if asked.answer == "bytes" else result.content_type
         return Response(result.image.body, media_type=media_type, headers=with_headers)
@@ -73,10 +92,10 @@ def kept(response: Response) -> StoredAnswer | None:
     return StoredAnswer(response.media_type or "application/octet-stream", body)
 
 
-def replay(asked: Order, reservation: Reservation, unlimited: bool = False) -> Response | None:
+def replay(asked: Order, bill: Bill, unlimited: bool = False) -> Response | None:
     """A retry's answer from the one its first request delivered, or None: nothing was kept (over
     MAX_STORED_ANSWER_BYTES), or the retry asks for the other shape (JSON or bytes)."""
-    answer = reservation.answer
+    answer = bill.reservation.answer
     if answer is None or (answer.content_type == "application/json") != (asked.answer == "json"):
         return None
-    return Response(answer.body, media_type=answer.content_type, headers=headers(asked, None, reservation, unlimited))
+    return Response(answer.body, media_type=answer.content_type, headers=headers(asked, None, bill, unlimited))

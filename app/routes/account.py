@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse
 
 from app.accounts import pricing
 from app.accounts.auth import authenticate
+from app.removal import job as planning
 from app.services import services
 
 
@@ -20,6 +21,12 @@ async def account(request: Request) -> JSONResponse:
         {name: p.spec for name, p in pipelines.items()},
         {name: p.resolutions for name, p in pipelines.items()},
     )
+    auto = svc.settings.auto
+    if auto is not None and planning.AUTO in planning.offered(svc.settings, svc.registry):
+        first, then = pipelines[auto.first], pipelines[auto.escalate_to]
+        prices["models"][planning.AUTO] = pricing.auto_price(
+            svc.settings, first.spec, then.spec, first.resolutions[0], then.resolutions[0]
+        )
     return JSONResponse(
         {
             "account_id": acct.id,

@@ -26,7 +26,7 @@ from starlette.responses import Response
 
 from app.accounts import idempotency
 from app.accounts.auth import authenticate
-from app.accounts.billing import charge
+from app.accounts.billing import Bill, charge
 from app.errors import ApiError, client_closed_request, processing_timeout
 from app.http import context, metrics
 from app.inference.gate import Busy, Expired
@@ -36,7 +36,7 @@ from app.removal import respond, submission
 from app.removal.job import Job, Order, Output
 from app.removal.render import Result, render
 from app.services import Services, services
-from app.store import Account, IdempotencyClaim, Reservation, StoredAnswer
+from app.store import Account, IdempotencyClaim, StoredAnswer
 
 T = TypeVar("T")
 
@@ -95,9 +95,9 @@ async def _run(request: Request, svc: Services, job: Job, started: float) -> Res
         raise processing_timeout() from None
 
 
-def _record(logged: context.RequestInfo, asked: Order, result: Result, reservation: Reservation) -> None:
+def _record(logged: context.RequestInfo, asked: Order, result: Result, bill: Bill) -> None:
     """The delivery, as the metrics and the access log line count it."""
-    charged = 0 if reservation.replayed else reservation.amount
+    charged = 0 if bill.reservation.replayed else bill.amount
     metrics.observe_delivery(asked.model, asked.output, result.inference_s, charged)
     logged.inference_ms = round(result.inference_s * 1000, 1)
     logged.credits_charged = charged
@@ -123,9 +123,9 @@ async def _serve(request: Request, svc: Services, account: Account, route: Outpu
     output = planning.output_of(sub, route)  # the route's, or the mask that channels=alpha asks for
     if svc.jobs is not None and (sub.webhook_url is not None or job_routes.wants_async(request)):
         return await job_routes.submit_single(request, account, sub, output)  # 202: run later (app/jobs/)
-    pipeline = planning.choose_model(sub, svc.settings, svc.registry)
-    logged.model = pipeline.name
-    asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings)
+    pipeline, then = planning.choose_model(sub, svc.settings, svc.registry)
+    logged.model = pipeline.name if then is None else planning.AUTO
+    asked = await planning.order(sub, pipeline, output, request.headers.get("accept", ""), svc.settings, then=then)
     job = await _job(request, svc, sub, asked)
     window = svc.settings.idempotency_window_s
     claim = await idempotency.claim_for(
@@ -146,11 +146,9 @@ async def _deliver(
     """Reserve, run, respond, charge; a retry under a completed Idempotency-Key is served the answer its
     first request delivered (kept by the commit), never recomputed for free."""
     answer: StoredAnswer | None = None
-    async with charge(
-        svc.store, account, job.order.price, logged.request_id, claim, keep=lambda: answer
-    ) as reservation:
-        if reservation.replayed:
-            replayed = respond.replay(job.order, reservation, account.unlimited)
+    async with charge(svc.store, account, job.order.price, logged.request_id, claim, keep=lambda: answer) as bill:
+        if bill.reservation.replayed:
+            replayed = respond.replay(job.order, bill, account.unlimited)
             if replayed is None:
                 # Nothing kept to serve (an answer over the bound, or the other shape): new work, charged so.
                 return await _deliver(request, svc, account, job, None, logged, started)
@@ -160,10 +158,11 @@ async def _deliver(
         if await request.is_disconnected():
             # Nobody will receive the result: raising refunds it instead of charging for it.
             raise client_closed_request()
-        response = await respond.response(job.order, result, reservation, account.unlimited)
+        bill.settle_for(job.order.price_of(bool(result.escalated)))  # auto: what ran; the rest back
+        response = await respond.response(job.order, result, bill, account.unlimited)
         if claim is not None:
             answer = respond.kept(response)
-    _record(logged, job.order, result, reservation)
+    _record(logged, job.order, result, bill)
     return response
 
 

@@ -125,6 +125,7 @@ function choose(file) {
   setSplit(100);
   $("split-label").hidden = true;
   $("download").hidden = true;
+  $("confidence").hidden = true;
   $("result").hidden = false;
   $("submit").disabled = false;
 }
@@ -223,6 +224,12 @@ $("form").addEventListener("submit", async (event) => {
       if (account) account.credits = Number(remaining);
     }
     $("status").textContent = `Done in ${seconds} s with ${response.headers.get("X-Model")}: ${bill}.`;
+    // The mask's confidence (docs/models.md, "Confidence and model=auto"): below 0.5, look at the edges.
+    const confidence = Number(response.headers.get("X-Mask-Confidence"));
+    const escalated = response.headers.get("X-Model-Escalated") === "true" ? ", auto escalated to aurora" : "";
+    $("confidence").textContent = `Mask confidence ${confidence.toFixed(2)}` +
+      (confidence < 0.5 ? " (low: check the edges, or try aurora)" : "") + escalated;
+    $("confidence").hidden = false;
     showPrice();
     // On a phone the result is below the form: bring it into view.
     if (matchMedia("(max-width: 860px)").matches) $("result").scrollIntoView({ behavior: "smooth", block: "start" });

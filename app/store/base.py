@@ -158,10 +158,13 @@ class Store(Protocol):
         """
         ...
 
-    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
+    async def commit(
+        self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
+    ) -> bool:
         """Make the charge final (idempotent). False when the reservation is gone
         (refunded or swept as stale): then nothing was charged. With an Idempotency-Key, `answer`
-        is kept with the key for its window: a replayed reservation carries it."""
+        is kept with the key for its window: a replayed reservation carries it. `amount` (at most
+        the reserved): charge only that and give the rest back in the same step; None: all of it."""
         ...
 
     async def refund(self, reservation: Reservation) -> int:

@@ -242,12 +242,19 @@ class RedisStore:
         raise InsufficientCredits(balance, amount)
 
     @fail_closed
-    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
+    async def commit(
+        self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
+    ) -> bool:
+        if amount is not None and not 0 <= amount <= reservation.amount:
+            raise ValueError(f"cannot charge {amount} of a reservation of {reservation.amount}")
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
         kept = ["", ""] if answer is None else [answer.content_type, base64.b64encode(answer.body).decode("ascii")]
         charged = await self._commit(
-            keys=[self._resv(reservation.id), self._HELD, self._LEDGER],
-            args=[reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX, *kept],
+            keys=[self._resv(reservation.id), self._HELD, self._LEDGER, self._acct(reservation.account_id)],
+            args=[
+                *(reservation.id, repr(now()), SETTLED_TTL_S, window_ms, LEDGER_MAX),
+                *(*kept, "" if amount is None else amount),
+            ],
         )
         return bool(charged)
 

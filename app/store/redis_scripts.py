@@ -32,12 +32,18 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 return {'ok', left}
 """
 
-# KEYS: resv, resv:held, ledger
-# ARGV: reservation id, now, settled ttl s, window ms, ledger max, answer type ('' = none), answer (base64)
+# KEYS: resv, resv:held, ledger, acct
+# ARGV: reservation id, now, settled ttl s, window ms, ledger max, answer type ('' = none), answer (base64),
+# amount charged ('' = all reserved; less gives the rest back)
 COMMIT = """
 local r = redis.call('HMGET', KEYS[1], 'account', 'amount', 'idem', 'state')
 if r[4] == 'charged' then return 1 end
 if r[4] ~= 'held' then return 0 end
+local charged = tonumber(r[2])
+if ARGV[8] ~= '' and tonumber(ARGV[8]) < charged then
+    redis.call('HINCRBY', KEYS[4], 'credits', charged - tonumber(ARGV[8]))
+    charged = tonumber(ARGV[8])
+end
 redis.call('HSET', KEYS[1], 'state', 'charged')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -47,7 +53,7 @@ if r[3] ~= '' then
     redis.call('PEXPIRE', r[3], ARGV[4])
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
-    'account', r[1], 'delta', -tonumber(r[2]), 'reason', 'charge', 'ref', ARGV[1], 'at', ARGV[2])
+    'account', r[1], 'delta', -charged, 'reason', 'charge', 'ref', ARGV[1], 'at', ARGV[2])
 return 1
 """
 

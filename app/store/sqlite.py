@@ -310,7 +310,13 @@ class SqliteStore:
 
         return await self._run(lambda db: self._tx(db, op))
 
-    async def commit(self, reservation: Reservation, answer: StoredAnswer | None = None) -> bool:
+    async def commit(
+        self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
+    ) -> bool:
+        charged = reservation.amount if amount is None else amount
+        if not 0 <= charged <= reservation.amount:
+            raise ValueError(f"cannot charge {charged} of a reservation of {reservation.amount}")
+
         def op(db: sqlite3.Connection) -> bool:
             if not db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount:
                 already = db.execute(
@@ -319,8 +325,13 @@ class SqliteStore:
                 return already is not None
             db.execute(
                 "INSERT INTO ledger (account_id, delta, reason, ref, at) VALUES (?, ?, 'charge', ?, ?)",
-                (reservation.account_id, -reservation.amount, reservation.id, now()),
+                (reservation.account_id, -charged, reservation.id, now()),
             )
+            if charged < reservation.amount:
+                db.execute(
+                    "UPDATE accounts SET credits = credits + ? WHERE id = ?",
+                    (reservation.amount - charged, reservation.account_id),
+                )
             if reservation.idempotency is not None:
                 db.execute(
                     "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
