@@ -245,22 +245,13 @@ def test_each_batch_item_and_the_batch_send_their_own_signed_webhook(server: Liv
             f"msg_batch_{batch_id}": "batch.completed",
         }
         wait_until(lambda: len(target.received) >= len(expected) + 1, 30, "four webhooks and one retry")
-        secret = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()["webhook_secret"]
-        events: dict[str, list[dict[str, Any]]] = {}
-        for headers, body, _ in target.received:
-            events.setdefault(headers["webhook-id"], []).append(Webhook(secret).verify(body, headers))
+        events = _verified_by_message(server, key, target)
         assert {msg_id: [e["type"] for e in sent][-1] for msg_id, sent in events.items()} == expected
         assert sorted(len(sent) for sent in events.values()) == [1, 1, 1, 2]  # the refused one, sent again
         for item in items:
             assert events[f"msg_job_{item['id']}"][-1]["data"]["id"] == item["id"]
-        assert events[f"msg_batch_{batch_id}"][-1]["data"]["counts"] == {
-            "queued": 0,
-            "running": 0,
-            "succeeded": 2,
-            "failed": 1,
-            "cancelled": 0,
-            "expired": 0,
-        }
+        counts = events[f"msg_batch_{batch_id}"][-1]["data"]["counts"]
+        assert counts["succeeded"] == 2 and counts["failed"] == 1 and sum(counts.values()) == 3
 
         def recorded() -> dict[str, Any]:
             return job_of(server, key, response.headers["location"])
@@ -272,6 +263,15 @@ def test_each_batch_item_and_the_batch_send_their_own_signed_webhook(server: Liv
         assert sorted(hook["attempt_count"] for hook in _hooks(recorded())) == [1, 1, 1, 2]
     finally:
         target.close()
+
+
+def _verified_by_message(server: LiveServer, key: str, target: Receiver) -> dict[str, list[dict[str, Any]]]:
+    """Each delivery verified with the account's secret (raises on a bad signature), by webhook-id."""
+    secret = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()["webhook_secret"]
+    events: dict[str, list[dict[str, Any]]] = {}
+    for headers, body, _ in target.received:
+        events.setdefault(headers["webhook-id"], []).append(Webhook(secret).verify(body, headers))
+    return events
 
 
 def _hooks(batch: dict[str, Any]) -> list[dict[str, Any]]:

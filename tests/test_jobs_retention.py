@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -38,6 +39,20 @@ def _keys_of(client: redis.Redis, ref: str) -> list[bytes]:
     return sorted(k for k in keys if not k.startswith(b"cutout:resv:"))
 
 
+def _a_job_and_a_batch(server: LiveServer, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job and a batch of one, submitted and finished."""
+    job_location = submit(server, key).headers["location"]
+    response = requests.post(
+        server.url + "/v2/batches",
+        headers={"ApiKey": key},
+        files=[("images", ("a.png", TINY, "image/jpeg"))],
+        data={"model": "ghost"},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return finished(server, key, job_location), finished(server, key, response.headers["location"])
+
+
 @pytest.mark.parametrize("engine", ["sqlite", "redis"])
 def test_a_finished_job_and_its_result_are_removed_after_the_retention_time(
     engine: str, start_server: Callable[..., LiveServer], start_redis: Callable[[], RedisServer], tmp_path: Path
@@ -50,19 +65,9 @@ def test_a_finished_job_and_its_result_are_removed_after_the_retention_time(
     server = start_server(data_dir=tmp_path / "data", **env)
     key = server.create_key(5)
     headers = {"ApiKey": key}
-    job_location = submit(server, key).headers["location"]
-    response = requests.post(
-        server.url + "/v2/batches",
-        headers=headers,
-        files=[("images", ("a.png", TINY, "image/jpeg"))],
-        data={"model": "ghost"},
-        timeout=30,
-    )
-    assert response.status_code == 202, response.text
-    batch_location = response.headers["location"]
-    job, batch = finished(server, key, job_location), finished(server, key, batch_location)
+    job, batch = _a_job_and_a_batch(server, key)
     assert job["status"] == "succeeded" and batch["status"] == "completed"
-    readable = [job_location, job["result_url"], batch_location, batch["zip_url"], batch["items"][0]["url"]]
+    readable = [job["url"], job["result_url"], batch["url"], batch["zip_url"], batch["items"][0]["url"]]
     for path in readable:
         assert requests.get(server.url + path, headers=headers, timeout=10).status_code == 200, path
     result = requests.get(server.url + job["result_url"], headers=headers, timeout=10).content
