@@ -36,6 +36,7 @@ class SqliteJobs:
         self._db = open_jobs_database(path)
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
+        self._wal_holds_removed = False  # the last checkpoint after a removal could not empty the WAL
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -246,11 +247,13 @@ class SqliteJobs:
     async def purge(self, now: float, keep_s: float) -> int:
         def op(db: sqlite3.Connection) -> int:
             removed = transaction(db, lambda db: purge_finished(db, now, now - keep_s))
-            if removed[1]:
+            if removed[1] or self._wal_holds_removed:
                 # secure_delete zeroed the freed pages, but the WAL still holds the frames written before: a TRUNCATE
                 # checkpoint copies the zeroed pages into the database file and empties the WAL, so the removed
-                # results leave the data dir's files now, not whenever SQLite would overwrite them.
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # results leave the data dir's files now, not whenever SQLite would overwrite them. Another
+                # process reading the file can make it give up (busy): tried again on the next pass.
+                busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                self._wal_holds_removed = bool(busy)
             return removed[0]
 
         return await self._run(op)
