@@ -126,6 +126,19 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
     return db
 
 
+def transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` in one write transaction, committed or rolled back whole: the store's and the job queue's.
+    IMMEDIATE takes the write lock up front, so concurrent processes serialise here."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA)
@@ -147,15 +160,7 @@ class SqliteStore:
 
     @staticmethod
     def _tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # IMMEDIATE takes the write lock up front, so concurrent processes serialise here.
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+        return transaction(db, fn)
 
     async def create_account(
         self,
