@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, Literal
 
-from app.settings import ModelSpec, Price, Settings
+from app.settings import Settings
+from app.specs import ModelSpec, Price
 
 # Options that cost credits on top of the model, when the request uses them.
 PRICED_OPTIONS = ("image_url", "bg_blur", "bg_image", "shadow")

@@ -16,7 +16,7 @@ from app.imaging import codec
 from app.inference import confidence
 from app.inference.cancel import checkpoint
 from app.inference.engine import Engine
-from app.settings import ModelSpec, resolution_side
+from app.specs import ModelSpec, resolution_side
 
 # Fast guided filter (He & Sun 2015): coefficients are solved at a working
 # resolution a little above the model's, then applied to the full-size image,

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.settings import ModelSpec, Settings, resolution_side
+from app.settings import Settings
+from app.specs import ModelSpec, resolution_side
 
 log = logging.getLogger("cutout.inference")
 
