@@ -30,6 +30,7 @@ from app.inference.pipeline import Pipeline
 from app.inference.registry import ModelRegistry
 from app.removal import fetch, options
 from app.removal.accept import Answer, preferred
+from app.removal.fetch_transport import fetch_image
 from app.removal.submission import Submission
 from app.settings import Settings
 
@@ -183,7 +184,7 @@ def output_of(sub: Submission, route: Output) -> Output:
 async def _fetched(url: str, settings: Settings) -> bytes:
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
-    return await fetch.fetch_image(
+    return await fetch_image(
         url,
         allow=parse_networks(settings.fetch_allow),
         max_bytes=settings.max_body_bytes,
