@@ -18,7 +18,8 @@ import requests
 
 from app.accounts.billing import Bill
 from app.inference import confidence
-from app.inference.pipeline import drop_undecided, estimate_foreground_fast
+from app.inference.foreground import estimate_foreground_fast
+from app.inference.pipeline import drop_undecided
 from app.store import Reservation
 from harness import LiveServer, assert_error, subject_image
 
