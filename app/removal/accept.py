@@ -1,12 +1,16 @@
 """Which answer the `Accept` header asks for: the image, its bytes as application/octet-stream, or JSON.
 
 ACCEPT_RULE says it in words (the OpenAPI description and docs/output-options.md carry it);
-`preferred` applies it.
+`preferred` applies it, and `answer_for` with the request's sync_mode and output_mask.
 """
 
 from __future__ import annotations
 
 from typing import Literal
+
+from app.errors import invalid_parameter
+from app.imaging import codec
+from app.removal.options import Options
 
 Answer = Literal["image", "bytes", "json"]  # bytes: the image sent as application/octet-stream
 
@@ -65,3 +69,17 @@ def preferred(accept: str, image_type: str = "image/png") -> Answer:
 def wants_json(accept: str) -> bool:
     """Whether the Accept header asks for the JSON answer (ACCEPT_RULE): what an asynchronous job keeps."""
     return preferred(accept) == "json"
+
+
+def answer_for(chosen: Options, accept: str) -> Answer:
+    """The answer a request gets: by `Accept` (ACCEPT_RULE) unless sync_mode decides JSON or not; a 400
+    when output_mask asks for JSON that the request does not get."""
+    by_accept = preferred(accept, codec.CONTENT_TYPES[chosen.output_format])
+    answer: Answer = by_accept
+    if chosen.sync_mode is not None:  # it decides JSON or not; Accept still picks the bytes' media type
+        answer = "json" if chosen.sync_mode else ("image" if by_accept == "json" else by_accept)
+    if chosen.output_mask and answer != "json":
+        raise invalid_parameter(
+            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
+        )
+    return answer

@@ -29,7 +29,7 @@ from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL
 from app.inference.pipeline import Pipeline
 from app.inference.registry import ModelRegistry
 from app.removal import fetch, options
-from app.removal.accept import Answer, preferred
+from app.removal.accept import Answer, answer_for
 from app.removal.fetch_transport import fetch_image
 from app.removal.submission import Submission
 from app.settings import Settings
@@ -125,18 +125,6 @@ def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
     )
 
 
-def _answer(chosen: options.Options, accept: str) -> Answer:
-    by_accept = preferred(accept, codec.CONTENT_TYPES[chosen.output_format])
-    answer: Answer = by_accept
-    if chosen.sync_mode is not None:  # it decides JSON or not; Accept still picks the bytes' media type
-        answer = "json" if chosen.sync_mode else ("image" if by_accept == "json" else by_accept)
-    if chosen.output_mask and answer != "json":
-        raise invalid_parameter(
-            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
-        )
-    return answer
-
-
 def _probe_background(data: bytes, settings: Settings) -> int:
     """The background's header checked like an upload's: its pixels, for the memory admission."""
     try:
@@ -203,11 +191,24 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-def _escalation(then: Pipeline, first_price: int, output: Output, used: set[str], settings: Settings) -> Escalation:
-    """model=auto's second model and both prices (the options priced alike for either)."""
+def _prices(
+    sub: Submission,
+    chosen: options.Options,
+    pipeline: Pipeline,
+    resolution: str,
+    output: Output,
+    then: Pipeline | None,
+    settings: Settings,
+) -> tuple[int, Escalation | None]:
+    """The order's price and, for model=auto, its escalation with both prices (the options priced alike for
+    either): the order reserves the larger."""
+    used = _priced_options(sub, chosen)
+    runs = [(pipeline.spec, resolution)] + ([] if then is None else [(then.spec, then.resolutions[0])])
+    prices = pricing.costs(settings, runs, output, used)
+    if then is None:
+        return prices[0], None
     assert settings.auto is not None
-    then_price = pricing.cost(settings, then.spec, then.resolutions[0], output, used)
-    return Escalation(then, settings.auto.below, first_price, then_price)
+    return max(prices), Escalation(then, settings.auto.below, prices[0], prices[1])
 
 
 async def order(
@@ -235,11 +236,8 @@ async def order(
     if sub.bg_image_url is not None and fetch_background:  # remove.bg's: fetched like image_url
         chosen = dataclasses.replace(chosen, bg_image=await _fetched(sub.bg_image_url, settings))
     fingerprint = chosen.fingerprint()
-    used = _priced_options(sub, chosen)
-    price = pricing.cost(settings, pipeline.spec, resolution, output, used)
-    escalation = None if then is None else _escalation(then, price, output, used, settings)
-    price = price if escalation is None else max(price, escalation.then_price)
-    answer = _answer(chosen, accept)
+    price, escalation = _prices(sub, chosen, pipeline, resolution, output, then, settings)
+    answer = answer_for(chosen, accept)
     background_digest = ""
     if chosen.bg_image is not None:
         # Off the event loop: work proportional to the upload. Its header is checked with the photo's (job).
