@@ -50,6 +50,9 @@ def test_demo_page_layout_slider_and_remembered_key(
 
     model, key, form, stage = box(page, "#model"), box(page, "#key"), box(page, "#form"), box(page, ".stage")
     assert key["y"] >= model["y"] + model["height"], "the model, then the key"
+    for control in (model, key, box(page, ".key")):
+        assert control["x"] + control["width"] <= form["x"] + form["width"], "every control inside the form's panel"
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), "no sideways scrolling"
     expect(page.locator("#price")).to_have_text("The price shows once your key is in.")
     if viewport == "phone":
         assert stage["y"] >= form["y"] + form["height"], "phone: the result under the form"

@@ -30,7 +30,13 @@ def test_demo_sends_many_photos_as_a_batch_with_progress_and_a_zip(
     assert page.locator("#batch-items progress").count() == 3
     assert page.locator("#batch-progress").evaluate("bar => bar.value") == 1
     expect(page.locator("#batch-items li").nth(2)).to_contain_text("bad.jpg: failed")
+    expect(page.locator("#batch-items li").nth(2)).to_have_class("failed")  # shown in red
     with page.expect_download() as download:
         page.click("#batch-zip")
     archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
     assert sorted(archive.namelist()) == ["a.png", "b.png"]
+    section, zip_link = page.locator("#batch").bounding_box(), page.locator("#batch-zip").bounding_box()
+    assert section is not None and zip_link is not None
+    assert zip_link["y"] + zip_link["height"] <= section["y"] + section["height"], "the ZIP link inside its panel"
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), "no sideways scrolling"
+    page.screenshot(path=str(tmp_path / "batch-done.png"), full_page=True)

@@ -6,13 +6,18 @@
 (() => {
   const section = document.createElement("section");
   section.id = "batch";
+  section.className = "panel";
   section.innerHTML = `
     <h2>Many photos</h2>
-    <input id="batch-files" type="file" accept="image/*" multiple>
-    <button id="batch-send" type="button" disabled>Remove all backgrounds</button>
-    <p><progress id="batch-progress" max="1" value="0" hidden></progress> <span id="batch-status" role="status"></span></p>
+    <p class="lede">Choose several: they go as one batch, with the model and key above, and come back as one ZIP.</p>
+    <div class="batch-pick">
+      <input id="batch-files" type="file" accept="image/*" multiple>
+      <button id="batch-send" class="primary" type="button" disabled>Remove all backgrounds</button>
+    </div>
+    <p class="batch-total"><progress id="batch-progress" max="1" value="0" hidden></progress>
+      <span id="batch-status" role="status"></span></p>
     <ul id="batch-items"></ul>
-    <a id="batch-zip" download="cutouts.zip" hidden>Download all (ZIP)</a>`;
+    <a id="batch-zip" class="button" download="cutouts.zip" hidden>Download all (ZIP)</a>`;
   (document.querySelector("main") || document.body).appendChild(section);
 
   const files = section.querySelector("#batch-files");
@@ -37,6 +42,13 @@
     return response;
   };
 
+  // One photo's line: its bar, its state, and our error's message when it failed (red, not blue).
+  const show = (line, item) => {
+    line.meter.value = PROGRESS[item.status];
+    line.label.textContent = `${line.name}: ${item.status}${item.error ? ` (${item.error.message})` : ""}`;
+    line.row.classList.toggle("failed", item.status === "failed");
+  };
+
   files.addEventListener("change", () => { send.disabled = files.files.length === 0; });
 
   send.addEventListener("click", async () => {
@@ -51,10 +63,10 @@
       meter.max = 1;
       meter.value = 0;
       const label = document.createElement("span");
-      label.textContent = ` ${file.name}: uploading`;
+      label.textContent = `${file.name}: uploading`;
       row.append(meter, label);
       list.appendChild(row);
-      return { meter, label, name: file.name };
+      return { row, meter, label, name: file.name };
     });
     const model = document.getElementById("model");
     if (model && model.value) form.append("model", model.value);
@@ -65,20 +77,14 @@
       const batch = await (await call("v2/batches", { method: "POST", body: form })).json();
       let current = batch;
       while (current.status !== "completed") {
-        current.items.forEach((item, i) => {
-          rows[i].meter.value = PROGRESS[item.status];
-          rows[i].label.textContent = ` ${rows[i].name}: ${item.status}${item.error ? ` (${item.error.message})` : ""}`;
-        });
+        current.items.forEach((item, i) => show(rows[i], item));
         const ended = current.items.filter((item) => PROGRESS[item.status] === 1).length;
         bar.value = ended / current.items.length;
         status.textContent = `${ended} of ${current.items.length} done`;
         await new Promise((resolve) => setTimeout(resolve, 1000));
         current = await (await call(current.url.replace(/^\//, ""))).json();
       }
-      current.items.forEach((item, i) => {
-        rows[i].meter.value = 1;
-        rows[i].label.textContent = ` ${rows[i].name}: ${item.status}${item.error ? ` (${item.error.message})` : ""}`;
-      });
+      current.items.forEach((item, i) => show(rows[i], item));
       bar.value = 1;
       const counts = current.counts;
       status.textContent = `Done: ${counts.succeeded} cut out, ${counts.failed} failed.`;
