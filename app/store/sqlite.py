@@ -158,12 +158,12 @@ class SqliteStore:
 
         return await anyio.to_thread.run_sync(locked)
 
+    async def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda db: self._tx(db, fn))
+
     @staticmethod
     def _tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
         return transaction(db, fn)
-
-    async def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._run(lambda db: self._tx(db, fn))
 
     async def create_account(
         self,
