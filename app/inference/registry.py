@@ -7,7 +7,8 @@ import logging
 from app.inference.engine import Engine, FixedSize, create_engine
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
-from app.settings import Settings, resolution_side
+from app.settings import Settings
+from app.specs import resolution_side
 
 log = logging.getLogger("cutout.inference")
 

@@ -23,7 +23,7 @@ from app.errors import ApiError, client_closed_request, invalid_parameter
 from app.jobs.model import Payload
 from app.jobs.service import Item, JobService
 from app.removal import option_table, submission
-from app.removal.job import wants_json
+from app.removal.accept import wants_json
 from app.removal.submission import Submission
 
 BATCH_TEXT_BYTES = 64 * 1024  # a multipart batch's text fields (its `overrides` JSON)

@@ -29,7 +29,7 @@ from app.jobs import batch_input, webhooks
 from app.jobs.engine import IdempotencyConflict
 from app.jobs.model import Batch, Job, now
 from app.jobs.service import Item, JobService
-from app.removal.job import wants_json
+from app.removal.accept import wants_json
 from app.removal.submission import Submission
 from app.services import services
 from app.store import Account

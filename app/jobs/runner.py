@@ -121,7 +121,7 @@ class Runner:
         )
         await self.settlement.finish(done, expect=("running",))
         metrics.JOB_SECONDS.observe(done.finished_at - job.created_at)  # type: ignore[operator]
-        metrics.CREDITS_CHARGED.labels(job.model).inc(job.credits)
+        metrics.CREDITS_CHARGED.labels(job.model).inc(charged)  # what ran (model=auto: not the reserve)
 
     async def _render(self, job: Job, payload: Payload) -> tuple[bytes, str, int] | ApiError:
         """The job's result as the synchronous route would answer it (body, media type, credits charged),
