@@ -1,23 +1,19 @@
-"""The operator's command line: `python -m app serve | probe | keys ... | models ... | docs`, each with
-its --help text; what each command does is in app/commands.py."""
+"""The operator's command line: `python -m app serve | probe | keys ... | models ... | docs | batch`, each
+with its --help text, one function per group of commands; what each does is in app/commands.py
+(`keys ...`: app/key_commands.py)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from app.commands import (
+from app.commands import cmd_batch, cmd_docs, cmd_models_fetch, cmd_models_list, cmd_probe, cmd_serve
+from app.key_commands import (
     account_command,
-    cmd_batch,
-    cmd_docs,
     cmd_keys_create,
     cmd_keys_list,
     cmd_keys_set_plan,
     cmd_keys_webhook_secret,
-    cmd_models_fetch,
-    cmd_models_list,
-    cmd_probe,
-    cmd_serve,
     credit_amount,
     deduct_credits,
     grant_credits,
@@ -59,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each command has its own --help. Start with: python -m app keys create --unlimited; python -m app serve",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _server_commands(sub)
+    keys = _text(sub, "keys", "manage accounts, API keys and credits", KEYS_TEXT).add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
+    )
+    _account_commands(keys)
+    _credit_commands(keys)
+    _batch_command(sub)
+    _model_commands(sub)
+    _docs_command(sub)
+    return parser
 
+
+def _server_commands(sub: Any) -> None:
+    """serve and probe."""
     fields = Settings.model_fields
     serve = _text(sub, "serve", "run the API (HTTP) until SIGTERM or Ctrl-C", SERVE_TEXT)
     serve.add_argument("--host", help=f"address to listen on (default: CUTOUT_HOST, else {fields['host'].default})")
@@ -74,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)")
     probe.set_defaults(func=cmd_probe)
 
-    keys = _text(sub, "keys", "manage accounts, API keys and credits", KEYS_TEXT).add_subparsers(
-        dest="keys_command", required=True, metavar="COMMAND"
-    )
+
+def _account_commands(keys: Any) -> None:
+    """keys create, list, rotate, label, revoke."""
     create = _text(
         keys,
         "create",
@@ -114,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = _text(keys, "revoke", "revoke an account: its key is refused from then on (there is no undo)")
     revoke.add_argument("account_id")
     revoke.set_defaults(func=account_command(revoke_account))
+
+
+def _credit_commands(keys: Any) -> None:
+    """keys grant, deduct, set-plan, webhook-secret."""
     grant = _text(keys, "grant", "add credits; prints the new balance")
     grant.add_argument("account_id")
     grant.add_argument("amount", type=credit_amount(minimum=1))
@@ -139,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("account_id")
     secret.set_defaults(func=cmd_keys_webhook_secret)
 
+
+def _batch_command(sub: Any) -> None:
     batch = sub.add_parser("batch", help="send a folder of photos to a server as batches; resumable")
     batch.add_argument("folder")
     batch.add_argument("--out", required=True, help="output folder: the cut-outs, side by side")
@@ -149,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--chunk", type=int, default=100, help="photos per batch (the server's batch_max_items)")
     batch.set_defaults(func=cmd_batch)
 
+
+def _model_commands(sub: Any) -> None:
+    """models fetch and list."""
     models = _text(sub, "models", "model weights: fetch, verify, list").add_subparsers(
         dest="models_command", required=True, metavar="COMMAND"
     )
@@ -160,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch_p.set_defaults(func=cmd_models_fetch)
     _text(models, "list", "show each model, its price and the state of its weights").set_defaults(func=cmd_models_list)
 
+
+def _docs_command(sub: Any) -> None:
     docs = _text(sub, "docs", "regenerate the generated sections of README.md and docs/*.md from the code")
     docs.add_argument("--check", action="store_true", help="only check: exit 1 when a page is stale")
     docs.set_defaults(func=cmd_docs)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -105,7 +105,7 @@ def flag_rule() -> str:
 
 
 def accept_rule() -> str:
-    from app.removal.job import ACCEPT_RULE
+    from app.removal.accept import ACCEPT_RULE
 
     return ACCEPT_RULE + "\n"
 
@@ -118,7 +118,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "option-names": option_names,  # the same, names only
     "aliases": aliases_table,  # app/removal/option_table.py ALIASES and SAME_NAMES
     "flags": flag_rule,  # app/removal/option_table.py FLAG_RULE
-    "accept": accept_rule,  # app/removal/job.py ACCEPT_RULE
+    "accept": accept_rule,  # app/removal/accept.py ACCEPT_RULE
 }
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from app.http.client_address import parse_networks  # noqa: E402
 from app.imaging import codec  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
-from app.removal import fetch, job, options  # noqa: E402
+from app.removal import fetch_transport, job, options  # noqa: E402
 from app.removal.render import finish_cutout, render  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -85,7 +85,9 @@ def loopback_fetch_ms(data: bytes, rounds: int) -> float:
 
     async def one() -> float:
         started = time.perf_counter()
-        got = await fetch.fetch_image(url, allow=allow, max_bytes=26_214_400, connect_timeout_s=5, total_timeout_s=20)
+        got = await fetch_transport.fetch_image(
+            url, allow=allow, max_bytes=26_214_400, connect_timeout_s=5, total_timeout_s=20
+        )
         assert got == data
         return time.perf_counter() - started
 

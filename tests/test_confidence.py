@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import requests
+from jobs_harness import finished
 
 from app.accounts.billing import Bill
 from app.inference import confidence
-from app.inference.pipeline import drop_undecided, estimate_foreground_fast
+from app.inference.foreground import estimate_foreground_fast
+from app.inference.pipeline import drop_undecided
 from app.store import Reservation
 from harness import LiveServer, assert_error, subject_image
 
@@ -162,3 +164,18 @@ def test_account_lists_auto_and_its_prices(live_server: LiveServer, api_key: str
 def test_auto_refuses_an_operating_resolution(live_server: LiveServer, api_key: str) -> None:
     response = live_server.remove(api_key, model="auto", fields={"operating_resolution": "1024x1024"})
     assert_error(response, 400, "invalid_parameter")
+
+
+def test_an_asynchronous_auto_job_is_charged_what_ran(auto_servers: dict[str, LiveServer]) -> None:
+    """The same settlement through app/jobs: the job reserves aurora's price and is charged falcon's
+    when it did not escalate (the rest given back), aurora's when it did."""
+    for name, ran in (("never", "falcon"), ("always", "aurora")):
+        server = auto_servers[name]
+        key = server.create_key(10)
+        response = server.remove(key, subject_image(160, 120), model="auto", headers={"Prefer": "respond-async"})
+        assert response.status_code == 202, response.text
+        job = finished(server, key, response.headers["Location"])
+        assert job["status"] == "succeeded", job
+        assert server.balance(key) == 10 - COSTS[ran], f"{name}: charged {ran}'s price"
+        result = requests.get(server.url + job["result_url"], headers={"ApiKey": key}, timeout=10)
+        assert result.status_code == 200 and result.content[:4] == b"\x89PNG"

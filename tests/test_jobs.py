@@ -10,57 +10,17 @@ import base64
 import io
 import json
 import subprocess
-import threading
-import time
 import zipfile
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from jobs_harness import LOOPBACK, TINY, Receiver, finished, job_of, submit
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from harness import LiveServer, assert_error, free_port, png_of, subject_image, wait_until
-
-TINY = subject_image(64, 48)
-LOOPBACK = '["127.0.0.1/32"]'
-
-
-class Receiver:
-    """A webhook target on loopback: records each POST; answers the statuses given, then 200."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.received: list[tuple[dict[str, str], bytes, float]] = []
-        self.statuses = list(statuses or [])
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body, time.monotonic()))
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    target = Receiver()
-    yield target
-    target.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,28 +40,6 @@ def idle(start_server: Callable[..., LiveServer]) -> LiveServer:
     """Runs no job (job_workers 0): what is submitted stays queued until cancelled or expired (3 s);
     loopback webhook targets are refused (no fetch_allow)."""
     return start_server(CUTOUT_JOB_WORKERS="0", CUTOUT_JOB_TTL_S="3")
-
-
-def submit(server: LiveServer, key: str, image: bytes = TINY, **kwargs: Any) -> requests.Response:
-    headers = {"Prefer": "respond-async", **kwargs.pop("headers", {})}
-    return server.remove(key, image, model="ghost", headers=headers, **kwargs)
-
-
-def job_of(server: LiveServer, key: str, location: str) -> dict[str, Any]:
-    response = requests.get(server.url + location, headers={"ApiKey": key}, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def finished(server: LiveServer, key: str, location: str, timeout_s: float = 60) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    def done() -> bool:
-        seen.update(job_of(server, key, location))
-        return seen["status"] in ("succeeded", "failed", "cancelled", "expired", "completed")
-
-    wait_until(done, timeout_s, f"{location} to finish")
-    return seen
 
 
 def test_async_job_is_accepted_at_once_and_charged_on_delivery(server: LiveServer) -> None:
@@ -282,22 +220,62 @@ def test_webhook_is_signed_per_standard_webhooks_retried_and_recorded(server: Li
         target.close()
 
 
-def test_batch_webhook_on_completion(server: LiveServer, receiver: Receiver) -> None:
+def test_each_batch_item_and_the_batch_send_their_own_signed_webhook(server: LiveServer) -> None:
     key = server.create_key(5)
-    files = [("images", ("a.jpg", TINY, "image/jpeg")), ("images", ("b.jpg", TINY, "image/jpeg"))]
-    response = requests.post(
-        server.url + "/v2/batches",
-        headers={"ApiKey": key},
-        files=files,
-        data={"model": "ghost", "webhook_url": receiver.url},
-        timeout=30,
-    )
-    assert response.status_code == 202
-    wait_until(lambda: len(receiver.received) >= 1, 30, "the batch webhook")
+    target = Receiver(statuses=[500])  # the first delivery, whichever it is, is refused: retried
+    try:
+        files = [
+            ("images", ("a.jpg", TINY, "image/jpeg")),
+            ("images", ("broken.jpg", b"not an image", "image/jpeg")),  # fails at submission
+            ("images", ("b.jpg", TINY, "image/jpeg")),
+        ]
+        response = requests.post(
+            server.url + "/v2/batches",
+            headers={"ApiKey": key},
+            files=files,
+            data={"model": "ghost", "webhook_url": target.url},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        batch_id, items = response.json()["id"], response.json()["items"]
+        expected = {
+            f"msg_job_{items[0]['id']}": "job.succeeded",
+            f"msg_job_{items[1]['id']}": "job.failed",
+            f"msg_job_{items[2]['id']}": "job.succeeded",
+            f"msg_batch_{batch_id}": "batch.completed",
+        }
+        wait_until(lambda: len(target.received) >= len(expected) + 1, 30, "four webhooks and one retry")
+        events = _verified_by_message(server, key, target)
+        assert {msg_id: [e["type"] for e in sent][-1] for msg_id, sent in events.items()} == expected
+        assert sorted(len(sent) for sent in events.values()) == [1, 1, 1, 2]  # the refused one, sent again
+        for item in items:
+            assert events[f"msg_job_{item['id']}"][-1]["data"]["id"] == item["id"]
+        counts = events[f"msg_batch_{batch_id}"][-1]["data"]["counts"]
+        assert counts["succeeded"] == 2 and counts["failed"] == 1 and sum(counts.values()) == 3
+
+        def recorded() -> dict[str, Any]:
+            return job_of(server, key, response.headers["location"])
+
+        # Every attempt recorded on its own job (and on the batch), as for a single job.
+        wait_until(
+            lambda: all(hook["state"] == "delivered" for hook in _hooks(recorded())), 30, "every webhook recorded"
+        )
+        assert sorted(hook["attempt_count"] for hook in _hooks(recorded())) == [1, 1, 1, 2]
+    finally:
+        target.close()
+
+
+def _verified_by_message(server: LiveServer, key: str, target: Receiver) -> dict[str, list[dict[str, Any]]]:
+    """Each delivery verified with the account's secret (raises on a bad signature), by webhook-id."""
     secret = requests.get(server.url + "/v2/account", headers={"ApiKey": key}, timeout=10).json()["webhook_secret"]
-    event = Webhook(secret).verify(receiver.received[0][1], receiver.received[0][0])
-    assert event["type"] == "batch.completed" and event["data"]["counts"]["succeeded"] == 2
-    assert event["data"]["zip_url"].endswith("/zip")
+    events: dict[str, list[dict[str, Any]]] = {}
+    for headers, body, _ in target.received:
+        events.setdefault(headers["webhook-id"], []).append(Webhook(secret).verify(body, headers))
+    return events
+
+
+def _hooks(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    return [batch["webhook"], *(item["webhook"] for item in batch["items"])]
 
 
 def test_unreachable_webhook_is_retried_then_recorded_failed(server: LiveServer) -> None:

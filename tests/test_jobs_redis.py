@@ -1,16 +1,19 @@
 """Asynchronous jobs when a replica dies mid-job (kill -9) and when Redis goes away: the job is run
 again, once charged, by another replica or by the same one after its restart; the answers while
-Redis is down are our 503. Real uvicorn servers, a real redis-server, real SIGKILL.
+Redis is down are our 503; a queued job's position, exact on each engine. Real uvicorn servers, a
+real redis-server, real SIGKILL.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
+from jobs_harness import TINY, job_of, submit
 
 from harness import LiveServer, RedisServer, assert_error, subject_image, wait_until
 
@@ -92,3 +95,48 @@ def test_jobs_while_redis_is_down_fail_closed_and_resume(
         "the job queued before the outage",
     )
     assert runner.balance(key) == 4
+
+
+def _queued_metric(server: LiveServer) -> float:
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return float(re.search(r"^cutout_jobs_queued (\S+)$", text, re.M).group(1))
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+def test_position_counts_exactly_the_queued_jobs_ahead(
+    engine: str, start_server: Callable[..., LiveServer], start_redis: Callable[[], RedisServer]
+) -> None:
+    """A replica that runs no job: positions and the queue's depth as jobs are queued, cancelled and batched."""
+    env = {"CUTOUT_JOB_WORKERS": "0"}
+    if engine == "redis":
+        redis_server = start_redis()
+        env["CUTOUT_REDIS_URL"] = redis_server.url
+    server = start_server(**env)
+    key = server.create_key(10)
+    headers = {"ApiKey": key}
+    locations = [submit(server, key).headers["location"] for _ in range(4)]
+
+    def positions() -> list[int | None]:
+        return [job_of(server, key, location).get("position") for location in locations]
+
+    assert positions() == [0, 1, 2, 3]
+    cancelled = requests.delete(server.url + locations[1], headers=headers, timeout=10)
+    assert cancelled.status_code == 200
+    assert positions() == [0, None, 1, 2]  # the cancelled job is no longer ahead of anyone
+    batch = requests.post(
+        server.url + "/v2/batches",
+        headers=headers,
+        files=[("images", (f"{i}.jpg", TINY, "image/jpeg")) for i in range(2)],
+        data={"model": "ghost"},
+        timeout=30,
+    ).json()
+    locations += [item["url"] for item in batch["items"]]
+    assert positions() == [0, None, 1, 2, 3, 4]
+    requests.delete(server.url + locations[0], headers=headers, timeout=10)
+    assert positions() == [None, None, 0, 1, 2, 3]
+    if engine == "redis":
+        # A replica that read the next entry and died before starting its job: the entry is left pending, the
+        # job still queued (another replica reclaims it after job_lease_s), so still ahead of the others.
+        redis_server.client().xreadgroup("runners", "dead-replica", {"cutout:jobs:stream": ">"}, count=1)
+        assert positions() == [None, None, 0, 1, 2, 3]
+    wait_until(lambda: _queued_metric(server) == 4, 15, "cutout_jobs_queued to count the 4 queued jobs")

@@ -1,4 +1,4 @@
-"""Content negotiation by preference (app/removal/job.py ACCEPT_RULE), through a real uvicorn: the
+"""Content negotiation by preference (app/removal/accept.py ACCEPT_RULE), through a real uvicorn: the
 answer is JSON only when asked for (`sync_mode`, or an Accept that ranks JSON strictly above the
 image type); `*/*`, a browser's and axios's defaults get the image. And the result's geometry
 headers (remove.bg's names)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.removal.job import ACCEPT_RULE
+from app.removal.accept import ACCEPT_RULE
 from harness import LiveServer, png_of, subject_image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.inference.weights import WeightsError, fetch
-from app.settings import WeightsSource, WeightsSpec
+from app.specs import WeightsSource, WeightsSpec
 
 CHUNK = 1000
 

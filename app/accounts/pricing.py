@@ -7,10 +7,11 @@ is the only code that reads them to price a request or to show the price list.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
-from app.settings import ModelSpec, Price, Settings
+from app.settings import Settings
+from app.specs import ModelSpec, Price
 
 # Options that cost credits on top of the model, when the request uses them.
 PRICED_OPTIONS = ("image_url", "bg_blur", "bg_image", "shadow")
@@ -27,6 +28,13 @@ def cost(settings: Settings, spec: ModelSpec, resolution: str, output: Output, u
     price = model_price(spec, resolution)
     extra = sum(settings.option_costs.get(name, 0) for name in PRICED_OPTIONS if name in used)
     return (price.mask_cost if output == "mask" else price.cost) + extra
+
+
+def costs(
+    settings: Settings, runs: Sequence[tuple[ModelSpec, str]], output: Output, used: Collection[str]
+) -> list[int]:
+    """`cost` for each (model, operating resolution) a request may run: model=auto prices both of its."""
+    return [cost(settings, spec, resolution, output, used) for spec, resolution in runs]
 
 
 def price_list(settings: Settings, specs: dict[str, ModelSpec], resolutions: dict[str, list[str]]) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.settings import ModelSpec, Settings, resolution_side
+from app.settings import Settings
+from app.specs import ModelSpec, resolution_side
 
 log = logging.getLogger("cutout.inference")
 
@@ -160,9 +161,9 @@ def calibration_images(count: int = 24, seed: int = 0) -> list[np.ndarray]:
 def model_input(rgb: np.ndarray, spec: ModelSpec, side: int) -> np.ndarray:
     """The 1 x 3 x side x side float32 batch Pipeline.predict hands its engine for this photo
     (the same resize and normalization; tests/test_int8.py checks they agree)."""
-    from app.inference.pipeline import MODEL_INPUT_REDUCING_GAP, _resize
+    from app.inference.resize import MODEL_INPUT_REDUCING_GAP, resize
 
-    x = _resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP).astype(np.float32)
+    x = resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP).astype(np.float32)
     if spec.scale == "image_max":
         x *= 1.0 / max(float(x.max()), 1e-6)
     else:

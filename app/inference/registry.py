@@ -9,7 +9,8 @@ import numpy as np
 from app.inference.engine import Engine, FixedSize, create_engines
 from app.inference.pipeline import Pipeline
 from app.inference.weights import verify
-from app.settings import Settings, resolution_side
+from app.settings import Settings
+from app.specs import resolution_side
 
 log = logging.getLogger("cutout.inference")
 

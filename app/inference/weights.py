@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from app.settings import WeightsSource, WeightsSpec
+from app.specs import WeightsSource, WeightsSpec
 
 
 class WeightsError(Exception):

@@ -82,61 +82,87 @@ def _output_path(out: Path, photo: str, content_type: str | None) -> Path:
     return out / (Path(photo).stem + EXTENSIONS.get(content_type or "", ".bin"))
 
 
+class _State:
+    """`.cutout-batch.json` in the output folder: each submitted photo's job id, until its result is written."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / STATE
+        state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.document = state
+        self.jobs: dict[str, str] = state.setdefault("jobs", {})  # photo name -> job id
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.document, indent=1))
+
+    def done(self, photo: str) -> None:
+        del self.jobs[photo]
+        self.save()
+
+    def close(self) -> None:
+        if not self.jobs:
+            self.path.unlink(missing_ok=True)
+
+
 def run_batch(
     folder: Path, out: Path, url: str, key: str, fields: dict[str, str], chunk: int, progress: bool = True
 ) -> int:
     """Returns how many photos failed (0: every cut-out is in `out`)."""
     photos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE
-    state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    jobs: dict[str, str] = state.setdefault("jobs", {})  # photo name -> job id
-    done = {p.name for p in photos if any(out.glob(Path(p.name).stem + ".*")) and p.name not in jobs}
-
-    def save() -> None:
-        state_path.write_text(json.dumps(state, indent=1))
-
-    failed: list[str] = []
+    state = _State(out)
+    done = {p.name for p in photos if any(out.glob(Path(p.name).stem + ".*")) and p.name not in state.jobs}
     bar = tqdm(total=len(photos), unit="photo", disable=not progress, initial=len(done))
-    todo = [p for p in photos if p.name not in jobs and p.name not in done]
+    todo = [p for p in photos if p.name not in state.jobs and p.name not in done]
     for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
-        body, content_type = _multipart(part, fields)
-        headers = {"Content-Type": content_type, "Idempotency-Key": _idempotency_key(part, fields)}
-        status, _, answer = _request(url + "/v2/batches", key, "POST", body, headers)
-        batch = _json(status, answer, "submitting a batch")
-        for path, item in zip(part, batch["items"], strict=True):
-            jobs[path.name] = item["id"]
-        save()
-    pending = dict(jobs)
-    while pending:
-        for photo, job_id in list(pending.items()):
-            status, _, answer = _request(f"{url}/v2/jobs/{job_id}", key)
-            if status == 404:
-                failed.append(f"{photo}: job {job_id} is gone (removed after its retention time)")
-            else:
-                job = _json(status, answer, f"{photo}")
-                if job["status"] in ("queued", "running"):
-                    continue
-                if job["status"] == "succeeded":
-                    status, _, result = _request(f"{url}{job['result_url']}", key)
-                    if status != 200:
-                        raise ClientError(f"{photo}: fetching the result: HTTP {status}")
-                    _output_path(out, photo, job.get("content_type")).write_bytes(result)
-                else:
-                    error = job.get("error") or {}
-                    failed.append(
-                        f"{photo}: {job['status']} {error.get('code', '')} {error.get('message', '')}".strip()
-                    )
-            del pending[photo]
-            del jobs[photo]
-            save()
-            bar.update(1)
-        if pending:
-            time.sleep(POLL_S)
+        _submit_chunk(todo[start : start + chunk], url, key, fields, state)
+    failed = _collect(out, url, key, state, bar)
     bar.close()
-    if not jobs:
-        state_path.unlink(missing_ok=True)
+    state.close()
     for line in failed:
         print(line, file=sys.stderr)
     return len(failed)
+
+
+def _submit_chunk(part: list[Path], url: str, key: str, fields: dict[str, str], state: _State) -> None:
+    body, content_type = _multipart(part, fields)
+    headers = {"Content-Type": content_type, "Idempotency-Key": _idempotency_key(part, fields)}
+    status, _, answer = _request(url + "/v2/batches", key, "POST", body, headers)
+    batch = _json(status, answer, "submitting a batch")
+    for path, item in zip(part, batch["items"], strict=True):
+        state.jobs[path.name] = item["id"]
+    state.save()
+
+
+def _collect(out: Path, url: str, key: str, state: _State, bar: Any) -> list[str]:
+    """Polls every submitted job until it has ended, writing each result; the failures, one line each."""
+    failed: list[str] = []
+    while state.jobs:
+        for photo, job_id in list(state.jobs.items()):
+            outcome = _outcome(out, url, key, photo, job_id)
+            if outcome == "running":
+                continue
+            if outcome is not None:
+                failed.append(outcome)
+            state.done(photo)
+            bar.update(1)
+        if state.jobs:
+            time.sleep(POLL_S)
+    return failed
+
+
+def _outcome(out: Path, url: str, key: str, photo: str, job_id: str) -> str | None:
+    """`running` while the job runs, None once its result is written, else the line saying why it failed."""
+    status, _, answer = _request(f"{url}/v2/jobs/{job_id}", key)
+    if status == 404:
+        return f"{photo}: job {job_id} is gone (removed after its retention time)"
+    job = _json(status, answer, f"{photo}")
+    if job["status"] in ("queued", "running"):
+        return "running"
+    if job["status"] == "succeeded":
+        status, _, result = _request(f"{url}{job['result_url']}", key)
+        if status != 200:
+            raise ClientError(f"{photo}: fetching the result: HTTP {status}")
+        _output_path(out, photo, job.get("content_type")).write_bytes(result)
+        return None
+    error = job.get("error") or {}
+    return f"{photo}: {job['status']} {error.get('code', '')} {error.get('message', '')}".strip()

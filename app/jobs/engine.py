@@ -62,7 +62,7 @@ class JobEngine(Protocol):
         ...
 
     async def position(self, job: Job) -> int:
-        """How many queued jobs are ahead of this queued one."""
+        """How many queued jobs (every account's) will be started before this queued one: exact."""
         ...
 
     async def claim(self, worker: str, lease_s: float, wait_s: float) -> Claimed | None:

@@ -12,16 +12,7 @@ each job's status (cancel vs claim, expiry vs claim, a stalled replica vs its su
 ledger and our fail-closed Redis client; streams give at-least-once delivery and reclaiming with
 four commands and no second dependency, and the job records stay in our own keys.
 
-Keys (all under `cutout:`):
-    job:{id}            hash: status, doc (JSON, app/jobs/model.py), entry (its stream entry id)
-    jobin:{id}          hash: meta, image, bg_image (deleted when the job ends)
-    jobout:{id}         the result's bytes, expiring job_ttl_s after the job ends
-    jobs:stream         the queue; group `runners`
-    jobs:deadlines      sorted set of queued job ids by deadline (expiry of jobs nobody ran)
-    batch:{id}          hash: doc
-    webhooks            sorted set of due webhooks ("job:{id}" / "batch:{id}") by due time
-    jobsub:{digest}     an Idempotency-Key's submission: fingerprint, kind, id (expires with its window)
-    jobs:master         the key every account's webhook secret derives from
+The keys and the Lua scripts: app/jobs/redis_scripts.py.
 """
 
 from __future__ import annotations
@@ -37,129 +28,30 @@ from redis.exceptions import ResponseError
 
 from app.jobs.engine import Claimed, IdempotencyConflict, Submitted
 from app.jobs.model import TERMINAL, Batch, Job, Payload
+from app.jobs.redis_scripts import (
+    BATCH_BACKSTOP_S,
+    DEADLINES,
+    DUE,
+    GROUP,
+    HEARTBEAT,
+    MASTER,
+    POSITION,
+    PREFIX,
+    QUEUED,
+    REQUEUE,
+    SEQ,
+    STREAM,
+    SUBMIT,
+    UPDATE,
+    WEBHOOKS,
+    as_bytes,
+    as_text,
+    batch_key,
+    input_key,
+    job_key,
+    result_key,
+)
 from app.store.redis_client import client_options, fail_closed
-
-PREFIX = "cutout:"
-STREAM = PREFIX + "jobs:stream"
-GROUP = "runners"
-DEADLINES = PREFIX + "jobs:deadlines"
-WEBHOOKS = PREFIX + "webhooks"
-MASTER = PREFIX + "jobs:master"
-# Finished jobs' records stay this long after their results expire, so a late GET still says why.
-BATCH_BACKSTOP_S = 7 * 86400
-
-
-def _job(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
-
-
-def _input(job_id: str) -> str:
-    return f"{PREFIX}jobin:{job_id}"
-
-
-def _result(job_id: str) -> str:
-    return f"{PREFIX}jobout:{job_id}"
-
-
-def _batch(batch_id: str) -> str:
-    return f"{PREFIX}batch:{batch_id}"
-
-
-# ARGV: prefix, idem key ('' = none), fingerprint, window ms, kind, ref, batch id ('' = none), batch doc,
-#       batch ttl s, then per job: id, status, doc, deadline, meta, image, bg_image
-SUBMIT = """
-local p = ARGV[1]
-if ARGV[2] ~= '' then
-    local seen = redis.call('HMGET', ARGV[2], 'fingerprint', 'kind', 'ref')
-    if seen[1] then
-        if seen[1] ~= ARGV[3] then return {'conflict'} end
-        return {'replay', seen[2], seen[3]}
-    end
-    redis.call('HSET', ARGV[2], 'fingerprint', ARGV[3], 'kind', ARGV[5], 'ref', ARGV[6])
-    redis.call('PEXPIRE', ARGV[2], ARGV[4])
-end
-if ARGV[7] ~= '' then
-    redis.call('HSET', p .. 'batch:' .. ARGV[7], 'doc', ARGV[8])
-    redis.call('EXPIRE', p .. 'batch:' .. ARGV[7], ARGV[9])
-end
-local i = 10
-while i <= #ARGV do
-    local id = ARGV[i]
-    redis.call('HSET', p .. 'job:' .. id, 'status', ARGV[i + 1], 'doc', ARGV[i + 2])
-    if ARGV[i + 1] == 'queued' then
-        redis.call('HSET', p .. 'jobin:' .. id, 'meta', ARGV[i + 4], 'image', ARGV[i + 5], 'bg_image', ARGV[i + 6])
-        local entry = redis.call('XADD', p .. 'jobs:stream', '*', 'job', id)
-        redis.call('HSET', p .. 'job:' .. id, 'entry', entry)
-        redis.call('ZADD', p .. 'jobs:deadlines', ARGV[i + 3], id)
-    else
-        redis.call('EXPIRE', p .. 'job:' .. id, ARGV[9])
-    end
-    i = i + 7
-end
-return {'ok', ARGV[5], ARGV[6]}
-"""
-
-# KEYS: job   ARGV: new status, new doc, expected statuses..., ends with '|', ttl s ('' = keep)
-UPDATE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 0 end
-local ok = false
-for i = 4, #ARGV do if ARGV[i] == status then ok = true end end
-if not ok then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'doc', ARGV[2])
-if ARGV[3] ~= '' then
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
-return 1
-"""
-
-# KEYS: job, stream   ARGV: group, consumer
-HEARTBEAT = """
-local entry = redis.call('HGET', KEYS[1], 'entry')
-if not entry then return 0 end
-local pending = redis.call('XPENDING', KEYS[2], ARGV[1], entry, entry, 1)
-if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
-redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[2], 0, entry, 'JUSTID')
-return 1
-"""
-
-# KEYS: job, stream, deadlines   ARGV: group, consumer, doc, job id, deadline
-REQUEUE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-local entry = redis.call('HGET', KEYS[1], 'entry')
-if entry then
-    redis.call('XACK', KEYS[2], ARGV[1], entry)
-    redis.call('XDEL', KEYS[2], entry)
-end
-local fresh = redis.call('XADD', KEYS[2], '*', 'job', ARGV[4])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'doc', ARGV[3], 'entry', fresh)
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-return 1
-"""
-
-# KEYS: webhooks   ARGV: now, lease until
-DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 50)
-for _, target in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], target) end
-return due
-"""
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"expected bytes or str from Redis, got {type(value).__name__}")
-
-
-def _bytes(value: object) -> bytes | None:
-    """A binary value as redis-py answers it without decoding (None, and empty, as None)."""
-    if value is None or value == b"":
-        return None
-    if isinstance(value, bytes):
-        return value
-    raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")
 
 
 class RedisJobs:
@@ -171,6 +63,7 @@ class RedisJobs:
         self._heartbeat = self._redis.register_script(HEARTBEAT)
         self._requeue = self._redis.register_script(REQUEUE)
         self._due = self._redis.register_script(DUE)
+        self._position = self._redis.register_script(POSITION)
         self._group_ready = False
 
     async def _ensure_group(self) -> None:
@@ -183,21 +76,21 @@ class RedisJobs:
                 raise
         self._group_ready = True
 
-    def _keep_s(self) -> int:
-        return int(self._ttl_s) + 3600
+    def _ttl_ms(self) -> int:
+        return max(1, int(self._ttl_s * 1000))
 
     @staticmethod
     def _found(reply: list[Any]) -> Submitted:
-        if _text(reply[0]) == "conflict":
+        if as_text(reply[0]) == "conflict":
             raise IdempotencyConflict()
-        return Submitted(_text(reply[1]), _text(reply[2]), replayed=_text(reply[0]) == "replay")
+        return Submitted(as_text(reply[1]), as_text(reply[2]), replayed=as_text(reply[0]) == "replay")
 
     @fail_closed
     async def find_submission(self, key: str, fingerprint: str) -> Submitted | None:
         seen = await self._redis.hmget(f"{PREFIX}jobsub:{key}", ["fingerprint", "kind", "ref"])
         if seen[0] is None:
             return None
-        return self._found([b"replay" if _text(seen[0]) == fingerprint else b"conflict", seen[1], seen[2]])
+        return self._found([b"replay" if as_text(seen[0]) == fingerprint else b"conflict", seen[1], seen[2]])
 
     @fail_closed
     async def submit(
@@ -215,7 +108,8 @@ class RedisJobs:
             ref,
             batch.id if batch else "",
             batch.dumps() if batch else "",
-            BATCH_BACKSTOP_S + self._keep_s(),
+            BATCH_BACKSTOP_S + int(self._ttl_s),
+            self._ttl_ms(),
         ]
         for job, payload in jobs:
             args += [
@@ -231,57 +125,57 @@ class RedisJobs:
 
     @fail_closed
     async def get(self, job_id: str) -> Job | None:
-        doc = await self._redis.hget(_job(job_id), "doc")
-        return None if doc is None else Job.loads(_text(doc))
+        doc = await self._redis.hget(job_key(job_id), "doc")
+        return None if doc is None else Job.loads(as_text(doc))
 
     @fail_closed
     async def get_many(self, job_ids: list[str]) -> list[Job]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(_job(job_id), "doc")
+                pipe.hget(job_key(job_id), "doc")
             docs = await pipe.execute()
-        return [Job.loads(_text(doc)) for doc in docs if doc is not None]
+        return [Job.loads(as_text(doc)) for doc in docs if doc is not None]
 
     @fail_closed
     async def get_batch(self, batch_id: str) -> Batch | None:
-        doc = await self._redis.hget(_batch(batch_id), "doc")
-        return None if doc is None else Batch.loads(_text(doc))
+        doc = await self._redis.hget(batch_key(batch_id), "doc")
+        return None if doc is None else Batch.loads(as_text(doc))
 
     @fail_closed
     async def put_batch(self, batch: Batch) -> None:
-        await self._redis.hset(_batch(batch.id), "doc", batch.dumps())
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(batch_key(batch.id), "doc", batch.dumps())
+            if batch.completed_at is not None:  # it goes with its last item, job_ttl_s after it ended
+                pipe.pexpireat(batch_key(batch.id), int(batch.completed_at * 1000) + self._ttl_ms())
+            await pipe.execute()
 
     @fail_closed
     async def position(self, job: Job) -> int:
-        entry = await self._redis.hget(_job(job.id), "entry")
-        if entry is None:
-            return 0
-        ahead = await self._redis.xrange(STREAM, "-", "(" + _text(entry), count=10_000)
-        return max(0, len(ahead or []) - await self._pending())
+        # Exact: jobs:queued holds the queued jobs (and only them) in the order the stream hands them out.
+        return max(0, int(await self._position(keys=[QUEUED], args=[job.id])))
 
-    async def _pending(self) -> int:
-        await self._ensure_group()
-        summary: Any = await self._redis.xpending(STREAM, GROUP)
-        return int(summary["pending"])
+    async def _set_status(self, job: Job, gone_at: str, expect: Collection[str]) -> bool:
+        """The compare-and-set on the job's status; a job no longer queued leaves the queue's sorted sets."""
+        keys = [job_key(job.id), QUEUED, DEADLINES]
+        return bool(await self._update(keys=keys, args=[job.id, job.status, job.dumps(), gone_at, *expect]))
 
     async def _take(self, job_id: str, entry: str, worker: str) -> Claimed | None:
         """The job of a stream entry this worker was handed, now running; None (entry acknowledged)
         when it is over already (cancelled or expired while queued, or finished by a stalled owner)."""
-        raw = await self._redis.hgetall(_job(job_id))
-        if not raw or _text(raw[b"status"]) in TERMINAL:
+        raw = await self._redis.hgetall(job_key(job_id))
+        if not raw or as_text(raw[b"status"]) in TERMINAL:
             await self._ack(entry)
             return None
-        job = Job.loads(_text(raw[b"doc"]))
+        job = Job.loads(as_text(raw[b"doc"]))
         job = replace(job, status="running", started_at=time.time(), runs=job.runs + 1)
-        if not await self._update(keys=[_job(job_id)], args=["running", job.dumps(), "", "queued", "running"]):
+        if not await self._set_status(job, "", ("queued", "running")):
             await self._ack(entry)
             return None
-        await self._redis.hset(_job(job_id), "entry", entry)
-        await self._redis.zrem(DEADLINES, job_id)
-        data = await self._redis.hmget(_input(job_id), ["meta", "image", "bg_image"])
+        await self._redis.hset(job_key(job_id), "entry", entry)
+        data = await self._redis.hmget(input_key(job_id), ["meta", "image", "bg_image"])
         if data[0] is None:  # its input is gone: nothing can run it
             return Claimed(job, Payload(None, None, None, {}, None, None, False))
-        return Claimed(job, Payload.from_parts(_text(data[0]), _bytes(data[1]), _bytes(data[2])))
+        return Claimed(job, Payload.from_parts(as_text(data[0]), as_bytes(data[1]), as_bytes(data[2])))
 
     async def _ack(self, entry: str) -> None:
         await self._redis.xack(STREAM, GROUP, entry)
@@ -299,47 +193,49 @@ class RedisJobs:
             entries = read[0][1] if read else []
         for entry_id, fields in entries:
             if fields is None:  # deleted meanwhile
-                await self._ack(_text(entry_id))
+                await self._ack(as_text(entry_id))
                 continue
-            claimed = await self._take(_text(fields[b"job"]), _text(entry_id), worker)
+            claimed = await self._take(as_text(fields[b"job"]), as_text(entry_id), worker)
             if claimed is not None:
                 return claimed
         return None
 
     @fail_closed
     async def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
-        return bool(await self._heartbeat(keys=[_job(job_id), STREAM], args=[GROUP, worker]))
+        return bool(await self._heartbeat(keys=[job_key(job_id), STREAM], args=[GROUP, worker]))
 
     @fail_closed
     async def update(self, job: Job, expect: Collection[str]) -> bool:
-        ttl = str(self._keep_s()) if job.terminal else ""
-        done = bool(await self._update(keys=[_job(job.id)], args=[job.status, job.dumps(), ttl, *expect]))
+        # The record goes with its result, job_ttl_s after the job ended (the same instant when a webhook
+        # attempt rewrites it later).
+        gone_at = str(int((job.finished_at or time.time()) * 1000) + self._ttl_ms()) if job.terminal else ""
+        done = await self._set_status(job, gone_at, expect)
         if done and job.terminal:
-            await self._redis.delete(_input(job.id))
-            await self._redis.zrem(DEADLINES, job.id)
+            await self._redis.delete(input_key(job.id))
         return done
 
     @fail_closed
     async def release(self, job_id: str, worker: str) -> None:
-        entry = await self._redis.hget(_job(job_id), "entry")
+        entry = await self._redis.hget(job_key(job_id), "entry")
         if entry is not None:
-            await self._ack(_text(entry))
+            await self._ack(as_text(entry))
 
     @fail_closed
     async def requeue(self, job: Job, worker: str) -> bool:
         return bool(
             await self._requeue(
-                keys=[_job(job.id), STREAM, DEADLINES], args=[GROUP, worker, job.dumps(), job.id, repr(job.deadline)]
+                keys=[job_key(job.id), STREAM, DEADLINES, QUEUED, SEQ],
+                args=[GROUP, worker, job.dumps(), job.id, repr(job.deadline)],
             )
         )
 
     @fail_closed
     async def put_result(self, job_id: str, body: bytes, ttl_s: float) -> None:
-        await self._redis.set(_result(job_id), body, px=int(ttl_s * 1000))
+        await self._redis.set(result_key(job_id), body, px=int(ttl_s * 1000))
 
     @fail_closed
     async def get_result(self, job_id: str) -> bytes | None:
-        return _bytes(await self._redis.get(_result(job_id)))
+        return as_bytes(await self._redis.get(result_key(job_id)))
 
     @fail_closed
     async def schedule_webhook(self, target: str, due_at: float) -> None:
@@ -348,7 +244,7 @@ class RedisJobs:
     @fail_closed
     async def due_webhooks(self, now: float, lease_s: float) -> list[str]:
         due: Any = await self._due(keys=[WEBHOOKS], args=[repr(now), repr(now + lease_s)])
-        return [_text(target) for target in due]
+        return [as_text(target) for target in due]
 
     @fail_closed
     async def drop_webhook(self, target: str) -> None:
@@ -356,14 +252,12 @@ class RedisJobs:
 
     @fail_closed
     async def queue_depth(self) -> int:
-        await self._ensure_group()
-        length = await self._redis.xlen(STREAM)
-        return max(0, int(length) - await self._pending())
+        return int(await self._redis.zcard(QUEUED))
 
     @fail_closed
     async def overdue(self, now: float) -> list[Job]:
         ids = await self._redis.zrangebyscore(DEADLINES, "-inf", now, start=0, num=500)
-        return await self.get_many([_text(i) for i in ids])
+        return await self.get_many([as_text(i) for i in ids])
 
     async def purge(self, now: float, keep_s: float) -> int:
         return 0  # finished jobs' keys expire by themselves (EXPIRE at their end)
@@ -371,7 +265,7 @@ class RedisJobs:
     @fail_closed
     async def master_key(self) -> bytes:
         await self._redis.set(MASTER, secrets.token_bytes(32), nx=True)
-        key = _bytes(await self._redis.get(MASTER))
+        key = as_bytes(await self._redis.get(MASTER))
         assert key is not None
         return key
 

@@ -2,7 +2,7 @@
 
     POST /v2/rembg/ | /v2/rembg/mask/ with `Prefer: respond-async` or a `webhook_url` -> 202 job
     GET /v2/jobs/{id}, GET /v2/jobs/{id}/result, DELETE /v2/jobs/{id}
-    POST /v2/batches (multipart `images` files, or JSON `items`) -> 202 batch
+    POST /v2/batches (multipart `images` files, or JSON `items`: app/jobs/batch_input.py) -> 202 batch
     GET /v2/batches/{id}, GET /v2/batches/{id}/zip, DELETE /v2/batches/{id}
 
 A job or batch of another account answers 404 like an unknown one.
@@ -12,34 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import posixpath
 import zipfile
 from typing import Any
 
 import anyio
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
 from app.accounts.auth import authenticate
 from app.accounts.pricing import Output
-from app.errors import ApiError, client_closed_request, invalid_parameter
+from app.errors import ApiError
 from app.http.context import request_id_of
-from app.jobs import webhooks
+from app.jobs import batch_input, webhooks
 from app.jobs.engine import IdempotencyConflict
-from app.jobs.model import Batch, Job
+from app.jobs.model import Batch, Job, now
 from app.jobs.service import Item, JobService
-from app.removal import option_table, submission
-from app.removal.job import wants_json
+from app.removal.accept import wants_json
 from app.removal.submission import Submission
 from app.services import services
 from app.store import Account
 
-BATCH_TEXT_BYTES = 64 * 1024  # a multipart batch's text fields (its `overrides` JSON)
-ITEM_FIELDS = frozenset({"model", "operating_resolution", "output"}) | (option_table.FIELDS - {"bg_image"})
 EXTENSIONS = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpg", "application/json": "json"}
 
 
@@ -134,16 +128,10 @@ async def _own_job(request: Request) -> tuple[JobService, Job]:
     job = await jobs.engine.get(job_id)
     if job is None or job.account_id != account.id:
         raise not_found("job", job_id)
-    if job.status == "queued" and job.deadline < jobs_now():
+    if job.status == "queued" and job.deadline < now():
         await jobs.housekeeping()
         job = await jobs.engine.get(job_id) or job
     return jobs, job
-
-
-def jobs_now() -> float:
-    from app.jobs.model import now
-
-    return now()
 
 
 async def job(request: Request) -> Response:
@@ -184,173 +172,13 @@ async def cancel_job(request: Request) -> JSONResponse:
 # --- batches ---
 
 
-def _clean_name(name: str | None, index: int) -> str:
-    base = posixpath.basename((name or "").replace("\\", "/")).strip()
-    safe = "".join(c if c.isalnum() or c in "._- " else "_" for c in base)[:100].strip(" .")
-    return safe or f"item-{index}"
-
-
-def _at(err: ApiError, where: str) -> ApiError:
-    """The error, its message saying which item it is about."""
-    err.message = f"{where}{err.message}"
-    return err
-
-
-def _output_of(value: object, where: str) -> Output:
-    if value in (None, "cutout"):
-        return "cutout"
-    if value == "mask":
-        return "mask"
-    raise invalid_parameter(f'{where}"output" must be "cutout" or "mask".')
-
-
-async def _priced(jobs: JobService, sub: Submission, output: Output, accept_json: bool, where: str, name: str) -> Item:
-    try:
-        item = await jobs.price(sub, output, accept_json)
-    except ApiError as err:
-        raise _at(err, where) from None
-    return Item(item.payload, item.output, item.model, item.credits, name=name)
-
-
-async def _read_multipart(request: Request, jobs: JobService) -> tuple[list[Item], str | None]:
-    limit = jobs.settings.batch_max_items
-    try:
-        async with request.form(
-            max_files=limit + 2, max_fields=len(ITEM_FIELDS) + 8, max_part_size=BATCH_TEXT_BYTES
-        ) as form:
-            images = [part for part in form.getlist("images")]
-            text = {name: value for name, value in form.multi_items() if isinstance(value, str)}
-            files = {name for name, value in form.multi_items() if isinstance(value, UploadFile)}
-            stray = sorted(files - {"images", "bg_image"})
-            if stray:
-                raise invalid_parameter(f'Send the photos as file parts named "images"; got files in {stray[:5]}.')
-            if not images or len(images) > limit:
-                raise ApiError("too_many_items", f"A batch holds 1 to {limit} items; got {len(images)}.")
-            bg = form.get("bg_image")
-            bg_image = await bg.read() if isinstance(bg, UploadFile) else None
-            uploads = [(part.filename, await part.read()) for part in images if isinstance(part, UploadFile)]
-            if len(uploads) != len(images):
-                raise invalid_parameter('"images" must be file parts, one per photo.')
-    except HTTPException as exc:
-        if "Too many files" in str(exc.detail):
-            raise ApiError("too_many_items", f"A batch holds 1 to {limit} items.") from None
-        raise invalid_parameter(f"The multipart body could not be read ({str(exc.detail).rstrip('.')}).") from None
-    except ClientDisconnect:
-        raise client_closed_request() from None
-    webhook_url = text.pop("webhook_url", None)
-    overrides_text = text.pop("overrides", None)
-    unknown = sorted(set(text) - ITEM_FIELDS)
-    if unknown:
-        raise invalid_parameter(
-            f'Unknown batch field(s): {unknown[:5]}. Options go as text fields, photos as "images".'
-        )
-    overrides: list[Any] = []
-    if overrides_text is not None:
-        try:
-            overrides = json.loads(overrides_text)
-        except ValueError:
-            overrides = None  # type: ignore[assignment]
-        if not isinstance(overrides, list) or len(overrides) > len(uploads):
-            raise invalid_parameter('"overrides" must be a JSON list, one object (or null) per image, in order.')
-    accept_json = wants_json(request.headers.get("accept", ""))
-    items = []
-    for index, (filename, data) in enumerate(uploads):
-        override = overrides[index] if index < len(overrides) and overrides[index] is not None else {}
-        where = f"images[{index}]: "
-        if not isinstance(override, dict) or set(override) - ITEM_FIELDS:
-            raise invalid_parameter(f"{where}an override is an object of option fields.")
-        fields: dict[str, Any] = {**text, **override}
-        output = _output_of(fields.pop("output", None), where)
-        sub = Submission(
-            image=data,
-            image_url=None,
-            model=fields.pop("model", None),
-            operating_resolution=fields.pop("operating_resolution", None),
-            fields=fields,
-            bg_image=bg_image,
-        )
-        items.append(await _priced(jobs, sub, output, accept_json, where, _clean_name(filename, index)))
-    return items, webhook_url
-
-
-def _read_json_items(raw: bytes, limit: int) -> tuple[list[tuple[int, dict[str, Any] | ApiError]], dict[str, Any]]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_parameter("The JSON body could not be parsed.") from None
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        raise invalid_parameter(
-            'Send {"items": [{"image_url": ...} or {"image_data_uri": ...}, ...]} and shared options.'
-        )
-    items = body.pop("items")
-    if not items or len(items) > limit:
-        raise ApiError("too_many_items", f"A batch holds 1 to {limit} items; got {len(items)}.")
-    return list(enumerate(items)), body
-
-
-async def _read_json(request: Request, jobs: JobService) -> tuple[list[Item], str | None]:
-    try:
-        raw = await request.body()
-    except ClientDisconnect:
-        raise client_closed_request() from None
-    entries, shared = await anyio.to_thread.run_sync(_read_json_items, raw, jobs.settings.batch_max_items)
-    nulls = sorted(name for name, value in shared.items() if value is None)
-    if nulls:
-        raise invalid_parameter(f"JSON field(s) {nulls[:5]} are null: leave a field out for its default.")
-    webhook_url = shared.pop("webhook_url", None)
-    if webhook_url is not None and not isinstance(webhook_url, str):
-        raise invalid_parameter('"webhook_url" must be an http(s) URL.')
-    output_shared = shared.pop("output", None)
-    accept_json = wants_json(request.headers.get("accept", ""))
-    items: list[Item] = []
-    for index, entry in entries:
-        where = f"items[{index}]: "
-        if not isinstance(entry, dict):
-            raise invalid_parameter(f'{where}an item is an object with "image_url" or "image_data_uri".')
-        entry = dict(entry)
-        if entry.get("name", "") is None or entry.get("output", "") is None:
-            raise invalid_parameter(f"{where}null fields: leave a field out for its default.")
-        name = entry.pop("name", None)
-        output = _output_of(entry.pop("output", output_shared), where)
-        merged = {**shared, **entry}
-        try:
-            sub = submission._parse_json(json.dumps(merged).encode())
-        except ApiError as err:
-            if err.code != "invalid_image":
-                raise _at(err, where) from None
-            # Not an image (or no image): this item fails alone, nothing reserved for it.
-            failed = _at(err, where)
-            items.append(Item(_empty_payload(), output, "", 0, error=failed, name=_clean_name(name, index)))
-            continue
-        if sub.webhook_url is not None:
-            raise invalid_parameter(f'{where}"webhook_url" is the batch\'s: send it once, beside "items".')
-        label = _clean_name(name if isinstance(name, str) else None, index)
-        items.append(await _priced(jobs, sub, output, accept_json, where, label))
-    return items, webhook_url
-
-
-def _empty_payload() -> Any:
-    from app.jobs.model import Payload
-
-    return Payload(None, None, None, {}, None, None, False)
-
-
 async def create_batch(request: Request) -> Response:
     svc = services(request)
     account = await authenticate(request, svc.store, svc.limits)
     rate = await svc.limits.hit(account)
     with rate.on_errors():
         jobs = _jobs(request)
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type == "application/json":
-            items, webhook_url = await _read_json(request, jobs)
-        elif media_type == "multipart/form-data":
-            items, webhook_url = await _read_multipart(request, jobs)
-        else:
-            raise invalid_parameter(
-                'Send multipart/form-data with the photos as file parts named "images" '
-                '(curl: -F images=@a.jpg -F images=@b.jpg), or JSON {"items": [...]}.'
-            )
+        items, webhook_url = await batch_input.read(request, jobs)
         if webhook_url is not None:
             webhook_url = await webhooks.check_target(webhook_url, jobs.settings)
         kind, ref, replayed = await _submit(request, account, items, batch=True, webhook_url=webhook_url)
@@ -371,7 +199,10 @@ async def _own_batch(request: Request) -> tuple[JobService, Batch, list[Job]]:
     batch = await jobs.engine.get_batch(batch_id)
     if batch is None or batch.account_id != account.id:
         raise not_found("batch", batch_id)
-    return jobs, batch, await jobs.engine.get_many(batch.job_ids)
+    items = await jobs.engine.get_many(batch.job_ids)
+    if not items:  # every item removed after its retention time: the batch's own record is about to go
+        raise not_found("batch", batch_id)
+    return jobs, batch, items
 
 
 async def get_batch(request: Request) -> JSONResponse:

@@ -23,40 +23,20 @@ import anyio.to_thread
 
 from app.jobs.engine import Claimed, IdempotencyConflict, Submitted
 from app.jobs.model import Batch, Job, Payload
-from app.store.sqlite import open_database
+from app.jobs.sqlite_schema import open_jobs_database, purge_finished
+from app.store.sqlite import transaction
 
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    doc TEXT NOT NULL,
-    owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0,
-    deadline REAL NOT NULL,
-    finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
-CREATE TABLE IF NOT EXISTS job_inputs (id TEXT PRIMARY KEY, meta TEXT NOT NULL, image BLOB, bg_image BLOB);
-CREATE TABLE IF NOT EXISTS job_results (id TEXT PRIMARY KEY, body BLOB NOT NULL, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, doc TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS webhooks (target TEXT PRIMARY KEY, due_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS submissions (
-    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, kind TEXT NOT NULL, ref TEXT NOT NULL, expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-"""
 
 POLL_S = 0.1
 
 
 class SqliteJobs:
     def __init__(self, path: Path) -> None:
-        self._db = open_database(path, SCHEMA)
+        self._db = open_jobs_database(path)
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
+        self._wal_holds_removed = False  # the last checkpoint after a removal could not empty the WAL
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -66,17 +46,7 @@ class SqliteJobs:
         return await anyio.to_thread.run_sync(locked)
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def op(db: sqlite3.Connection) -> T:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return result
-
-        return await self._run(op)
+        return await self._run(lambda db: transaction(db, fn))
 
     @staticmethod
     def _find(db: sqlite3.Connection, key: str, fingerprint: str) -> Submitted | None:
@@ -276,21 +246,17 @@ class SqliteJobs:
 
     async def purge(self, now: float, keep_s: float) -> int:
         def op(db: sqlite3.Connection) -> int:
-            cutoff = now - keep_s
-            ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE finished_at < ?", (cutoff,)).fetchall()]
-            for job_id in ids:
-                for table in ("jobs", "job_inputs", "job_results"):
-                    db.execute(f"DELETE FROM {table} WHERE id = ?", (job_id,))
-            db.execute("DELETE FROM job_results WHERE expires_at < ?", (now,))
-            db.execute(
-                "DELETE FROM batches WHERE created_at < ? AND NOT EXISTS"
-                " (SELECT 1 FROM jobs WHERE jobs.doc LIKE '%\"batch_id\":\"' || batches.id || '\"%')",
-                (cutoff,),
-            )
-            db.execute("DELETE FROM submissions WHERE expires_at < ?", (now,))
-            return len(ids)
+            removed = transaction(db, lambda db: purge_finished(db, now, now - keep_s))
+            if removed[1] or self._wal_holds_removed:
+                # secure_delete zeroed the freed pages, but the WAL still holds the frames written before: a TRUNCATE
+                # checkpoint copies the zeroed pages into the database file and empties the WAL, so the removed
+                # results leave the data dir's files now, not whenever SQLite would overwrite them. Another
+                # process reading the file can make it give up (busy): tried again on the next pass.
+                busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                self._wal_holds_removed = bool(busy)
+            return removed[0]
 
-        return await self._tx(op)
+        return await self._run(op)
 
     async def master_key(self) -> bytes:
         def op(db: sqlite3.Connection) -> bytes:

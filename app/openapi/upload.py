@@ -5,7 +5,7 @@ from __future__ import annotations
 from app.accounts import idempotency
 from app.openapi import options as option_schemas
 from app.openapi.shapes import INT_HEADER, JSON, REQUEST_ID, SECURITY, error_response
-from app.removal.job import ACCEPT_RULE
+from app.removal.accept import ACCEPT_RULE
 from app.removal.option_table import FLAG_RULE
 from app.removal.respond import FOREGROUND_HEADERS, HEIGHT_HEADER, WIDTH_HEADER
 from app.removal.submission import MAX_FIELD_BYTES
@@ -13,7 +13,7 @@ from app.settings import Settings
 
 # The body is image/png; generators such as openapi-python-client return raw bytes only for
 # application/octet-stream, so the same bytes are listed under that name as well, and sent as
-# such when the Accept header prefers it (app/removal/job.py ACCEPT_RULE).
+# such when the Accept header prefers it (app/removal/accept.py ACCEPT_RULE).
 PNG_MEDIA_TYPES = ("image/png", "application/octet-stream")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _ERROR_STATUSES = (400, 401, 402, 408, 409, 413, 422, 429, 500, 503)

@@ -29,11 +29,12 @@ from app.imaging.compose import BACKGROUND_PEAK_BYTES_PER_PIXEL
 from app.inference.pipeline import Pipeline
 from app.inference.registry import ModelRegistry
 from app.removal import fetch, options
+from app.removal.accept import Answer, answer_for
+from app.removal.fetch_transport import fetch_image
 from app.removal.submission import Submission
 from app.settings import Settings
 
 Output = pricing.Output
-Answer = Literal["image", "bytes", "json"]  # bytes: the image sent as application/octet-stream
 Source = Literal["upload", "image_url"]
 AUTO = "auto"  # model=auto: config/models.toml [auto]
 
@@ -88,63 +89,6 @@ class Job:
     memory_bytes: int  # the estimated peak, for the memory admission
 
 
-JSON_TYPE = "application/json"
-OCTET_TYPE = "application/octet-stream"
-ACCEPT_RULE = (
-    "Without `sync_mode`, the answer is JSON only when the `Accept` header ranks `application/json` strictly "
-    "above the image type the answer would have (`image/png`, `image/webp` or `image/jpeg`) and above "
-    "`application/octet-stream`: each type's preference is the q-value (default 1) of the most specific range "
-    "naming it (`image/png`, else `image/*`, else `*/*`; `application/json`, else `application/*`, else `*/*`), "
-    "0 when none does. Equal preferences give the image: `*/*`, a browser's Accept and axios's "
-    "`application/json, text/plain, */*` get the image; `Accept: application/json` alone, or "
-    "`application/json, image/*;q=0.5`, get JSON. The image's bytes come as `application/octet-stream` only "
-    "when that ranks strictly above the image type (what some generated clients ask for)."
-)
-
-
-def _preferences(accept: str) -> dict[str, float]:
-    """Media range -> q-value; a malformed q counts as 1 (a client that lists a type wants it)."""
-    ranks: dict[str, float] = {}
-    for part in accept.split(","):
-        media_range, *params = (piece.strip() for piece in part.split(";"))
-        if not media_range:
-            continue
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = min(max(float(value.strip()), 0.0), 1.0)
-                except ValueError:
-                    q = 1.0
-        media_range = media_range.lower()
-        ranks[media_range] = max(q, ranks.get(media_range, 0.0))
-    return ranks
-
-
-def _quality(ranks: dict[str, float], media_type: str) -> float:
-    kind = media_type.split("/")[0]
-    for media_range in (media_type, f"{kind}/*", "*/*"):
-        if media_range in ranks:
-            return ranks[media_range]
-    return 0.0
-
-
-def preferred(accept: str, image_type: str = "image/png") -> Answer:
-    """ACCEPT_RULE: JSON only when the client prefers it, strictly, to the image it would get; the
-    image as application/octet-stream only when that is preferred, strictly, to its own type."""
-    ranks = _preferences(accept)
-    image, octet = _quality(ranks, image_type), _quality(ranks, OCTET_TYPE)
-    if _quality(ranks, JSON_TYPE) > max(image, octet):
-        return "json"
-    return "bytes" if octet > image else "image"
-
-
-def wants_json(accept: str) -> bool:
-    """Whether the Accept header asks for the JSON answer (ACCEPT_RULE): what an asynchronous job keeps."""
-    return preferred(accept) == "json"
-
-
 def offered(settings: Settings, registry: ModelRegistry) -> list[str]:
     """The model names a client may send: the loaded models, and auto when both of its are loaded."""
     names = list(registry.names)
@@ -179,18 +123,6 @@ def _operating_resolution(pipeline: Pipeline, value: str | None) -> str:
     raise invalid_parameter(
         f"Model {pipeline.name!r} cannot run at operating_resolution {value[:40]!r}; it accepts: {accepted}."
     )
-
-
-def _answer(chosen: options.Options, accept: str) -> Answer:
-    by_accept = preferred(accept, codec.CONTENT_TYPES[chosen.output_format])
-    answer: Answer = by_accept
-    if chosen.sync_mode is not None:  # it decides JSON or not; Accept still picks the bytes' media type
-        answer = "json" if chosen.sync_mode else ("image" if by_accept == "json" else by_accept)
-    if chosen.output_mask and answer != "json":
-        raise invalid_parameter(
-            "output_mask returns the mask inside a JSON answer: add sync_mode=true (or Accept: application/json)."
-        )
-    return answer
 
 
 def _probe_background(data: bytes, settings: Settings) -> int:
@@ -240,7 +172,7 @@ def output_of(sub: Submission, route: Output) -> Output:
 async def _fetched(url: str, settings: Settings) -> bytes:
     if not settings.fetch_enabled:
         raise fetch.forbidden("This server does not fetch image URLs; upload the image instead.")
-    return await fetch.fetch_image(
+    return await fetch_image(
         url,
         allow=parse_networks(settings.fetch_allow),
         max_bytes=settings.max_body_bytes,
@@ -259,11 +191,24 @@ def _priced_options(sub: Submission, chosen: options.Options) -> set[str]:
     return {name for name, on in used.items() if on}
 
 
-def _escalation(then: Pipeline, first_price: int, output: Output, used: set[str], settings: Settings) -> Escalation:
-    """model=auto's second model and both prices (the options priced alike for either)."""
+def _prices(
+    sub: Submission,
+    chosen: options.Options,
+    pipeline: Pipeline,
+    resolution: str,
+    output: Output,
+    then: Pipeline | None,
+    settings: Settings,
+) -> tuple[int, Escalation | None]:
+    """The order's price and, for model=auto, its escalation with both prices (the options priced alike for
+    either): the order reserves the larger."""
+    used = _priced_options(sub, chosen)
+    runs = [(pipeline.spec, resolution)] + ([] if then is None else [(then.spec, then.resolutions[0])])
+    prices = pricing.costs(settings, runs, output, used)
+    if then is None:
+        return prices[0], None
     assert settings.auto is not None
-    then_price = pricing.cost(settings, then.spec, then.resolutions[0], output, used)
-    return Escalation(then, settings.auto.below, first_price, then_price)
+    return max(prices), Escalation(then, settings.auto.below, prices[0], prices[1])
 
 
 async def order(
@@ -291,11 +236,8 @@ async def order(
     if sub.bg_image_url is not None and fetch_background:  # remove.bg's: fetched like image_url
         chosen = dataclasses.replace(chosen, bg_image=await _fetched(sub.bg_image_url, settings))
     fingerprint = chosen.fingerprint()
-    used = _priced_options(sub, chosen)
-    price = pricing.cost(settings, pipeline.spec, resolution, output, used)
-    escalation = None if then is None else _escalation(then, price, output, used, settings)
-    price = price if escalation is None else max(price, escalation.then_price)
-    answer = _answer(chosen, accept)
+    price, escalation = _prices(sub, chosen, pipeline, resolution, output, then, settings)
+    answer = answer_for(chosen, accept)
     background_digest = ""
     if chosen.bg_image is not None:
         # Off the event loop: work proportional to the upload. Its header is checked with the photo's (job).

@@ -9,7 +9,8 @@ from starlette.responses import JSONResponse, Response
 
 from app.accounts import idempotency
 from app.accounts.billing import Bill
-from app.removal.job import OCTET_TYPE, Order
+from app.removal.accept import OCTET_TYPE
+from app.removal.job import Order
 from app.removal.render import Result
 from app.store import StoredAnswer
 

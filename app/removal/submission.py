@@ -197,6 +197,38 @@ async def _read_json(request: Request) -> Submission:
 
 
 def _parse_json(raw: bytes) -> Submission:
+    body, plain_b64 = _json_object(raw)
+    _check_json_names(body)
+    # Each field is checked in this order: the first one wrong is the one the 400 names.
+    model = _text_field(body, "model", '"model" must be a string, e.g. "falcon".')
+    image_url = _url_field(body, "image_url")
+    image = None
+    if "image_data_uri" in body:
+        value = body.pop("image_data_uri")
+        image = _plain_base64(value) if plain_b64 else decode_data_uri(value, "image_data_uri")
+    bg_image_url = _url_field(body, "bg_image_url")
+    output = _text_field(body, "channels", "channels accepts rgba or alpha.")
+    bg_image = None
+    if "bg_image_data_uri" in body:
+        bg_image = decode_data_uri(body.pop("bg_image_data_uri"), "bg_image_data_uri")
+    resolution = _text_field(body, "operating_resolution", '"operating_resolution" must be a string, e.g. "1024x1024".')
+    webhook_url = _url_field(body, "webhook_url")
+    return Submission(
+        image=image,
+        image_url=image_url,
+        model=model,
+        fields=body,
+        bg_image=bg_image,
+        operating_resolution=resolution,
+        bg_image_url=bg_image_url or None,
+        output=output,
+        webhook_url=webhook_url,
+    )
+
+
+def _json_object(raw: bytes) -> tuple[dict[str, Any], bool]:
+    """The body as a JSON object with other APIs' names as ours, and whether its photo is remove.bg's
+    plain base64 (image_file_b64); or a 400."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -206,7 +238,11 @@ def _parse_json(raw: bytes) -> Submission:
     if not isinstance(body, dict):
         raise invalid_parameter(f"The JSON body must be an object. {SEND_HINT}")
     plain_b64 = "image_file_b64" in body  # remove.bg's plain base64, for image_data_uri
-    body = dict(_as_ours(list(body.items())))
+    return dict(_as_ours(list(body.items()))), plain_b64
+
+
+def _check_json_names(body: dict[str, Any]) -> None:
+    """One photo source, no unknown field, no null: else the 400 that says what to send."""
     sources = [name for name in ("image_url", "image_data_uri") if name in body]
     unknown = sorted(set(body) - JSON_FIELDS - {"channels"})
     if not sources:
@@ -219,42 +255,22 @@ def _parse_json(raw: bytes) -> Submission:
         raise invalid_parameter(f"JSON field(s) {_names(nulls)} are null: leave a field out for its default.")
     if len(sources) > 1:
         raise invalid_parameter('Send either "image_url" or "image_data_uri", not both.')
-    model = body.pop("model", None)
-    if model is not None and not isinstance(model, str):
-        raise invalid_parameter('"model" must be a string, e.g. "falcon".')
-    image_url = body.pop("image_url", None)
-    if image_url is not None and (not isinstance(image_url, str) or len(image_url) > MAX_JSON_URL_CHARS):
-        raise invalid_parameter(f'"image_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
-    image = None
-    if "image_data_uri" in body:
-        value = body.pop("image_data_uri")
-        image = _plain_base64(value) if plain_b64 else decode_data_uri(value, "image_data_uri")
-    bg_image_url = body.pop("bg_image_url", None)
-    if bg_image_url is not None and (not isinstance(bg_image_url, str) or len(bg_image_url) > MAX_JSON_URL_CHARS):
-        raise invalid_parameter(f'"bg_image_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
-    output = body.pop("channels", None)
-    if output is not None and not isinstance(output, str):
-        raise invalid_parameter("channels accepts rgba or alpha.")
-    bg_image = None
-    if "bg_image_data_uri" in body:
-        bg_image = decode_data_uri(body.pop("bg_image_data_uri"), "bg_image_data_uri")
-    resolution = body.pop("operating_resolution", None)
-    if resolution is not None and not isinstance(resolution, str):
-        raise invalid_parameter('"operating_resolution" must be a string, e.g. "1024x1024".')
-    webhook_url = body.pop("webhook_url", None)
-    if webhook_url is not None and (not isinstance(webhook_url, str) or len(webhook_url) > MAX_JSON_URL_CHARS):
-        raise invalid_parameter(f'"webhook_url" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
-    return Submission(
-        image=image,
-        image_url=image_url,
-        model=model,
-        fields=body,
-        bg_image=bg_image,
-        operating_resolution=resolution,
-        bg_image_url=bg_image_url or None,
-        output=output,
-        webhook_url=webhook_url,
-    )
+
+
+def _text_field(body: dict[str, Any], name: str, refusal: str) -> str | None:
+    """The string field taken out of the body (None when left out), or a 400 saying `refusal`."""
+    value = body.pop(name, None)
+    if value is not None and not isinstance(value, str):
+        raise invalid_parameter(refusal)
+    return value
+
+
+def _url_field(body: dict[str, Any], name: str) -> str | None:
+    """A URL field taken out of the body: a string of at most MAX_JSON_URL_CHARS (the fetch checks the rest)."""
+    value = body.pop(name, None)
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_JSON_URL_CHARS):
+        raise invalid_parameter(f'"{name}" must be an http(s) URL of at most {MAX_JSON_URL_CHARS} characters.')
+    return value
 
 
 def _plain_base64(value: object) -> bytes:

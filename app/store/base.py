@@ -102,6 +102,28 @@ def now() -> float:
     return time.time()
 
 
+def new_account(*, credits: int, plan: str, rate_limit: str | None, label: str | None, unlimited: bool) -> Account:
+    """A new account as `Store.create_account` makes it: a fresh id, not revoked, created now."""
+    return Account(
+        id=new_account_id(),
+        plan=plan,
+        credits=credits,
+        rate_limit=rate_limit,
+        revoked=False,
+        created_at=now(),
+        label=label,
+        unlimited=unlimited,
+    )
+
+
+def charged_of(reservation: Reservation, amount: int | None) -> int:
+    """What a commit charges: all the reservation (`amount` None) or `amount`, which may not exceed it."""
+    charged = reservation.amount if amount is None else amount
+    if not 0 <= charged <= reservation.amount:
+        raise ValueError(f"cannot charge {charged} of a reservation of {reservation.amount}")
+    return charged
+
+
 class Store(Protocol):
     async def create_account(
         self,

@@ -37,8 +37,9 @@ from app.store.base import (
     Reservation,
     StoredAnswer,
     UnknownAccount,
+    charged_of,
     hash_api_key,
-    new_account_id,
+    new_account,
     new_api_key,
     now,
 )
@@ -105,16 +106,7 @@ class RedisStore:
         unlimited: bool = False,
     ) -> tuple[Account, str]:
         key = new_api_key()
-        account = Account(
-            id=new_account_id(),
-            plan=plan,
-            credits=credits,
-            rate_limit=rate_limit,
-            revoked=False,
-            created_at=now(),
-            label=label,
-            unlimited=unlimited,
-        )
+        account = new_account(credits=credits, plan=plan, rate_limit=rate_limit, label=label, unlimited=unlimited)
         key_hash = hash_api_key(key)
         async with self._redis.pipeline(transaction=True) as tx:
             tx.hset(
@@ -245,8 +237,7 @@ class RedisStore:
     async def commit(
         self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
     ) -> bool:
-        if amount is not None and not 0 <= amount <= reservation.amount:
-            raise ValueError(f"cannot charge {amount} of a reservation of {reservation.amount}")
+        charged_of(reservation, amount)  # a ValueError when more than reserved
         window_ms = int(reservation.idempotency.window_s * 1000) if reservation.idempotency else 0
         kept = ["", ""] if answer is None else [answer.content_type, base64.b64encode(answer.body).decode("ascii")]
         charged = await self._commit(

@@ -1,12 +1,14 @@
 """Embedded store: one SQLite file in the data directory.
 
 Every balance change is a single UPDATE guarded by `credits >= amount`, so two
-processes sharing the file cannot overdraw an account. Writes are fsynced
-(synchronous=FULL): a restart never loses a credit.
+processes sharing the file cannot overdraw an account (the ledger's transactions:
+app/store/sqlite_ledger.py). Writes are fsynced (synchronous=FULL): a restart
+never loses a credit. `open_database` and `transaction` serve the job queue's file too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -17,19 +19,17 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 
+from app.store import sqlite_ledger as ledger
 from app.store.base import (
     Account,
     IdempotencyClaim,
-    IdempotencyInFlight,
-    IdempotencyMismatch,
-    InsufficientCredits,
     Reservation,
     StoredAnswer,
     UnknownAccount,
+    charged_of,
     hash_api_key,
-    new_account_id,
+    new_account,
     new_api_key,
-    now,
 )
 
 log = logging.getLogger("cutout.store")
@@ -126,6 +126,19 @@ def open_database(path: Path, schema: str) -> sqlite3.Connection:
     return db
 
 
+def transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` in one write transaction, committed or rolled back whole: the store's and the job queue's.
+    IMMEDIATE takes the write lock up front, so concurrent processes serialise here."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA)
@@ -145,17 +158,12 @@ class SqliteStore:
 
         return await anyio.to_thread.run_sync(locked)
 
+    async def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(lambda db: self._tx(db, fn))
+
     @staticmethod
     def _tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # IMMEDIATE takes the write lock up front, so concurrent processes serialise here.
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+        return transaction(db, fn)
 
     async def create_account(
         self,
@@ -167,16 +175,7 @@ class SqliteStore:
         unlimited: bool = False,
     ) -> tuple[Account, str]:
         key = new_api_key()
-        account = Account(
-            id=new_account_id(),
-            plan=plan,
-            credits=credits,
-            rate_limit=rate_limit,
-            revoked=False,
-            created_at=now(),
-            label=label,
-            unlimited=unlimited,
-        )
+        account = new_account(credits=credits, plan=plan, rate_limit=rate_limit, label=label, unlimited=unlimited)
 
         def op(db: sqlite3.Connection) -> None:
             db.execute(
@@ -233,22 +232,9 @@ class SqliteStore:
         )
 
     async def adjust_credits(self, account_id: str, delta: int, reason: str, clamp: bool = False) -> int:
-        def op(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
-            if row is None:
-                raise UnknownAccount(account_id)
-            balance = int(row[0])
-            if balance + delta < 0 and not clamp:
-                raise InsufficientCredits(balance, -delta)
-            moved = max(delta, -balance)  # clamped: down to zero
-            db.execute("UPDATE accounts SET credits = ? WHERE id = ?", (balance + moved, account_id))
-            db.execute(
-                "INSERT INTO ledger (account_id, delta, reason, at) VALUES (?, ?, ?, ?)",
-                (account_id, moved, reason, now()),
-            )
-            return balance + moved
-
-        return await self._run(lambda db: self._tx(db, op))
+        return await self._in_transaction(
+            functools.partial(ledger.adjust, account_id=account_id, delta=delta, reason=reason, clamp=clamp)
+        )
 
     async def reserve(
         self,
@@ -259,116 +245,30 @@ class SqliteStore:
         *,
         hold_s: float = 0.0,
     ) -> Reservation:
-        def balance(db: sqlite3.Connection) -> int:
-            row = db.execute("SELECT credits FROM accounts WHERE id = ?", (account_id,)).fetchone()
-            return int(row[0]) if row else 0
-
-        def op(db: sqlite3.Connection) -> Reservation:
-            if db.execute("SELECT 1 FROM reservations WHERE id = ?", (reservation_id,)).fetchone():
-                return Reservation(reservation_id, account_id, amount, balance(db), idempotency)
-            if idempotency is not None:
-                seen = db.execute(
-                    "SELECT fingerprint, done FROM idempotency WHERE key = ? AND expires_at > ?",
-                    (idempotency.key, now()),
-                ).fetchone()
-                if seen is not None:
-                    if seen[0] != idempotency.fingerprint:
-                        raise IdempotencyMismatch()
-                    if not seen[1]:
-                        raise IdempotencyInFlight()
-                    kept = db.execute(
-                        "SELECT content_type, body FROM idempotency_answers WHERE key = ?", (idempotency.key,)
-                    ).fetchone()
-                    answer = None if kept is None else StoredAnswer(kept[0], bytes(kept[1]))
-                    return Reservation(
-                        reservation_id, account_id, 0, balance(db), idempotency, replayed=True, answer=answer
-                    )
-            row = db.execute(
-                "UPDATE accounts SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
-                (amount, account_id, amount),
-            ).fetchone()
-            if row is None:
-                raise InsufficientCredits(balance(db), amount)
-            db.execute(
-                "INSERT INTO reservations (id, account_id, amount, created_at, hold_until) VALUES (?, ?, ?, ?, ?)",
-                (reservation_id, account_id, amount, now(), now() + hold_s),
+        return await self._in_transaction(
+            functools.partial(
+                ledger.reserve,
+                account_id=account_id,
+                amount=amount,
+                reservation_id=reservation_id,
+                idempotency=idempotency,
+                hold_s=hold_s,
             )
-            if idempotency is not None:
-                # An expired record under the key may still be there: the new request replaces it.
-                db.execute(
-                    "INSERT OR REPLACE INTO idempotency (key, fingerprint, reservation_id, done, expires_at)"
-                    " VALUES (?, ?, ?, 0, ?)",
-                    (idempotency.key, idempotency.fingerprint, reservation_id, now() + idempotency.window_s),
-                )
-                db.execute("DELETE FROM idempotency_answers WHERE key = ?", (idempotency.key,))
-            return Reservation(reservation_id, account_id, amount, int(row[0]), idempotency)
-
-        return await self._run(lambda db: self._tx(db, op))
+        )
 
     async def commit(
         self, reservation: Reservation, answer: StoredAnswer | None = None, amount: int | None = None
     ) -> bool:
-        charged = reservation.amount if amount is None else amount
-        if not 0 <= charged <= reservation.amount:
-            raise ValueError(f"cannot charge {charged} of a reservation of {reservation.amount}")
-
-        def op(db: sqlite3.Connection) -> bool:
-            if not db.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,)).rowcount:
-                already = db.execute(
-                    "SELECT 1 FROM ledger WHERE ref = ? AND reason = 'charge'", (reservation.id,)
-                ).fetchone()
-                return already is not None
-            db.execute(
-                "INSERT INTO ledger (account_id, delta, reason, ref, at) VALUES (?, ?, 'charge', ?, ?)",
-                (reservation.account_id, -charged, reservation.id, now()),
-            )
-            if charged < reservation.amount:
-                db.execute(
-                    "UPDATE accounts SET credits = credits + ? WHERE id = ?",
-                    (reservation.amount - charged, reservation.account_id),
-                )
-            if reservation.idempotency is not None:
-                db.execute(
-                    "UPDATE idempotency SET done = 1, expires_at = ? WHERE reservation_id = ?",
-                    (now() + reservation.idempotency.window_s, reservation.id),
-                )
-                if answer is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO idempotency_answers (key, content_type, body) VALUES (?, ?, ?)",
-                        (reservation.idempotency.key, answer.content_type, answer.body),
-                    )
-            return True
-
-        return await self._run(lambda db: self._tx(db, op))
-
-    @staticmethod
-    def _refund_row(db: sqlite3.Connection, reservation_id: str, account_id: str, amount: int) -> None:
-        # The DELETE decides: only the first refund (or sweep) of a reservation pays back.
-        if db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount:
-            db.execute("UPDATE accounts SET credits = credits + ? WHERE id = ?", (amount, account_id))
-            # The key is free again: nothing was charged under it, so a retry must run.
-            db.execute("DELETE FROM idempotency WHERE reservation_id = ?", (reservation_id,))
+        charged = charged_of(reservation, amount)
+        return await self._in_transaction(
+            functools.partial(ledger.commit, reservation=reservation, answer=answer, charged=charged)
+        )
 
     async def refund(self, reservation: Reservation) -> int:
-        def op(db: sqlite3.Connection) -> int:
-            self._refund_row(db, reservation.id, reservation.account_id, reservation.amount)
-            return int(db.execute("SELECT credits FROM accounts WHERE id = ?", (reservation.account_id,)).fetchone()[0])
-
-        return await self._run(lambda db: self._tx(db, op))
+        return await self._in_transaction(functools.partial(ledger.refund, reservation=reservation))
 
     async def sweep_stale(self, older_than_s: float) -> int:
-        def op(db: sqlite3.Connection) -> int:
-            stale = db.execute(
-                "SELECT id, account_id, amount FROM reservations WHERE created_at < ? AND hold_until < ?",
-                (now() - older_than_s, now()),
-            ).fetchall()
-            for reservation_id, account_id, amount in stale:
-                self._refund_row(db, reservation_id, account_id, amount)
-            db.execute("DELETE FROM idempotency WHERE expires_at < ?", (now(),))
-            db.execute("DELETE FROM idempotency_answers WHERE key NOT IN (SELECT key FROM idempotency)")
-            return len(stale)
-
-        return await self._run(lambda db: self._tx(db, op))
+        return await self._in_transaction(functools.partial(ledger.sweep, older_than_s=older_than_s))
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
