@@ -1,7 +1,7 @@
 """Floors for bench.py: bare inference of a network on this machine, no server around it.
 
 onnxruntime fp32 (what rembg runs) and OpenVINO, as the ONNX file is (fp32) and as our service
-compiles it (ov_engine.prepare_network: bf16 where the weights allow, on CPUs with native bf16).
+compiles it (ov_graph.prepare_network: bf16 where the weights allow, on CPUs with native bf16).
 Each: median ms of one run on every core, and images/s with one single-thread run per core.
 """
 
@@ -77,7 +77,7 @@ def ort_floor(weights: Path, x: np.ndarray, runs: int) -> tuple[float, float]:
 def openvino_floor(weights: Path, x: np.ndarray, runs: int, mixed: bool) -> tuple[float, float] | None:
     """Bare OpenVINO: (median ms with every core on one image, images/s with one 1-thread stream per core).
 
-    mixed: the service's own graph (ov_engine.prepare_network: first output only, concats split,
+    mixed: the service's own graph (ov_graph.prepare_network: first output only, concats split,
     bf16 where the weights' precision setting allows); None where the CPU has no native bf16 and
     the service would not use it. Otherwise the ONNX file as it is, in fp32.
     """
@@ -85,7 +85,7 @@ def openvino_floor(weights: Path, x: np.ndarray, runs: int, mixed: bool) -> tupl
         import openvino as ov
     except ImportError:
         return None
-    from app.inference.ov_engine import has_native_bf16, prepare_network
+    from app.inference.ov_graph import has_native_bf16, prepare_network
 
     cores = os.cpu_count() or 1
     core = ov.Core()

@@ -1,4 +1,4 @@
-"""The cache folder of OpenVINO networks (app/inference/ov_engine.py): the prepared float graph of
+"""The cache folder of OpenVINO networks (app/inference/ov_cache.py, used by ov_engine.py): the prepared float graph of
 each weights file, shared by the sides compiled from it; OpenVINO's compiled-model cache where a
 weights file runs at one side; the mapped weights leaving the resident set once compiled.
 
@@ -19,14 +19,9 @@ import openvino as ov
 import pytest
 
 from app.inference.memory import drop_mapped_pages
-from app.inference.ov_engine import (
-    COMPILED_CACHE_DIR,
-    OpenVinoEngine,
-    has_native_bf16,
-    prepare_float_network,
-    prepared_folder,
-    widen_f16,
-)
+from app.inference.ov_cache import COMPILED_CACHE_DIR, prepared_folder
+from app.inference.ov_engine import OpenVinoEngine
+from app.inference.ov_graph import has_native_bf16, prepare_float_network, widen_f16
 from app.settings import Settings
 from harness import MODELS_DIR, ROOT
 

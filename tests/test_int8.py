@@ -20,7 +20,9 @@ import pytest
 
 from app.inference import quantization
 from app.inference.engine import create_engine
-from app.inference.ov_engine import COMPILED_CACHE_DIR, OpenVinoEngine, prepare_float_network
+from app.inference.ov_cache import COMPILED_CACHE_DIR
+from app.inference.ov_engine import OpenVinoEngine
+from app.inference.ov_graph import prepare_float_network
 from app.inference.pipeline import Pipeline
 from app.inference.registry import ModelRegistry
 from app.settings import Settings

@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from app.inference.engine import create_engine
-from app.inference.ov_engine import scale_resize_sizes
+from app.inference.ov_graph import scale_resize_sizes
 from app.inference.pipeline import Pipeline
 from app.settings import Settings
 from harness import MODELS_DIR, LiveServer, assert_error, png_of, subject_image

@@ -23,9 +23,9 @@ from PIL import Image
 from app.imaging.codec import encode_png
 from app.inference.engine import choose_runtime, create_engine
 from app.inference.ort_engine import OnnxRuntimeEngine, _providers, create_session
-from app.inference.ov_engine import (
+from app.inference.ov_engine import OpenVinoEngine
+from app.inference.ov_graph import (
     BF16_MIN_SHARE,
-    OpenVinoEngine,
     bf16_heaviest_convolutions,
     convolution_macs,
     has_native_bf16,

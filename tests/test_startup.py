@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.inference.ov_engine import COMPILED_CACHE_DIR
+from app.inference.ov_cache import COMPILED_CACHE_DIR
 from harness import MODELS_DIR, ROOT, STARTUP_TIMEOUT_S, LiveServer, assert_error, free_port
 
 pytestmark = pytest.mark.slow  # every test runs the service or its CLI as a process

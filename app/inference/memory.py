@@ -120,7 +120,7 @@ def drop_mapped_pages(folder: Path) -> int:
     """Take the pages of every read-only mapping of a file under `folder` out of this process's
     resident set; returns the bytes of the mappings advised (0 where /proc or madvise is unavailable).
 
-    For the networks' weights mapped from the compiled-model cache (ov_engine.py): OpenVINO reads
+    For the networks' weights mapped from the compiled-model cache (ov_cache.py): OpenVINO reads
     them once, at compile, to make its own packed copy, and never again (measured: RSS stays down
     through inferences, outputs unchanged; docs/performance.md). Only mappings without write
     permission are advised, so no private modification can be lost: a page touched again is read

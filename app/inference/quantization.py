@@ -204,7 +204,7 @@ def float_convolutions(network: Any, recipe: Recipe) -> list[str]:
 
 
 def quantize(network: Any, batches: list[np.ndarray], recipe: Recipe) -> Any:
-    """The INT8 ov.Model for a prepared float network (app.inference.ov_engine.prepare_float_network)."""
+    """The INT8 ov.Model for a prepared float network (app.inference.ov_graph.prepare_float_network)."""
     import nncf  # the quantize extra
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -244,7 +244,7 @@ def make_int8(
     these weights have no recipe (they stay in float)."""
     import openvino as ov
 
-    from app.inference.ov_engine import prepare_float_network
+    from app.inference.ov_graph import prepare_float_network
 
     recipe = recipe_for(weights_name)
     if recipe is None:
