@@ -110,13 +110,17 @@ def compiled_cache_dir(settings: Settings) -> Path | None:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (created if missing) between processes, held for the block."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    """An exclusive lock on `path` (created if missing) between processes, held for the block; the
+    block runs unlocked, with a warning, where the file or its filesystem cannot lock (some network
+    filesystems): replicas that start together may then race as before the lock, never fail here."""
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle = stack.enter_context(path.open("a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        except OSError as err:
+            log.warning("compiling through the cache without its lock (%s): %s", path, err)
+        yield
 
 
 def compile_cached(
