@@ -179,3 +179,19 @@ def test_an_asynchronous_auto_job_is_charged_what_ran(auto_servers: dict[str, Li
         assert server.balance(key) == 10 - COSTS[ran], f"{name}: charged {ran}'s price"
         result = requests.get(server.url + job["result_url"], headers={"ApiKey": key}, timeout=10)
         assert result.status_code == 200 and result.content[:4] == b"\x89PNG"
+
+
+def test_a_replayed_auto_answer_says_auto_and_is_not_charged_again(auto_servers: dict[str, LiveServer]) -> None:
+    """Only the body is kept with an Idempotency-Key: a replay cannot say which of auto's models ran,
+    so it names `auto` and leaves the operating resolution out rather than guess."""
+    server = auto_servers["always"]
+    key = server.create_key(10)
+    image, headers = subject_image(160, 120), {"Idempotency-Key": "auto-replay-1"}
+    first = server.remove(key, image, model="auto", headers=headers)
+    again = server.remove(key, image, model="auto", headers=headers)
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.headers["X-Model"] == "aurora" and again.headers["X-Model"] == "auto"
+    assert again.headers["Idempotent-Replayed"] == "true" and again.headers["X-Credits-Charged"] == "0"
+    assert "X-Operating-Resolution" not in again.headers
+    assert again.content == first.content
+    assert server.balance(key) == 10 - COSTS["aurora"]

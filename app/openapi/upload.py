@@ -39,8 +39,9 @@ def _success_headers(settings: Settings) -> JSON:
             **INT_HEADER,
         },
         "X-Model": {
-            "description": "The model whose answer this is (model=auto: the one that ran last).",
-            "schema": {"type": "string", "enum": sorted(settings.models)},
+            "description": "The model whose answer this is (model=auto: the one that ran last; `auto` on a "
+            "replayed model=auto answer, whose kept body does not say which ran).",
+            "schema": {"type": "string", "enum": _model_names(settings)},
         },
         "X-Mask-Confidence": {
             "description": option_schemas.CONFIDENCE["description"],

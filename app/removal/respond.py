@@ -40,13 +40,12 @@ def _result_headers(result: Result) -> dict[str, str]:
 
 def headers(asked: Order, result: Result | None, bill: Bill, unlimited: bool = False) -> dict[str, str]:
     """The answer's headers; `result` None for a replay (its kept body is all that was kept)."""
-    answer = {
-        "X-Credits-Charged": str(bill.amount),
-        "X-Model": asked.model if result is None else result.model,
-        "X-Operating-Resolution": asked.resolution if result is None else result.resolution,
-    }
+    answer = {"X-Credits-Charged": str(bill.amount), "X-Model": asked.model if result is None else result.model}
     if result is not None:
+        answer["X-Operating-Resolution"] = result.resolution
         answer.update(_result_headers(result))
+    elif asked.escalation is None:  # a replay of model=auto cannot say which model ran: it was not kept
+        answer["X-Operating-Resolution"] = asked.resolution
     if not unlimited:  # an unlimited account has no balance to count down
         answer["X-Credits-Remaining"] = str(bill.remaining)
     if bill.reservation.replayed:
