@@ -148,5 +148,12 @@ def rate_limited(retry_after_s: float, limit: str, *, why: str = "", headers: di
     )
 
 
+def idempotency_key_in_use() -> ApiError:
+    # Raised in two places: the account's line (a twin waiting in this process) and the store's claim.
+    return ApiError(
+        "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed; retry shortly."
+    )
+
+
 def processing_timeout() -> ApiError:
     return ApiError("processing_timeout", "Processing took too long and was abandoned; nothing was charged.")

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-from app.errors import ApiError
+from app.errors import ApiError, idempotency_key_in_use
 from app.settings import Settings
 from app.store import Account
 
@@ -68,9 +68,7 @@ class AccountSlots:
         limit, queued = self.limit_for(account), self.queue_for(account)
         line = self._line(account)
         if idempotency_key is not None and idempotency_key in line.keys:
-            raise ApiError(
-                "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed; retry shortly."
-            )
+            raise idempotency_key_in_use()
         if line.admitted >= limit + queued:
             self._forget_if_idle(account)
             raise ApiError(

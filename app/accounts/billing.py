@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from app.errors import ApiError, processing_timeout
+from app.errors import ApiError, idempotency_key_in_use, processing_timeout
 from app.store import (
     Account,
     IdempotencyClaim,
@@ -47,9 +47,7 @@ async def reserve(
             f"This request costs {err.needed} credits and the account has {err.balance}. Top up to continue.",
         ) from None
     except IdempotencyInFlight:
-        raise ApiError(
-            "idempotency_key_in_use", "A request with this Idempotency-Key is still being processed; retry shortly."
-        ) from None
+        raise idempotency_key_in_use() from None
     except IdempotencyMismatch:
         raise ApiError(
             "idempotency_key_reused",

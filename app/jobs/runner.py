@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 
 from app.accounts.billing import Bill
-from app.errors import ApiError
+from app.errors import ApiError, processing_timeout
 from app.http import metrics
 from app.inference.cancel import Cancelled
 from app.inference.gate import Busy, Expired, WorkerGate
@@ -131,7 +131,7 @@ class Runner:
         except ApiError as err:
             return err
         except Expired:
-            return ApiError("processing_timeout", "Processing took too long and was abandoned; nothing was charged.")
+            return processing_timeout()
         except (Busy, Cancelled, StoreUnavailable):
             raise
         except Exception:
