@@ -75,6 +75,10 @@ class ModelSpec(BaseModel):
     # different things: falcon = IS-Net 768 with ghost (U2-Netp) keeps what IS-Net drops on flat,
     # textured backgrounds, for ghost's inference time on top (README, Models).
     union: str | None = None
+    # The second view (the mirror pass, or the union's model) runs only when the first mask's
+    # decisiveness (app/inference/confidence.py) is below this; None: always. Where the first mask
+    # is crisp the second view rarely changes it (config/models.toml has the figures).
+    second_view_below: float | None = Field(default=None, gt=0.0, le=1.0)
     # "drop": regions of the mask where no pixel is decided subject (a half-transparent second
     # subject) are left out (app/inference/pipeline.py, drop_undecided).
     undecided: Literal["keep", "drop"] = "keep"

@@ -32,7 +32,6 @@ import argparse
 import importlib.metadata
 import io
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -47,6 +46,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu import describe  # noqa: E402
 from floors import openvino_floor, ort_floor, preprocessed  # noqa: E402
 from servers import Server, Summary, drive, start_ours, start_rembg  # noqa: E402
 
@@ -271,10 +271,7 @@ def main() -> None:
     weights = models_dir / pair.weights
     overrides = dict(item.split("=", 1) for item in args.env)
 
-    print(
-        f"machine: {os.cpu_count()} cores, {platform_cpu()}; onnxruntime {ort.__version__}, "
-        f"rembg {importlib.metadata.version('rembg')}"
-    )
+    print(f"machine: {describe()}; onnxruntime {ort.__version__}, rembg {importlib.metadata.version('rembg')}")
     print(
         f"{pair.ours} vs rembg s {pair.rembg_model} on {pair.weights}; "
         f"images: {described}; {rounds} rounds x {count} requests per server and concurrency"
@@ -319,13 +316,6 @@ def main() -> None:
                 server.stop()
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     sys.exit(0 if ok else 1)
-
-
-def platform_cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def report(

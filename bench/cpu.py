@@ -28,7 +28,14 @@ def describe() -> str:
         caps = " ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception as err:  # the bench still runs without OpenVINO's view
         caps = f"unknown ({err})"
-    return f"CPU: {model}, {len(os.sched_getaffinity(0))} cores usable; {shown}; OpenVINO capabilities: {caps}"
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    cap = (
+        f"; oneDNN capped at {capped} by ONEDNN_MAX_CPU_ISA (its kernels, the convolutions among them, as on"
+        " a CPU with only that; OpenVINO's own kernels still use every flag above)"
+        if capped
+        else ""
+    )
+    return f"CPU: {model}, {len(os.sched_getaffinity(0))} cores usable; {shown}; OpenVINO capabilities: {caps}{cap}"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ the INT8 mask against the native one (the worst image named). The gates:
   of native;
 - falcon (INT8) at least ghost's (INT8) mean IoU on both sets.
 
-Exit status 1 when a gate fails. Masks only (the cut-out's alpha is the mask): the output options
+`--other f32` measures the floor instead: native against fp32 throughout (`mixed_precision` off,
+what `native` is on a CPU without bf16), so the INT8 figures can be read against how far native
+precision itself moves between CPUs. Exit status 1 when a gate fails. Masks only (the cut-out's alpha is the mask): the output options
 do not differ between precisions.
 """
 
@@ -58,6 +60,7 @@ def main() -> None:
         "--resolutions", default="", help="comma-separated, e.g. 1024x1024 (default: every one offered)"
     )
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    parser.add_argument("--other", choices=("int8", "f32"), default="int8", help="what to compare native with")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(describe())
@@ -69,11 +72,12 @@ def main() -> None:
     names = [n for n in args.models.split(",") if n] or list(settings.models)
     settings = settings.only_models(names)  # the others' networks are not loaded (memory)
     native = ModelRegistry.load(settings.model_copy(update={"precision": "native"}))
-    int8 = ModelRegistry.load(settings.model_copy(update={"precision": "int8"}))
+    other = {"precision": "int8"} if args.other == "int8" else {"precision": "native", "mixed_precision": False}
+    int8 = ModelRegistry.load(settings.model_copy(update=other))
     print(", ".join(f"{name}: {len(samples)} images" for name, samples in sets.items()), f"from {args.data}")
     print(
-        "| model | resolution | set | IoU native | IoU int8 | alpha error native | alpha error int8 "
-        "| min IoU int8 vs native (image) |"
+        f"| model | resolution | set | IoU native | IoU {args.other} | alpha error native | alpha error {args.other} "
+        f"| min IoU {args.other} vs native (image) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     failures: list[str] = []

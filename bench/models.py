@@ -128,10 +128,9 @@ def main() -> None:
     if precisions == ["native", "int8"]:
         import openvino as ov
 
-        bf16 = (
-            "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            and env.get("CUTOUT_MIXED_PRECISION", "true") != "false"
-        )
+        from app.inference.ov_graph import has_native_bf16  # the service's own rule (ONEDNN_MAX_CPU_ISA too)
+
+        bf16 = has_native_bf16(ov.Core()) and env.get("CUTOUT_MIXED_PRECISION", "true") != "false"
         target = INT8_P50_TARGET if bf16 else INT8_P50_TARGET_NO_BF16
         for model in models:
             if model.split("@")[0] in ("falcon", "aurora"):

@@ -13,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from app.inference import confidence
 from app.inference.engine import create_engine
 from app.inference.ov_graph import scale_resize_sizes
 from app.inference.pipeline import Pipeline
@@ -96,7 +97,8 @@ def test_falcon_keeps_per_pixel_the_larger_of_isnet_and_ghost() -> None:
     ghost_spec, falcon_spec = settings.models["ghost"], settings.models["falcon"]
     assert falcon_spec.union == "ghost"
     # The join alone: its clean-up (undecided regions, black point) is tested in test_confidence.py.
-    falcon_spec = falcon_spec.model_copy(update={"undecided": "keep", "black_point": 0.0})
+    # Every time: when it is left out (second_view_below) is the next test's.
+    falcon_spec = falcon_spec.model_copy(update={"undecided": "keep", "black_point": 0.0, "second_view_below": None})
     ghost = Pipeline("ghost", ghost_spec, {"320x320": create_engine(settings, "u2netp", 320)})
     isnet = {"768x768": create_engine(settings, "isnet", 768)}
     falcon = Pipeline("falcon", falcon_spec, isnet, union=ghost)
@@ -110,3 +112,26 @@ def test_falcon_keeps_per_pixel_the_larger_of_isnet_and_ghost() -> None:
     assert joined.shape == own.shape == (768, 768)
     np.testing.assert_allclose(joined, np.maximum(own, theirs), atol=1e-6)
     assert (theirs > own + 0.1).any(), "on this image ghost must keep something IS-Net drops, or the test shows nothing"
+    crisp = confidence.decisiveness(own)
+    for below, expected in ((crisp - 0.01, own), (crisp + 0.01, joined)):
+        spec = falcon_spec.model_copy(update={"second_view_below": below})
+        np.testing.assert_array_equal(Pipeline("falcon", spec, isnet, union=ghost).predict(rgb), expected)
+
+
+def test_aurora_runs_its_mirror_pass_only_when_the_first_leaves_the_subject_undecided() -> None:
+    """second_view_below: a first mask at least that decisive is the answer; below it, the mirror pass
+    runs and the per-pixel larger of the two is kept (IS-Net at 768 here: the logic, not the size)."""
+    settings = Settings(models_dir=MODELS_DIR)
+    spec = settings.models["aurora"]
+    assert spec.mirror == "max" and spec.second_view_below is not None
+    isnet = {"768x768": create_engine(settings, "isnet", 768)}
+    single = Pipeline("aurora", spec.model_copy(update={"mirror": "none"}), isnet)
+    always = Pipeline("aurora", spec.model_copy(update={"second_view_below": None}), isnet)
+    rgb = np.asarray(png_of(subject_image(160, 120, fmt="PNG")).convert("RGB"))
+    first, both = single.predict(rgb), always.predict(rgb)
+    assert np.abs(both - first).max() > 0.05, "the mirror pass must change this mask, or the test shows nothing"
+    crisp = confidence.decisiveness(first)
+    above = Pipeline("aurora", spec.model_copy(update={"second_view_below": crisp - 0.01}), isnet)
+    below = Pipeline("aurora", spec.model_copy(update={"second_view_below": crisp + 0.01}), isnet)
+    np.testing.assert_array_equal(above.predict(rgb), first)
+    np.testing.assert_array_equal(below.predict(rgb), both)

@@ -10,6 +10,7 @@ IoU 0.99 of f32 on every benchmark photo at the resolutions offered (docs/perfor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +137,18 @@ def bf16_heaviest_convolutions(network: ov.Model, min_share: float) -> int:
     return converted
 
 
+# oneDNN's instruction-set levels that include bf16 arithmetic (its ONEDNN_MAX_CPU_ISA values).
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL")
+
+
 def has_native_bf16(core: ov.Core) -> bool:
     """AVX512-BF16 or AMX. Mixed precision is used only there: it was measured on such a CPU, and
-    elsewhere the CPU has no bf16 instructions to run those layers with."""
+    elsewhere the CPU has no bf16 instructions to run those layers with. ONEDNN_MAX_CPU_ISA (oneDNN's
+    own cap, e.g. AVX2, to reproduce a CPU without bf16 on one with it) is honoured: OpenVINO still
+    reports BF16 under it, and a bf16 network then fails to compile."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and not cap.startswith(BF16_ISAS):
+        return False
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 

@@ -127,6 +127,10 @@ class Pipeline:
         pred: np.ndarray = engine.run(batch)[0, 0]
         return pred
 
+    def _second_view_needed(self, pred: np.ndarray) -> bool:
+        below = self.spec.second_view_below
+        return below is None or confidence.decisiveness(_normalised(pred)) < below
+
     def predict(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """The model's mask at the operating resolution, scaled to [0, 1]."""
         return self.predict_scored(rgb, resolution)[0]
@@ -140,13 +144,13 @@ class Pipeline:
         engine = self._engines[resolution]
         pred = self._infer(small, engine)
         views: tuple[np.ndarray, np.ndarray] | None = None
-        if self.spec.mirror == "max":
+        if self.spec.mirror == "max" and self._second_view_needed(pred):
             checkpoint()
             mirrored = self._infer(small[:, ::-1], engine)[:, ::-1]
             views = (_normalised(pred), _normalised(mirrored))
             pred = np.maximum(pred, mirrored)
         pred = _normalised(pred)
-        if self._union is not None:
+        if self._union is not None and self._second_view_needed(pred):
             checkpoint()
             other = self._union.predict(rgb).astype(np.float32)
             other = np.asarray(Image.fromarray(other).resize((side, side), Image.Resampling.BILINEAR))

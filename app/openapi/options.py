@@ -211,6 +211,7 @@ CONFIDENCE: JSON = {
     "type": "number",
     "minimum": 0,
     "maximum": 1,
-    "description": "How far to trust the mask (0-1), as X-Mask-Confidence says: below 0.5, look at the "
-    "cut-out (or send model=auto, or aurora). docs/models.md, Confidence and model=auto.",
+    "description": "How far to trust the mask (0-1), as X-Mask-Confidence says: below the threshold model=auto "
+    "escalates at (GET /v2/account: models.auto.escalates_below_confidence), look at the cut-out (or send "
+    "model=auto, or aurora). docs/models.md, Confidence and model=auto.",
 }

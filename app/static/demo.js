@@ -224,11 +224,13 @@ $("form").addEventListener("submit", async (event) => {
       if (account) account.credits = Number(remaining);
     }
     $("status").textContent = `Done in ${seconds} s with ${response.headers.get("X-Model")}: ${bill}.`;
-    // The mask's confidence (docs/models.md, "Confidence and model=auto"): below 0.5, look at the edges.
+    // The mask's confidence (docs/models.md, "Confidence and model=auto"): below the threshold auto
+    // escalates at (the account's models.auto), look at the edges.
     const confidence = Number(response.headers.get("X-Mask-Confidence"));
+    const low = account?.models.auto?.escalates_below_confidence;
     const escalated = response.headers.get("X-Model-Escalated") === "true" ? ", auto escalated to aurora" : "";
     $("confidence").textContent = `Mask confidence ${confidence.toFixed(2)}` +
-      (confidence < 0.5 ? " (low: check the edges, or try aurora)" : "") + escalated;
+      (low !== undefined && confidence < low ? " (low: check the edges, or try aurora)" : "") + escalated;
     $("confidence").hidden = false;
     showPrice();
     // On a phone the result is below the form: bring it into view.
