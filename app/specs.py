@@ -79,6 +79,11 @@ class ModelSpec(BaseModel):
     # decisiveness (app/inference/confidence.py) is below this; None: always. Where the first mask
     # is crisp the second view rarely changes it (config/models.toml has the figures).
     second_view_below: float | None = Field(default=None, gt=0.0, le=1.0)
+    # precision int8, per operating resolution: a photo whose INT8 first mask has a decisiveness
+    # below this runs again in native precision, which gives the answer. INT8 departs from native
+    # on the photos it leaves undecided (docs/performance.md, INT8). A resolution not named: INT8's
+    # answer always.
+    int8_recheck_below: dict[str, float] = Field(default_factory=dict)
     # "drop": regions of the mask where no pixel is decided subject (a half-transparent second
     # subject) are left out (app/inference/pipeline.py, drop_undecided).
     undecided: Literal["keep", "drop"] = "keep"
@@ -106,6 +111,9 @@ class ModelSpec(BaseModel):
             width, _, height = name.partition("x")
             if not (width.isdigit() and width == height):
                 raise ValueError(f"operating resolution {name!r}: write a square size as 1024x1024")
+        for name, below in self.int8_recheck_below.items():
+            if name not in self.prices() or not 0.0 < below <= 1.0:
+                raise ValueError(f"int8_recheck_below {name!r} = {below}: name an operating resolution, 0 < value <= 1")
         return self
 
     def prices(self) -> dict[str, Price]:

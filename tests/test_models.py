@@ -78,6 +78,11 @@ def test_isnet_graph_runs_only_at_sizes_its_pyramid_divides() -> None:
         scale_resize_sizes(core.read_model(str(MODELS_DIR / "isnet.onnx")), 700)
 
 
+def test_int8_recheck_names_one_of_the_models_resolutions() -> None:
+    with pytest.raises(ValueError, match="int8_recheck_below '512x512'"):
+        Settings(models_dir=MODELS_DIR, models={"aurora": {"int8_recheck_below": {"512x512": 0.9}}})
+
+
 @pytest.mark.parametrize(
     ("model", "union"),
     [
@@ -135,3 +140,21 @@ def test_aurora_runs_its_mirror_pass_only_when_the_first_leaves_the_subject_unde
     below = Pipeline("aurora", spec.model_copy(update={"second_view_below": crisp + 0.01}), isnet)
     np.testing.assert_array_equal(above.predict(rgb), first)
     np.testing.assert_array_equal(below.predict(rgb), both)
+
+
+def test_int8_recheck_runs_the_native_engine_where_the_first_mask_is_undecided() -> None:
+    """int8_recheck_below routes a photo to the native engine of its resolution when the first
+    engine's mask is less decisive than that. Two real networks stand in for INT8 and native here
+    (CI makes no INT8 networks): U2-Netp as the first, IS-Net at 320 as the recheck."""
+    settings = Settings(models_dir=MODELS_DIR)
+    spec = settings.models["ghost"]
+    first = {"320x320": create_engine(settings, "u2netp", 320)}
+    recheck = {"320x320": create_engine(settings, "isnet", 320)}
+    rgb = np.asarray(png_of(subject_image(160, 120, fmt="PNG")).convert("RGB"))
+    own = Pipeline("ghost", spec, first).predict(rgb)
+    other = Pipeline("ghost", spec, recheck).predict(rgb)
+    assert np.abs(own - other).max() > 0.05, "the two networks must differ here, or the test shows nothing"
+    crisp = confidence.decisiveness(own)
+    for below, expected in (({"320x320": crisp - 0.01}, own), ({"320x320": crisp + 0.01}, other), ({}, own)):
+        routed = Pipeline("ghost", spec.model_copy(update={"int8_recheck_below": below}), first, natives=recheck)
+        np.testing.assert_array_equal(routed.predict(rgb), expected)

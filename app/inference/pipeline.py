@@ -99,13 +99,17 @@ class Pipeline:
         spec: ModelSpec,
         engines: dict[str, Engine],
         union: Pipeline | None = None,
+        natives: dict[str, Engine] | None = None,
     ) -> None:
         """`engines`: operating resolution ("1024x1024") -> the engine running the network at that size;
-        the first is the default. `union`: the pipeline spec.union names, whose mask joins this one's."""
+        the first is the default. `union`: the pipeline spec.union names, whose mask joins this one's.
+        `natives`: where `engines` run INT8, the native engine of the same resolution, for the photos
+        INT8 leaves undecided (spec.int8_recheck_below)."""
         self.name = name
         self.spec = spec
         self._engines = engines
         self._union = union
+        self._natives = natives or {}
         self._mean = np.asarray(spec.mean, np.float32)
         self._inv_std = 1.0 / np.asarray(spec.std, np.float32)
 
@@ -128,8 +132,11 @@ class Pipeline:
         return pred
 
     def _second_view_needed(self, pred: np.ndarray) -> bool:
-        below = self.spec.second_view_below
-        return below is None or confidence.decisiveness(_normalised(pred)) < below
+        return self.spec.second_view_below is None or self._undecided(pred, self.spec.second_view_below)
+
+    @staticmethod
+    def _undecided(pred: np.ndarray, below: float | None) -> bool:
+        return below is not None and confidence.decisiveness(_normalised(pred)) < below
 
     def predict(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """The model's mask at the operating resolution, scaled to [0, 1]."""
@@ -143,6 +150,11 @@ class Pipeline:
         small = resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP)
         engine = self._engines[resolution]
         pred = self._infer(small, engine)
+        native = self._natives.get(resolution)
+        if native is not None and self._undecided(pred, self.spec.int8_recheck_below.get(resolution)):
+            checkpoint()
+            engine = native
+            pred = self._infer(small, engine)
         views: tuple[np.ndarray, np.ndarray] | None = None
         if self.spec.mirror == "max" and self._second_view_needed(pred):
             checkpoint()

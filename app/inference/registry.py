@@ -42,11 +42,12 @@ class ModelRegistry:
                     engines[(weights, resolution)] = None
                 else:
                     engines[(weights, resolution)] = result
+        natives = _native_twins(settings, engines)
         # Warm-up: a network's first run faults in its buffers (17-30 thousand page faults, a few %
         # more CPU than the runs after it: docs/performance.md, "Start-up and memory at rest"); run
         # here, the first request does not pay it. Once per engine, not once per pipeline and
         # resolution as before (aurora ran IS-Net 1024 twice more): pipelines sharing an engine share it.
-        for (_, resolution), warming in engines.items():
+        for (_, resolution), warming in [*engines.items(), *natives.items()]:
             if warming is not None:
                 side = resolution_side(resolution)
                 warming.run(np.zeros((1, 3, side, side), np.float32))
@@ -61,7 +62,8 @@ class ModelRegistry:
             if not chosen:
                 raise RuntimeError(f"model {name!r}: this runtime can run none of its operating resolutions")
             union = pipelines[spec.union] if spec.union is not None else None
-            pipelines[name] = Pipeline(name, spec, chosen, union)
+            twins = {r: natives[(spec.weights, r)] for r in spec.int8_recheck_below if (spec.weights, r) in natives}
+            pipelines[name] = Pipeline(name, spec, chosen, union, twins)
         return cls({name: pipelines[name] for name in settings.models})  # the config's order
 
     def get(self, name: str) -> Pipeline | None:
@@ -70,3 +72,25 @@ class ModelRegistry:
     @property
     def names(self) -> list[str]:
         return list(self._pipelines)
+
+
+def _native_twins(settings: Settings, engines: dict[tuple[str, str], Engine | None]) -> dict[tuple[str, str], Engine]:
+    """precision int8: a native engine beside each INT8 one, for the photos INT8 leaves undecided
+    (ModelSpec.int8_recheck_below), where a model asks for it. Memory: docs/performance.md, INT8."""
+    if settings.precision != "int8":
+        return {}
+    asking = {(spec.weights, resolution) for spec in settings.models.values() for resolution in spec.int8_recheck_below}
+    wanted: dict[str, list[str]] = {}
+    for (weights, resolution), engine in engines.items():
+        if (weights, resolution) in asking and getattr(engine, "precision", None) == "int8":
+            wanted.setdefault(weights, []).append(resolution)
+    native = settings.model_copy(update={"precision": "native"})
+    twins: dict[tuple[str, str], Engine] = {}
+    for weights, resolutions in wanted.items():
+        log.info("%s at %s: native too, for the photos INT8 leaves undecided", weights, ", ".join(resolutions))
+        made = create_engines(native, weights, [resolution_side(r) for r in resolutions])
+        for resolution in resolutions:
+            twin = made[resolution_side(resolution)]
+            if not isinstance(twin, FixedSize):
+                twins[(weights, resolution)] = twin
+    return twins
