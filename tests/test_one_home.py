@@ -5,6 +5,7 @@ somewhere."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from app import docgen
+from app.accounts.auth import MISSING_KEY
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +73,10 @@ def _slug(heading: str) -> str:
 def _anchors(page: Path) -> set[str]:
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)
     return {_slug(title) for title in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_the_readme_quotes_the_missing_key_message_as_the_service_says_it() -> None:
+    assert f'"message":{json.dumps(MISSING_KEY)}' in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda path: path.name)

@@ -24,6 +24,13 @@ MAX_KEY_LENGTH = 200
 AUTHORIZATION_SCHEMES = ("bearer", "key")  # `Authorization: Bearer <key>`, or fal's `Authorization: Key <key>`
 
 
+# The README quotes it (tests/test_one_home.py keeps the two the same).
+MISSING_KEY = (
+    f"Missing API key: send it in the {API_KEY_HEADER} header "
+    f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>, or Authorization: Key <key>)."
+)
+
+
 def presented_key(request: Request) -> str:
     for header in (API_KEY_HEADER, X_API_KEY_HEADER):
         if key := request.headers.get(header, "").strip():
@@ -35,10 +42,7 @@ def presented_key(request: Request) -> str:
 async def authenticate(request: Request, store: Store, limits: RateLimits) -> Account:
     key = presented_key(request)
     if not key:
-        raise invalid_api_key(
-            f"Missing API key: send it in the {API_KEY_HEADER} header "
-            f"(or {X_API_KEY_HEADER}, or Authorization: Bearer <key>, or Authorization: Key <key>)."
-        )
+        raise invalid_api_key(MISSING_KEY)
     account = await store.account_by_key(key) if len(key) <= MAX_KEY_LENGTH else None
     logged = context.of_scope(request.scope)  # what the access log says of the request
     # One message for unknown and revoked keys: the response does not tell which keys exist.
