@@ -72,8 +72,8 @@ def main() -> None:
     names = [n for n in args.models.split(",") if n] or list(settings.models)
     settings = settings.only_models(names)  # the others' networks are not loaded (memory)
     native = ModelRegistry.load(settings.model_copy(update={"precision": "native"}))
-    other = {"precision": "int8"} if args.other == "int8" else {"precision": "native", "mixed_precision": False}
-    int8 = ModelRegistry.load(settings.model_copy(update=other))
+    update = {"precision": "int8"} if args.other == "int8" else {"precision": "native", "mixed_precision": False}
+    other = ModelRegistry.load(settings.model_copy(update=update))
     print(", ".join(f"{name}: {len(samples)} images" for name, samples in sets.items()), f"from {args.data}")
     print(
         f"| model | resolution | set | IoU native | IoU {args.other} | alpha error native | alpha error {args.other} "
@@ -90,7 +90,7 @@ def main() -> None:
                 rows = []
                 for sample in samples:
                     a = alpha(native.get(name), sample.data, resolution)
-                    b = alpha(int8.get(name), sample.data, resolution)
+                    b = alpha(other.get(name), sample.data, resolution)
                     rows.append(
                         (
                             iou(a, sample.alpha),

@@ -18,6 +18,8 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from cpu import describe  # noqa: E402  (bench/cpu.py: the CPU line every bench prints)
+
 from harness import LiveServer, subject_image  # noqa: E402  (the tests' server harness)
 
 THINK_S = float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
@@ -46,6 +48,7 @@ def batch_status(server: LiveServer, key: str, location: str) -> dict:
 
 
 def main() -> None:
+    print(describe())
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 40
     items = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,6 +15,8 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cpu import describe  # noqa: E402  (bench/cpu.py: the CPU line every bench prints)
+
 from app.store import Store  # noqa: E402
 from app.store.redis import RedisStore  # noqa: E402
 from app.store.sqlite import SqliteStore  # noqa: E402
@@ -34,6 +36,7 @@ async def one_request_ms(store: Store, n: int) -> list[float]:
 
 
 def main() -> None:
+    print(describe())
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     with tempfile.TemporaryDirectory() as tmp:
         redis_server = RedisServer(Path(tmp) / "redis").start()

@@ -33,6 +33,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu import describe  # noqa: E402  (bench/cpu.py: the CPU line every bench prints)
+
 from app.http.client_address import parse_networks  # noqa: E402
 from app.imaging import codec  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
+    print(describe())
 
     settings = Settings()
     model = args.model or settings.default_model

@@ -19,6 +19,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu import describe  # noqa: E402  (bench/cpu.py: the CPU line every bench prints)
+
 from app.imaging import codec  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -43,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg")
     args = parser.parse_args()
+    print(describe())
     photos = sorted(args.images.glob("*.jpg"))
     if not photos:
         sys.exit(f"no .jpg photos in {args.images}")

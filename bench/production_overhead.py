@@ -24,6 +24,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu import describe  # noqa: E402  (bench/cpu.py: the CPU line every bench prints)
+
 from tests.harness import LiveServer, subject_image  # noqa: E402  (the tests' server harness)
 
 
@@ -91,7 +93,7 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
 
-    report = {"before_ref": ref, "rounds": args.rounds}
+    report = {"cpu": describe(), "before_ref": ref, "rounds": args.rounds}
     for what, by_server in samples.items():
         medians = {name: statistics.median(values) * 1000 for name, values in by_server.items()}
         report[what] = {

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import os
 import statistics
 import sys
 import time
@@ -52,6 +51,8 @@ from scipy.ndimage import distance_transform_edt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from cpu import describe  # noqa: E402
 
 from app.inference.pipeline import Pipeline  # noqa: E402
 from app.inference.registry import ModelRegistry  # noqa: E402
@@ -229,14 +230,6 @@ def measure(variant: Variant, sample: Sample) -> Result:
     )
 
 
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "vnni")) or f.endswith("vnni")]
-    return f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(wanted)}"
-
-
 def spearman(x: list[float], y: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -276,7 +269,7 @@ def main() -> None:
     parser.add_argument("--below", type=float, default=None, help="auto's threshold (default: the config's)")
     args = parser.parse_args()
 
-    print(cpu())
+    print(describe())
     chosen_sets = [n for n in args.sets.split(",") if n]
     makers = {"birefnet": birefnet_set, "composite": functools.partial(composite_set, clean_colour=args.clean_colour)}
     sets = {name: makers[name](args.data) for name in chosen_sets}
