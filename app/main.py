@@ -52,7 +52,7 @@ async def _sweep_forever(svc: Services) -> None:
         await asyncio.sleep(interval)
 
 
-def _memory_budget(settings: Settings) -> MemoryBudget | None:
+def _memory_budget(settings: Settings, registry: ModelRegistry) -> MemoryBudget | None:
     """What jobs may hold: the configured budget less what the process holds at rest (models loaded)."""
     if not settings.memory_budget_mb:
         return None
@@ -66,8 +66,10 @@ def _memory_budget(settings: Settings) -> MemoryBudget | None:
     )
     if budget.capacity <= 0:
         log.warning("memory_budget_mb is below the RSS at rest: jobs run one at a time")
-    # Answers their clients have not read yet hold memory too (app/http/unsent.py).
-    budget.outside = lambda: UNSENT.bytes
+    # Answers their clients have not read yet hold memory too (app/http/unsent.py), and so does INT8's
+    # recheck network while it is loaded (app/inference/recheck.py).
+    recheck = registry.recheck
+    budget.outside = (lambda: UNSENT.bytes + recheck.resident_bytes) if recheck is not None else (lambda: UNSENT.bytes)
     UNSENT.on_release = budget.wake
     return budget
 
@@ -77,7 +79,7 @@ def _services(settings: Settings, registry: ModelRegistry) -> Services:
         settings=settings,
         store=open_store(settings),
         registry=registry,
-        gate=WorkerGate(settings.workers, settings.queue_size, _memory_budget(settings)),
+        gate=WorkerGate(settings.workers, settings.queue_size, _memory_budget(settings, registry)),
         limits=RateLimits(settings),
         slots=AccountSlots(settings),
     )

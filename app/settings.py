@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         "and are current, else native with a log line; photos INT8 leaves undecided run again in native "
         "(faster than native, more memory: docs/performance.md)",
     )
+    recheck_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="precision int8: a native network loaded to recheck a photo INT8 leaves undecided is released "
+        "after this long without one (one is loaded at a time: docs/performance.md, INT8)",
+    )
     compiled_cache: bool = Field(
         True,
         description="OpenVINO keeps each network's prepared graph, and compiled networks, in `models_dir`/ov-cache: "

@@ -28,6 +28,10 @@ from pathlib import Path
 from cpu import describe
 from servers import ROOT, Summary, drive, start_ours
 
+sys.path.insert(0, str(ROOT))
+
+from app.settings import Settings  # noqa: E402
+
 FALCON_P50_TARGET = 2.5
 INT8_P50_TARGET = 0.8
 INT8_P50_TARGET_NO_BF16 = 0.55
@@ -66,7 +70,7 @@ def main() -> None:
     )
 
     results = {(m, p): Summary() for p in precisions for m in models}
-    servers, started, ready, rest = {}, {}, {}, {}
+    servers, started, ready, rest, worked, idle = {}, {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="cutout-models-") as tmp:
         try:
             for precision in precisions:
@@ -89,6 +93,12 @@ def main() -> None:
                         results[(model, precision)].runs.append(
                             drive(servers[precision], images, len(images), 1, model)
                         )
+            for precision, server in servers.items():
+                worked[precision] = server.rss_mb()
+            # INT8's recheck network is released after recheck_idle_s without a recheck (app/inference/recheck.py).
+            time.sleep(Settings().recheck_idle_s + 2.0)
+            for precision, server in servers.items():
+                idle[precision] = server.rss_mb()
         finally:
             for server in servers.values():
                 server.stop()
@@ -98,7 +108,8 @@ def main() -> None:
         label = precision or "configured"
         print(
             f"\n{label}: ready {started[precision]:.1f} s after launch; RSS at rest {ready[precision]:.0f} MiB when ready, "
-            f"{rest[precision]:.0f} MiB after the warm-up requests (every model)"
+            f"{rest[precision]:.0f} MiB after the warm-up requests (every model), {worked[precision]:.0f} MiB after "
+            f"the rounds, {idle[precision]:.0f} MiB after {Settings().recheck_idle_s + 2.0:.0f} s idle"
         )
     print(
         "\n| model | precision | p50 ms | p95 ms | p50 vs "

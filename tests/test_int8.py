@@ -24,6 +24,7 @@ from app.inference.ov_cache import COMPILED_CACHE_DIR
 from app.inference.ov_engine import OpenVinoEngine
 from app.inference.ov_graph import prepare_float_network
 from app.inference.pipeline import Pipeline
+from app.inference.recheck import OnDemandEngine
 from app.inference.registry import ModelRegistry
 from app.settings import Settings
 from harness import MODELS_DIR
@@ -123,19 +124,26 @@ def test_a_stale_int8_network_is_not_used(tmp_path: Path, caplog) -> None:
 
 
 @needs_int8
-def test_int8_models_keep_a_native_engine_for_the_photos_int8_leaves_undecided(caplog) -> None:
+def test_int8_models_load_a_native_network_for_the_photos_int8_leaves_undecided(caplog) -> None:
     caplog.set_level(logging.INFO, logger="cutout.inference")
     registry = ModelRegistry.load(SHIPPED.model_copy(update={"precision": "int8"}))
+    slot = registry.recheck
+    assert slot is not None and slot.loaded is None  # at rest: warmed once at start-up, then released
     for name in ("falcon", "aurora"):
         pipeline = registry.get(name)
         assert pipeline is not None and pipeline.spec.int8_recheck_below
         for resolution in pipeline.spec.int8_recheck_below:
             first, native = pipeline._engines[resolution], pipeline._natives[resolution]
-            assert isinstance(first, OpenVinoEngine) and isinstance(native, OpenVinoEngine)
-            assert first.precision == "int8" and native.precision in ("bf16", "f32")
+            assert isinstance(first, OpenVinoEngine) and first.precision == "int8"
+            assert isinstance(native, OnDemandEngine)
+            side = int(resolution.split("x")[0])
+            with slot.engine(native.key, native._load) as loaded:
+                assert isinstance(loaded, OpenVinoEngine) and loaded.precision in ("bf16", "f32")
+                loaded.run(np.zeros((1, 3, side, side), np.float32))
+                assert slot.resident_bytes > 50 << 20  # IS-Net's weights and activations
     ghost = registry.get("ghost")
     assert ghost is not None and not ghost._natives  # U2-Netp has no INT8 network to recheck
-    assert "native too, for the photos INT8 leaves undecided" in caplog.text
+    assert "native too, loaded when a photo INT8 leaves undecided needs it" in caplog.text
 
 
 @needs_int8
