@@ -1,13 +1,12 @@
 """The native networks INT8's recheck runs (ModelSpec.int8_recheck_below), loaded when a photo
 needs one and released when none has for `idle_s`: kept beside the INT8 networks, they held more
-memory at rest than native precision alone (945 against 672 MiB in process on a bf16 CPU, 1251
-against 983 with oneDNN capped at AVX2: docs/performance.md, INT8).
+memory at rest than native precision alone (docs/performance.md, "The recheck loaded on demand").
 
 At most one is loaded at a time (RecheckSlot): a photo needing another waits until the one loaded
 has no run in flight, then swaps it. So the memory INT8 needs under load is its own networks and
 the largest recheck network, about what native needs at rest, and the memory admission counts it
 while it is loaded (`resident_bytes`, measured when it is loaded). Loading imports the network
-from OpenVINO's compiled-model cache (~0.2 s: docs/performance.md), which `warm` fills at start-up.
+from OpenVINO's compiled-model cache (a fraction of a run), which `warm` fills at start-up.
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ class RecheckSlot:
 
     def warm(self, key: str, load: Loader) -> None:
         """At start-up, one at a time: load the network and release it. A first start compiles it
-        into OpenVINO's cache, a later one imports it from there (~0.2 s: not run, which on a CPU
-        without bf16 would take 0.8-1.4 s more); what it holds loaded is the first figure."""
+        into OpenVINO's cache, a later one imports it from there. Not run: on a CPU without bf16
+        that would cost a start-up about a second per network; what it holds loaded is the first figure."""
         with self._cond:
             self._release_locked()
             before = resident_bytes()

@@ -48,17 +48,7 @@ class ModelRegistry:
                     engines[(weights, resolution)] = result
         slot = RecheckSlot(settings.recheck_idle_s)
         natives = _native_twins(settings, engines, slot)
-        # Warm-up: a network's first run faults in its buffers (17-30 thousand page faults, a few %
-        # more CPU than the runs after it: docs/performance.md, "Start-up and memory at rest"); run
-        # here, the first request does not pay it. Once per engine, not once per pipeline and
-        # resolution as before (aurora ran IS-Net 1024 twice more): pipelines sharing an engine share it.
-        for (_, resolution), warming in engines.items():
-            if warming is not None:
-                side = resolution_side(resolution)
-                warming.run(np.zeros((1, 3, side, side), np.float32))
-        # Each recheck network loaded once, one at a time, then released: fills the compiled-model cache.
-        for twin in natives.values():
-            twin.warm()
+        _warm(engines, natives)
         pipelines: dict[str, Pipeline] = {}
         # A model another one joins (spec.union) is built first; settings allow no chains.
         for name, spec in sorted(settings.models.items(), key=lambda item: item[1].union is not None):
@@ -83,6 +73,20 @@ class ModelRegistry:
     @property
     def names(self) -> list[str]:
         return list(self._pipelines)
+
+
+def _warm(engines: dict[tuple[str, str], Engine | None], natives: dict[tuple[str, str], OnDemandEngine]) -> None:
+    """A network's first run faults in its buffers (17-30 thousand page faults, a few % more CPU than
+    the runs after it: docs/performance.md, "Start-up and memory at rest"); run here, the first
+    request does not pay it. Once per engine, not once per pipeline and resolution as before (aurora
+    ran IS-Net 1024 twice more): pipelines sharing an engine share it. Each recheck network is
+    loaded once, one at a time, then released: that fills the compiled-model cache."""
+    for (_, resolution), warming in engines.items():
+        if warming is not None:
+            side = resolution_side(resolution)
+            warming.run(np.zeros((1, 3, side, side), np.float32))
+    for twin in natives.values():
+        twin.warm()
 
 
 def _native_twins(
