@@ -90,15 +90,14 @@ class Settings(BaseSettings):
         description="OpenVINO on a CPU with native bf16: the heaviest convolutions run in bf16, the rest in fp32 "
         "(see docs/performance.md); `false`: fp32 throughout",
     )
-    # native by default: int8 holds the quality gate only by keeping the native network too, for the
-    # photos INT8 leaves undecided (ModelSpec.int8_recheck_below), and so holds more memory at rest
-    # than native: docs/performance.md, INT8.
+    # int8 by default: native's masks (the photos INT8 leaves undecided run again in native, loaded
+    # on demand: app/inference/recheck.py) in less time, and with less memory at rest than native on
+    # either kind of CPU: docs/performance.md, INT8.
     precision: Literal["int8", "native"] = Field(
-        "native",
-        description="OpenVINO: `native` runs fp32, bf16 where the CPU has it (`mixed_precision`); `int8` (opt-in) "
-        "runs the INT8 networks `python -m app models fetch` makes with the quantize extra, where they exist "
-        "and are current, else native with a log line; photos INT8 leaves undecided run again in native "
-        "(faster than native, more memory: docs/performance.md)",
+        "int8",
+        description="OpenVINO: `int8` runs the INT8 networks `python -m app models fetch` makes with the quantize "
+        "extra, where they exist and are current, else native with a log line; photos INT8 leaves undecided run "
+        "again in native (docs/performance.md); `native` runs fp32, bf16 where the CPU has it (`mixed_precision`)",
     )
     recheck_idle_s: float = Field(
         30.0,

@@ -1,7 +1,7 @@
 """INT8 networks: post-training quantization (NNCF) of the verified weights, made at setup time.
 
 `python -m app models fetch` runs make_int8() for every (weights file, operating resolution) the
-models serve; the service runs them (choose_int8, ov_engine.py) when `precision` is "int8" (opt-in).
+models serve; the service runs them (choose_int8, ov_engine.py) when `precision` is "int8" (the default).
 Each INT8 network is an OpenVINO IR in `models_dir/int8/` with a JSON record beside it of what it
 was made from: the source weights' sha256, the recipe version, the side. A record that does not
 match the verified weights or this RECIPE_VERSION means the IR is stale: `models fetch` makes it
