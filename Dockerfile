@@ -70,6 +70,25 @@ RUN .venv/bin/python -m pip uninstall -q -y pip setuptools \
         openvino/libs/libopenvino_gguf_frontend.so* \
         openvino/tools/ovc openvino_telemetry
 
+# --- int8: the INT8 networks the default precision runs (app/inference/quantization.py), made from
+# the verified weights by `models fetch` with the quantize extra (NNCF) in a venv of its own, so
+# NNCF never reaches the image. The CPU extra whatever VARIANT is: the gpu image runs onnxruntime
+# and never reads them. Through the weights' build cache: a code change that leaves the weights
+# and the recipe as they were quantizes nothing (each network's record says what it was made from).
+FROM tools AS int8
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + x['cpu'] + x['quantize']))" > requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3 -m venv /quantize && /quantize/bin/pip install -q -r requirements.txt
+COPY --from=build /src/dist /src/dist
+WORKDIR /app
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=cache,target=/var/cache/cutout-models \
+    /quantize/bin/pip install -q --no-deps /src/dist/cutout-*.whl \
+    && CUTOUT_MODELS_DIR=/var/cache/cutout-models /quantize/bin/python -m app models fetch \
+    && mkdir -p models/int8 && cp /var/cache/cutout-models/int8/* models/int8/
+
 # --- service: the built /app on a fresh base, as uid 10001; state lives in the /data volume.
 # hadolint ignore=DL3006
 FROM ${BASE} AS service
@@ -80,12 +99,9 @@ RUN if ! command -v python3 >/dev/null; then \
     && mkdir -p /data && chown 10001:10001 /data
 WORKDIR /app
 COPY --from=build /app /app
-# Only what differs from the defaults in app/settings.py: the image's own paths, and native
-# precision: the image makes no INT8 networks (that takes NNCF, the quantize extra, at build time:
-# not done yet), so the default int8 would run native anyway, with a warning at every start.
+# Only what differs from the defaults in app/settings.py: the image's own paths.
 ENV CUTOUT_DATA_DIR=/data \
     CUTOUT_MODELS_DIR=/app/models \
-    CUTOUT_PRECISION=native \
     PYTHONUNBUFFERED=1
 USER 10001:10001
 VOLUME ["/data"]
@@ -99,5 +115,6 @@ CMD ["/app/.venv/bin/python", "-m", "app", "serve"]
 FROM service AS gpu
 ENV CUTOUT_PROVIDERS='["CUDAExecutionProvider", "CPUExecutionProvider"]'
 
-# --- cpu: the default target (the last stage).
+# --- cpu: the default target (the last stage), with the INT8 networks.
 FROM service AS cpu
+COPY --from=int8 /app/models/int8 /app/models/int8

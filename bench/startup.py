@@ -124,14 +124,16 @@ def show(name: str, start: int, figures: dict[str, float], cache_mib: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", default="native")
+    parser.add_argument("--precision", default="", help="native or int8 (default: the service's own)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--baseline", type=Path, help="another checkout, run in the same rounds")
     parser.add_argument("--baseline-python", default=sys.executable, help="its interpreter (default: this one)")
     parser.add_argument("--image", type=Path, default=ROOT.parent / "shared" / "testdata" / "rembg" / "animal-3.jpg")
     args = parser.parse_args()
     image = args.image.read_bytes() if args.image.is_file() else subject_image(1000, 667)
-    env = {"CUTOUT_PRECISION": args.precision, "CUTOUT_LOG_LEVEL": "info", **dict(e.split("=", 1) for e in args.env)}
+    env = {"CUTOUT_LOG_LEVEL": "info", **dict(e.split("=", 1) for e in args.env)}
+    if args.precision:
+        env["CUTOUT_PRECISION"] = args.precision
     checkouts = [Checkout("ours", ROOT, sys.executable)]
     if args.baseline:
         checkouts.append(Checkout("baseline", args.baseline.resolve(), args.baseline_python))

@@ -102,6 +102,7 @@ def test_dockerfile_shape() -> None:
         "tools": "${BASE}",
         "requirements": "tools",
         "build": "tools",
+        "int8": "tools",
         "service": "${BASE}",
         "gpu": "service",
         "cpu": "service",
@@ -305,6 +306,8 @@ def test_container_serves_cutouts_read_only_as_its_user(podman: Podman, image: I
         troubles = [line for line in started_log if json.loads(line)["level"] in ("WARNING", "ERROR", "CRITICAL")]
         assert not troubles, troubles
         assert any("demo page: http://localhost:8000/demo" in line for line in started_log), started_log[-5:]
+        # The default precision, with the INT8 networks the image's int8 stage made.
+        assert any("isnet at 768: INT8 (precision int8" in line for line in started_log), started_log[-5:]
 
         assert podman("healthcheck", "run", name, check=False).returncode == 0, "the image's HEALTHCHECK passes"
         assert podman("exec", name, "id", "-u").stdout.strip() == str(uid)
