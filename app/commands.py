@@ -89,6 +89,11 @@ def _make_int8(settings: Settings, names: list[str], force: bool) -> None:
     if settings.precision == "native":
         print("precision is native: no INT8 networks made")
         return
+    from app.inference.engine import choose_runtime
+
+    if choose_runtime(settings) != "openvino":
+        print("runtime onnxruntime: the INT8 networks are OpenVINO's, none made")
+        return
     missing = [m for m in ("nncf", "skimage") if importlib.util.find_spec(m) is None]
     if missing:
         print(

@@ -37,8 +37,8 @@ class RecheckSlot:
         self._engine: Engine | None = None
         self._users = 0
         self._timer: threading.Timer | None = None
-        self._bytes: dict[str, int] = {}  # key -> its memory when loaded and run (warm)
-        self.loads = 0  # how many times a network was loaded (the metrics and tests read it)
+        self._bytes: dict[str, int] = {}  # key -> what it holds loaded (warm), then after its first run
+        self.loads = 0  # how many times a network was loaded (the tests read it)
 
     @property
     def loaded(self) -> str | None:
