@@ -145,7 +145,8 @@ def test_aurora_runs_its_mirror_pass_only_when_the_first_leaves_the_subject_unde
 def test_int8_recheck_runs_the_native_engine_where_the_first_mask_is_undecided() -> None:
     """int8_recheck_below routes a photo to the native engine of its resolution when the first
     engine's mask is less decisive than that. Two real networks stand in for INT8 and native here
-    (CI makes no INT8 networks): U2-Netp as the first, IS-Net at 320 as the recheck."""
+    (the logic, in every checkout, INT8 networks made or not): U2-Netp as the first, IS-Net at 320 as
+    the recheck."""
     settings = Settings(models_dir=MODELS_DIR)
     spec = settings.models["ghost"]
     first = {"320x320": create_engine(settings, "u2netp", 320)}

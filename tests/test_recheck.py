@@ -1,7 +1,7 @@
 """INT8's recheck networks, loaded on demand (app/inference/recheck.py): one at a time, released
 when idle, counted by the memory admission while loaded. Real OpenVINO engines of U2-Netp at two
-sides stand in for the native IS-Net networks (CI makes no INT8 networks; the shipped ones:
-tests/test_int8.py)."""
+sides stand in for the native IS-Net networks: small and fast, and present in every checkout (the
+shipped ones, where the INT8 networks were made: tests/test_int8.py)."""
 
 from __future__ import annotations
 

@@ -131,12 +131,14 @@ class Pipeline:
         pred: np.ndarray = engine.run(batch)[0, 0]
         return pred
 
-    def _second_view_needed(self, pred: np.ndarray) -> bool:
-        return self.spec.second_view_below is None or self._undecided(pred, self.spec.second_view_below)
+    def _second_view_needed(self, crisp: float) -> bool:
+        """`crisp`: the first mask's decisiveness."""
+        below = self.spec.second_view_below
+        return below is None or crisp < below
 
     @staticmethod
-    def _undecided(pred: np.ndarray, below: float | None) -> bool:
-        return below is not None and confidence.decisiveness(_normalised(pred)) < below
+    def _crisp(pred: np.ndarray) -> float:
+        return confidence.decisiveness(_normalised(pred))
 
     def predict(self, rgb: np.ndarray, resolution: str | None = None) -> np.ndarray:
         """The model's mask at the operating resolution, scaled to [0, 1]."""
@@ -150,19 +152,23 @@ class Pipeline:
         small = resize(rgb, (side, side), Image.Resampling.LANCZOS, MODEL_INPUT_REDUCING_GAP)
         engine = self._engines[resolution]
         pred = self._infer(small, engine)
+        crisp = self._crisp(pred)  # decides the recheck and the second view: computed once
         native = self._natives.get(resolution)
-        if native is not None and self._undecided(pred, self.spec.int8_recheck_below.get(resolution)):
+        recheck_below = self.spec.int8_recheck_below.get(resolution)
+        if native is not None and recheck_below is not None and crisp < recheck_below:
             checkpoint()
             engine = native
             pred = self._infer(small, engine)
+            crisp = self._crisp(pred)
         views: tuple[np.ndarray, np.ndarray] | None = None
-        if self.spec.mirror == "max" and self._second_view_needed(pred):
+        if self.spec.mirror == "max" and self._second_view_needed(crisp):
             checkpoint()
             mirrored = self._infer(small[:, ::-1], engine)[:, ::-1]
             views = (_normalised(pred), _normalised(mirrored))
             pred = np.maximum(pred, mirrored)
+            crisp = self._crisp(pred)
         pred = _normalised(pred)
-        if self._union is not None and self._second_view_needed(pred):
+        if self._union is not None and self._second_view_needed(crisp):
             checkpoint()
             other = self._union.predict(rgb).astype(np.float32)
             other = np.asarray(Image.fromarray(other).resize((side, side), Image.Resampling.BILINEAR))
